@@ -1,0 +1,224 @@
+"""Hugging Face safetensors checkpoints <-> the decoder's parameter pytree.
+
+The conversion is one explicit key map with asserted shapes. Loading fails on a missing, extra or
+mis-shaped tensor, naming it; afterwards every tensor in the files has been used and every
+parameter filled. Pickle checkpoints (`.bin`, `.pt`) are refused: unpickling runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from prosocial_jax.models.config import ModelConfig
+from prosocial_jax.models.decoder import init_params_shapes
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+
+
+
+class CheckpointError(ValueError):
+    """A checkpoint whose files do not match the architecture its config describes."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One HF tensor and where it lives in our pytree (same orientation: linears are [out, in])."""
+
+    hf_name: str  # per-layer names contain "{i}"
+    path: tuple[str, ...]
+    per_layer: bool
+
+
+def tensor_specs(config: ModelConfig) -> list[TensorSpec]:
+    specs = [TensorSpec("model.embed_tokens.weight", ("embed", "embedding"), False),
+             TensorSpec("model.norm.weight", ("final_norm", "scale"), False)]
+    if not config.tie_word_embeddings:
+        specs.append(TensorSpec("lm_head.weight", ("lm_head", "weight"), False))
+    layer = "model.layers.{i}."
+    specs += [TensorSpec(layer + "input_layernorm.weight", ("layers", "input_norm", "scale"), True),
+              TensorSpec(layer + "post_attention_layernorm.weight",
+                         ("layers", "post_attn_norm", "scale"), True)]
+    for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        specs.append(TensorSpec(f"{layer}self_attn.{proj}.weight",
+                                ("layers", "attn", proj, "weight"), True))
+        has_bias = config.o_bias if proj == "o_proj" else config.qkv_bias
+        if has_bias:
+            specs.append(TensorSpec(f"{layer}self_attn.{proj}.bias",
+                                    ("layers", "attn", proj, "bias"), True))
+    for proj in ("gate_proj", "up_proj", "down_proj"):
+        specs.append(TensorSpec(f"{layer}mlp.{proj}.weight", ("layers", "mlp", proj, "weight"),
+                                True))
+    return specs
+
+
+def _get_path(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _set_path(tree: dict, path, value):
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def params_from_tensors(config: ModelConfig, names: set[str],
+                        get_tensor: Callable[[str], np.ndarray], dtype=None,
+                        source: str = "checkpoint") -> dict:
+    """Builds the parameter pytree (numpy) from HF-named tensors, checking every name and shape.
+
+    `dtype=None` keeps the checkpoint's floating dtype.
+    """
+    shapes = init_params_shapes(config)
+    unused = set(names)
+    params: dict = {}
+
+    def take(name: str, expected: tuple[int, ...]) -> np.ndarray:
+        if name not in unused:
+            what = "used twice" if name in names else "missing"
+            raise CheckpointError(f"{source}: tensor {name!r} is {what}")
+        unused.discard(name)
+        tensor = get_tensor(name)
+        if tuple(tensor.shape) != expected:
+            raise CheckpointError(f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, "
+                                  f"expected {expected} from config.json")
+        return tensor
+
+    for spec in tensor_specs(config):
+        shape = tuple(_get_path(shapes, spec.path).shape)
+        if not spec.per_layer:
+            value = take(spec.hf_name, shape)
+            out_dtype = dtype or value.dtype
+            _set_path(params, spec.path, np.ascontiguousarray(value, dtype=out_dtype))
+            continue
+        stacked = None
+        for i in range(config.num_layers):
+            value = take(spec.hf_name.format(i=i), shape[1:])
+            if stacked is None:  # fill in place: no second copy of the stacked weights
+                stacked = np.empty(shape, dtype=dtype or value.dtype)
+            stacked[i] = value
+        _set_path(params, spec.path, stacked)
+
+    if config.tie_word_embeddings and "lm_head.weight" in unused:
+        # Some exporters store the tied head anyway; accept it only if it really is the embedding.
+        head = get_tensor("lm_head.weight")
+        embed = params["embed"]["embedding"]
+        if head.shape != embed.shape or not np.array_equal(head.astype(embed.dtype), embed):
+            raise CheckpointError(f"{source}: config ties the embeddings but 'lm_head.weight' "
+                                  "differs from 'model.embed_tokens.weight'")
+        unused.discard("lm_head.weight")
+    # Rotary caches that some exporters serialise carry no information.
+    unused -= {n for n in unused if n.endswith("rotary_emb.inv_freq")}
+    if unused:
+        extra = sorted(unused)
+        raise CheckpointError(f"{source}: {len(extra)} tensor(s) not used by a "
+                              f"{config.model_type} model: {', '.join(extra[:5])}"
+                              + (" ..." if len(extra) > 5 else ""))
+    return params
+
+
+def tensors_from_params(config: ModelConfig, params) -> Iterator[tuple[str, np.ndarray]]:
+    """HF-named numpy tensors for every parameter."""
+    for spec in tensor_specs(config):
+        value = np.asarray(_get_path(params, spec.path))
+        if spec.per_layer:
+            for i in range(config.num_layers):
+                yield spec.hf_name.format(i=i), np.ascontiguousarray(value[i])
+        else:
+            yield spec.hf_name, np.ascontiguousarray(value)
+
+
+# ---------------------------------------------------------------------------- reading files
+def refuse_pickle(path: Path) -> None:
+    raise CheckpointError(
+        f"{path}: refusing to load a pickle checkpoint ({path.suffix}): unpickling can run "
+        "arbitrary code. Convert it to safetensors first (e.g. load it once in a trusted "
+        "environment and call save_pretrained(..., safe_serialization=True)).")
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    """The checkpoint's safetensors files, following the shard index when there is one."""
+    index_path = folder / SAFETENSORS_INDEX
+    if index_path.exists():
+        try:
+            weight_map = json.loads(index_path.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as err:
+            raise CheckpointError(f"{index_path}: not a safetensors index ({err!r})") from None
+        files = [folder / f for f in sorted(set(weight_map.values()))]
+        for f in files:
+            if not f.exists():
+                raise CheckpointError(f"{index_path}: lists shard {f.name!r}, which is missing")
+        return files
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        pickles = [p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            refuse_pickle(pickles[0])
+        raise CheckpointError(f"{folder}: no *.safetensors weights found")
+    return files
+
+
+def read_safetensors(files: list[Path]) -> tuple[set[str], Callable[[str], np.ndarray]]:
+    """Names and a lazy getter over several safetensors files (each tensor read when asked)."""
+    where: dict[str, Path] = {}
+    for f in files:
+        with safe_open(f, framework="numpy") as handle:
+            for name in handle.keys():  # noqa: SIM118 (safe_open is no dict)
+                if name in where:
+                    raise CheckpointError(f"tensor {name!r} appears in both {where[name].name} "
+                                          f"and {f.name}")
+                where[name] = f
+
+    def get(name: str) -> np.ndarray:
+        with safe_open(where[name], framework="numpy") as handle:
+            return handle.get_tensor(name)
+
+    return set(where), get
+
+
+# ---------------------------------------------------------------------------- writing files
+def _parse_size(size: int | str) -> int:
+    if isinstance(size, int):
+        return size
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    text = size.strip().upper()
+    for unit, factor in sorted(units.items(), key=lambda kv: -len(kv[0])):
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(text)
+
+
+def write_safetensors(tensors: Mapping[str, np.ndarray], folder: Path,
+                      max_shard_size: int | str = DEFAULT_MAX_SHARD_BYTES) -> list[str]:
+    """Writes model.safetensors, or shards plus an index above `max_shard_size` bytes."""
+    limit = _parse_size(max_shard_size)
+    shards: list[dict[str, np.ndarray]] = [{}]
+    sizes = [0]
+    for name, value in tensors.items():
+        if sizes[-1] and sizes[-1] + value.nbytes > limit:
+            shards.append({})
+            sizes.append(0)
+        shards[-1][name] = value
+        sizes[-1] += value.nbytes
+    metadata = {"format": "pt"}  # transformers refuses files without a known format tag
+    if len(shards) == 1:
+        save_file(shards[0], folder / "model.safetensors", metadata=metadata)
+        return ["model.safetensors"]
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    weight_map = {}
+    for file_name, shard in zip(names, shards):
+        save_file(shard, folder / file_name, metadata=metadata)
+        weight_map.update({tensor: file_name for tensor in shard})
+    index = {"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}
+    (folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2))
+    return [*names, SAFETENSORS_INDEX]

