@@ -71,3 +71,16 @@ def test_saved_smollm2_loads_in_transformers(smollm2, smollm2_torch, tmp_path):
     assert tokenizer.chat_template == smollm2.tokenizer.chat_template
     again = pj.load_model(out)
     np.testing.assert_array_equal(np.asarray(again.logits(ids)), np.asarray(smollm2.logits(ids)))
+
+
+def test_gguf_loads_and_generates_without_torch():
+    import subprocess
+    import sys
+
+    script = ("import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
+              "import prosocial_jax as pj\n"
+              "m = pj.load_model('bundled:smollm2')\n"
+              "print(pj.generate(m, ['Say hello.'], max_new_tokens=6)[0].completion_tokens)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True)
+    assert 0 < int(out.stdout.strip()) <= 6
