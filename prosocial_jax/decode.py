@@ -182,9 +182,6 @@ class Generation:
     completion_tokens: int
     finish_reason: str  # "stop" (a stop token was produced) or "length"
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 def _round_up(value: int, multiple: int) -> int:
     return max(multiple, math.ceil(value / multiple) * multiple)

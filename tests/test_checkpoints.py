@@ -223,3 +223,11 @@ def test_bad_gguf_files(tmp_path):
     writer.close()
     with pytest.raises(pj.CheckpointError, match="architecture 'gpt2' is not supported"):
         pj.load_model(tmp_path / "gpt2.gguf")
+
+
+def test_generation_config_stop_ids_are_merged(llama_copy):
+    (llama_copy / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7]}))
+    assert pj.load_model(llama_copy).config.eos_token_ids == (2, 7)
+    (llama_copy / "generation_config.json").write_text("{broken")
+    with pytest.raises(pj.CheckpointError, match="generation_config.json: not valid JSON"):
+        pj.load_model(llama_copy)

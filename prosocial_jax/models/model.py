@@ -137,6 +137,19 @@ def _download_from_hub(repo_id: str) -> Path:
             "or pass a local checkpoint folder.") from err
 
 
+def _with_generation_stop_ids(config: ModelConfig, path: Path) -> ModelConfig:
+    """Adds generation_config.json's EOS ids (Llama-3 instruct lists more than config.json)."""
+    if not path.exists():
+        return config
+    try:
+        eos = json.loads(path.read_text()).get("eos_token_id")
+    except json.JSONDecodeError as err:
+        raise hf.CheckpointError(f"{path}: not valid JSON ({err})") from None
+    extra = eos if isinstance(eos, list) else [eos] if eos is not None else []
+    merged = tuple(dict.fromkeys([*config.eos_token_ids, *(int(e) for e in extra)]))
+    return dataclasses.replace(config, eos_token_ids=merged)
+
+
 def load_model(path: str | os.PathLike, dtype=None, mesh: Mesh | str | None = None) -> Model:
     """Loads an HF safetensors folder, a GGUF file, `bundled:smollm2`, or a hub id.
 
@@ -156,7 +169,8 @@ def load_model(path: str | os.PathLike, dtype=None, mesh: Mesh | str | None = No
         names, get = gguf_file.hf_tensors()
         tokenizer = gguf_file.tokenizer()
     elif source.is_dir():
-        config = ModelConfig.from_json_file(source / "config.json")
+        config = _with_generation_stop_ids(ModelConfig.from_json_file(source / "config.json"),
+                                           source / "generation_config.json")
         names, get = hf.read_safetensors(hf.safetensors_files(source))
         tokenizer = load_tokenizer(source)
     else:
