@@ -145,7 +145,9 @@ def _cmd_generate(args) -> int:
                          "tokens": result.tokens, "prompt_tokens": result.prompt_tokens,
                          "completion_tokens": result.completion_tokens,
                          "finish_reason": result.finish_reason})
-    if args.out is not None:
+    import jax
+
+    if args.out is not None and jax.process_index() == 0:  # multi-host: one writer
         write_jsonl(args.out, out_rows)
     if not args.quiet:
         for out in out_rows:

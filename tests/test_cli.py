@@ -90,3 +90,8 @@ def test_memory_command(capsys):
                      "--mesh", "2x4", "--batch", "4", "--max-len", "2048"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["mesh"] == "2x4" and report["param_bytes_per_device"] > 0
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "launch").glob("*.sh")))
+def test_launch_scripts_parse(script):
+    subprocess.run(["bash", "-n", str(script)], check=True)
