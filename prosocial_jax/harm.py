@@ -1,0 +1,278 @@
+"""DiReg: harm vectors as pure pytree arithmetic.
+
+    tau = theta_harmful - theta_base                (task_vector)
+    tau_k = keep the top-k fraction of |tau|        (trim: one exact global threshold)
+    theta' = theta_base - lambda * tau_k            (apply)
+
+Everything works leaf by leaf on parameter pytrees: structure, dtype and sharding are preserved,
+and no flat copy of the model is ever made. The global top-k threshold is found exactly by a
+bitwise binary search on the float32 bit patterns of |tau| (non-negative floats order like their
+bits): 32 counting passes, each a fused compare-and-sum per leaf, so a 7B model needs no more
+host memory than its two parameter sets plus one leaf of temporaries.
+
+Parameters are selected by fnmatch patterns over Hugging Face tensor names
+(`model.layers.3.mlp.down_proj.weight`); inside a stacked `[layers, ...]` leaf each layer is
+selected separately, so `--include 'model.layers.1?.*'` works as expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from prosocial_jax.models.config import ModelConfig
+from prosocial_jax.models.hf import tensor_specs
+
+
+class HarmVectorError(ValueError):
+    """Incompatible models, unknown patterns or bad trimming settings."""
+
+
+# ---------------------------------------------------------------------------- checks and names
+def check_compatible(base, other, what: str = "harmful") -> None:
+    """Raises HarmVectorError naming the first parameter whose structure, shape or dtype differs."""
+    base_flat = traverse_util.flatten_dict(base, sep="/")
+    other_flat = traverse_util.flatten_dict(other, sep="/")
+    for path in sorted(set(base_flat) | set(other_flat)):
+        if path not in other_flat:
+            raise HarmVectorError(f"parameter {path!r} is in the base model but not the {what}")
+        if path not in base_flat:
+            raise HarmVectorError(f"parameter {path!r} is in the {what} model but not the base")
+        a, b = base_flat[path], other_flat[path]
+        if a.shape != b.shape:
+            raise HarmVectorError(f"parameter {path!r}: base shape {tuple(a.shape)} != {what} "
+                                  f"shape {tuple(b.shape)}")
+        if a.dtype != b.dtype:
+            raise HarmVectorError(f"parameter {path!r}: base dtype {a.dtype} != {what} dtype "
+                                  f"{b.dtype}")
+
+
+def hf_names(config: ModelConfig) -> dict[str, list[str]]:
+    """Parameter path ("layers/mlp/up_proj/weight") -> HF tensor names, one per stacked layer."""
+    names = {}
+    for spec in tensor_specs(config):
+        path = "/".join(spec.path)
+        names[path] = ([spec.hf_name.format(i=i) for i in range(config.num_layers)]
+                       if spec.per_layer else [spec.hf_name])
+    return names
+
+
+def selection_mask(config: ModelConfig, params, include: Sequence[str] | None = None,
+                   exclude: Sequence[str] | None = None) -> dict:
+    """Per-leaf numpy bool masks (shape [layers] for stacked leaves, [] otherwise).
+
+    `include=None` selects every floating-point parameter; `exclude` removes from that. A pattern
+    that matches no parameter is an error (it is almost always a typo).
+    """
+    names = hf_names(config)
+    flat = traverse_util.flatten_dict(params, sep="/")
+    for pattern in [*(include or []), *(exclude or [])]:
+        if not any(fnmatch.fnmatchcase(n, pattern) for ns in names.values() for n in ns):
+            raise HarmVectorError(f"pattern {pattern!r} matches no parameter (names look like "
+                                  "'model.layers.0.mlp.down_proj.weight')")
+    masks = {}
+    for path, leaf in flat.items():
+        floating = jnp.issubdtype(leaf.dtype, jnp.floating)
+        selected = [floating and (include is None or any(fnmatch.fnmatchcase(n, p)
+                                                         for p in include))
+                    and not any(fnmatch.fnmatchcase(n, p) for p in (exclude or []))
+                    for n in names[path]]
+        masks[path] = np.array(selected) if len(names[path]) > 1 else np.array(selected[0])
+    return traverse_util.unflatten_dict(masks, sep="/")
+
+
+def _broadcast_mask(mask, leaf):
+    mask = jnp.asarray(mask)
+    return mask.reshape(mask.shape + (1,) * (leaf.ndim - mask.ndim))
+
+
+def selected_count(params, mask) -> int:
+    return sum(int(np.prod(leaf.shape[1:])) * int(np.sum(m)) if np.ndim(m) else
+               (int(np.prod(leaf.shape)) if m else 0)
+               for leaf, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)))
+
+
+# ---------------------------------------------------------------------------- arithmetic
+@functools.partial(jax.jit, donate_argnums=1)
+def _sub_donating(base, harmful):
+    return optax.tree.sub(harmful, base)
+
+
+def task_vector(base, harmful, donate_harmful: bool = False):
+    """tau = harmful - base, leaf by leaf. `donate_harmful=True` reuses the harmful buffers
+    (the harmful parameters are consumed) so no third model-sized allocation is made."""
+    check_compatible(base, harmful)
+    if donate_harmful:
+        return jax.tree.map(_sub_donating, base, harmful)
+    return optax.tree.sub(harmful, base)
+
+
+def apply(base, tau, scale: float):
+    """theta' = base - scale * tau (DiReg subtracts the harm direction)."""
+    check_compatible(base, tau, what="harm vector")
+    return jax.tree.map(lambda b, t: (b - jnp.asarray(scale, t.dtype) * t).astype(b.dtype),
+                        base, tau)
+
+
+def combine(vectors: Sequence, weights: Sequence[float] | None = None):
+    """Weighted sum of several harm vectors (default weights 1)."""
+    if not vectors:
+        raise HarmVectorError("combine() needs at least one vector")
+    weights = [1.0] * len(vectors) if weights is None else list(weights)
+    if len(weights) != len(vectors):
+        raise HarmVectorError(f"{len(vectors)} vectors but {len(weights)} weights")
+    total = optax.tree.scale(weights[0], vectors[0])
+    for vector, weight in zip(vectors[1:], weights[1:]):
+        check_compatible(vectors[0], vector, what="other harm vector")
+        total = optax.tree.add_scale(total, weight, vector)
+    return jax.tree.map(lambda t, v: t.astype(v.dtype), total, vectors[0])
+
+
+# ---------------------------------------------------------------------------- trimming
+@jax.jit
+def _magnitude_bits(leaf):
+    return jax.lax.bitcast_convert_type(jnp.abs(leaf.astype(jnp.float32)), jnp.uint32)
+
+
+@jax.jit
+def _count_at_least(leaf, mask, candidate):
+    """Per-row counts (int32 rows stay exact for any model size) of selected |x| >= candidate."""
+    hit = (_magnitude_bits(leaf) >= candidate) & _broadcast_mask(mask, leaf)
+    return jnp.sum(hit.reshape(hit.shape[0], -1) if hit.ndim > 1 else hit.reshape(1, -1),
+                   axis=1, dtype=jnp.int32)
+
+
+@jax.jit
+def _count_nan(leaf):
+    return jnp.sum(jnp.isnan(leaf.astype(jnp.float32)).reshape(-1, 1), axis=0, dtype=jnp.int32)
+
+
+def _keep(leaf, mask, threshold, ties_to_keep):
+    """Zero all but selected entries above the threshold and the first `ties_to_keep` ties."""
+    bits = _magnitude_bits(leaf)
+    selected = _broadcast_mask(mask, leaf)
+    above = (bits > threshold) & selected
+    tie = (bits == threshold) & selected
+    tie_rank = jnp.cumsum(tie.reshape(-1), dtype=jnp.int32).reshape(tie.shape)
+    keep = above | (tie & (tie_rank <= ties_to_keep))
+    return jnp.where(keep, leaf, jnp.zeros((), leaf.dtype))
+
+
+_keep_copying = jax.jit(_keep)
+_keep_donating = jax.jit(_keep, donate_argnums=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrimResult:
+    selected: int  # entries eligible for trimming
+    kept: int  # entries kept (exactly floor(k * selected))
+    threshold: float  # smallest kept magnitude (0 when nothing is kept)
+    ties_broken: int  # entries equal to the threshold that were dropped to keep the count exact
+
+
+def keep_count(k: float, selected: int) -> int:
+    if not 0.0 <= k <= 1.0 or math.isnan(k):
+        raise HarmVectorError(f"top-k fraction must be in [0, 1], got {k}")
+    return selected if k == 1.0 else math.floor(k * selected)
+
+
+def trim(tau, k: float, mask=None, donate: bool = False):
+    """Keeps exactly floor(k * n) of the n selected entries of `tau` with the largest magnitude.
+
+    One global threshold over all selected parameters. Ties at the threshold are broken by
+    position (leaf order of the pytree, then row-major inside a leaf), so the kept count is
+    exact. Unselected entries become 0. Returns (trimmed tau, TrimResult).
+    With `donate=True` the input leaves are consumed (no second copy of tau is made).
+    """
+    leaves, treedef = jax.tree.flatten(tau)
+    if mask is None:
+        mask = jax.tree.map(lambda leaf: np.array(True), tau)
+    masks = [jnp.asarray(m) for m in jax.tree.leaves(mask)]
+    if len(masks) != len(leaves):
+        raise HarmVectorError("the selection mask does not match the harm vector's structure")
+    selected = selected_count(tau, mask)
+    kept = keep_count(k, selected)
+    if any(int(_count_nan(leaf)[0]) for leaf in leaves):
+        raise HarmVectorError("the harm vector contains NaN; are the checkpoints intact?")
+
+    def count(candidate: int) -> int:
+        value = jnp.uint32(candidate)
+        return sum(int(np.asarray(_count_at_least(leaf, m, value), np.int64).sum())
+                   for leaf, m in zip(leaves, masks))
+
+    if kept == 0:  # keep nothing: any threshold above every magnitude
+        threshold_bits, ties = 0xFFFFFFFF, 0
+    else:
+        # Largest t with count(|x| >= t) >= kept is exactly the kept-th largest magnitude.
+        threshold_bits = 0
+        for bit in range(31, -1, -1):
+            candidate = threshold_bits | (1 << bit)
+            if count(candidate) >= kept:
+                threshold_bits = candidate
+        ties = kept - (count(threshold_bits + 1) if threshold_bits < 0xFFFFFFFF else 0)
+    out, remaining, dropped = [], ties, 0
+    keep_fn = _keep_donating if donate else _keep_copying
+    for leaf, m in zip(leaves, masks):
+        tied_here = (int(np.asarray(_count_at_least(leaf, m, jnp.uint32(threshold_bits)),
+                                    np.int64).sum())
+                     - (int(np.asarray(_count_at_least(leaf, m, jnp.uint32(threshold_bits + 1)),
+                                       np.int64).sum()) if threshold_bits < 0xFFFFFFFF else 0)
+                     if kept else 0)
+        take = min(remaining, tied_here)
+        remaining -= take
+        dropped += tied_here - take
+        out.append(keep_fn(leaf, m, jnp.uint32(threshold_bits), jnp.int32(take)))
+    threshold = float(np.array(threshold_bits, np.uint32).view(np.float32)) if kept else 0.0
+    return jax.tree.unflatten(treedef, out), TrimResult(selected, kept, threshold, dropped)
+
+
+# ---------------------------------------------------------------------------- statistics
+@jax.jit
+def _row_stats(leaf):
+    """Nonzero count and sum of squares per leading row (per layer for stacked leaves)."""
+    rows = leaf.reshape(leaf.shape[0], -1) if leaf.ndim > 1 else leaf.reshape(1, -1)
+    rows = rows.astype(jnp.float32)
+    return (jnp.sum(rows != 0, axis=1, dtype=jnp.int32), jnp.sum(rows * rows, axis=1))
+
+
+def statistics(config: ModelConfig, tau_full, tau_trimmed, trim_result: TrimResult) -> dict:
+    """Norms, kept fraction and each layer's share of the kept entries and squared norm."""
+    def sq_norm(tree) -> float:
+        return sum(float(np.asarray(_row_stats(x)[1], np.float64).sum())
+                   for x in jax.tree.leaves(tree))
+
+    layers_count = np.zeros(config.num_layers)
+    layers_sq = np.zeros(config.num_layers)
+    other_count = other_sq = 0.0
+    for path, leaf in traverse_util.flatten_dict(tau_trimmed, sep="/").items():
+        counts, squares = (np.asarray(x, np.float64) for x in _row_stats(leaf))
+        if path.startswith("layers/"):
+            layers_count += counts
+            layers_sq += squares
+        else:
+            other_count += counts.sum()
+            other_sq += squares.sum()
+    total_count = max(layers_count.sum() + other_count, 1)
+    total_sq = max(layers_sq.sum() + other_sq, 1e-30)
+    return {
+        "selected_entries": trim_result.selected,
+        "kept_entries": trim_result.kept,
+        "kept_fraction": trim_result.kept / max(trim_result.selected, 1),
+        "threshold": trim_result.threshold,
+        "ties_dropped": trim_result.ties_broken,
+        "norm_full": math.sqrt(sq_norm(tau_full)) if tau_full is not None else None,
+        "norm_trimmed": math.sqrt(sq_norm(tau_trimmed)),
+        "per_layer_kept_share": [float(c / total_count) for c in layers_count],
+        "per_layer_norm_share": [float(q / total_sq) for q in layers_sq],
+        "embeddings_and_head_kept_share": float(other_count / total_count),
+        "embeddings_and_head_norm_share": float(other_sq / total_sq),
+    }
