@@ -227,7 +227,7 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
                         jnp.int32)
     if stops.size == 0:
         stops = jnp.asarray([-1], jnp.int32)  # no stop token: rows end at max_new_tokens
-    pad_id = _pad_id(model)
+    pad_id = model.pad_id
     chunk_size = max(1, min(chunk_size, max_new_tokens))
     num_new = _round_up(max_new_tokens, chunk_size)
     results: list[Generation] = []
@@ -295,12 +295,3 @@ def _generate_batch(model, prompts, encoded, batch_size, sampling, stops, pad_id
 def _is_token_ids(prompt) -> bool:
     return (not isinstance(prompt, str) and len(prompt) > 0
             and all(isinstance(t, int | np.integer) for t in prompt))
-
-
-def _pad_id(model: Model) -> int:
-    tok = model.tokenizer
-    for candidate in (tok.pad_token_id if tok is not None else None, model.config.pad_token_id,
-                      *model.config.eos_token_ids):
-        if candidate is not None:
-            return int(candidate)
-    return 0

@@ -62,15 +62,21 @@ def build_tiny_checkpoint(family: str, folder: Path, seed: int = 0) -> TinyCheck
 
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(_tiny_hf_config(family)).eval()
-    with torch.no_grad():  # larger-than-default weights: distinct logits, no near-ties in argmax
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                offset = 0.0 if family == "gemma" else 1.0
-                param.copy_(offset + 0.1 * torch.randn_like(param))
-            else:
-                param.normal_(0.0, 0.15)
+    _randomize(model, norm_offset=0.0 if family == "gemma" else 1.0)
     model.save_pretrained(folder)
     return TinyCheckpoint(family, folder, model)
+
+
+def _randomize(model, norm_offset: float) -> None:
+    """Larger-than-default weights: logits spread out (no argmax near-ties, learnable heads)."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.copy_(norm_offset + 0.1 * torch.randn_like(param))
+            else:
+                param.normal_(0.0, 0.15)
 
 
 FAMILIES = ("llama", "mistral", "qwen2", "gemma")
@@ -115,3 +121,26 @@ def smollm2_torch():
         path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_chat(tmp_path_factory) -> TinyCheckpoint:
+    """A tiny random Llama that speaks SmolLM2's tokenizer and chat template (for SFT tests)."""
+    import torch
+    import transformers
+
+    from prosocial_jax.models.gguf import GGUFFile
+    from prosocial_jax.models.model import bundled_model_path
+
+    folder = tmp_path_factory.mktemp("tiny_chat")
+    tokenizer = GGUFFile(bundled_model_path("smollm2")).tokenizer()
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2,
+        pad_token_id=2, max_position_embeddings=512, tie_word_embeddings=True)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    _randomize(model, norm_offset=1.0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return TinyCheckpoint("llama", folder, model)

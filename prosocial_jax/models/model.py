@@ -67,6 +67,16 @@ class Model:
     def dtype(self) -> np.dtype:
         return np.dtype(jax.tree.leaves(self.params)[0].dtype)
 
+    @property
+    def pad_id(self) -> int:
+        """The token used to pad batches (always masked, so any valid id would do)."""
+        tok = self.tokenizer
+        for candidate in (tok.pad_token_id if tok is not None else None,
+                          self.config.pad_token_id, *self.config.eos_token_ids):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
     def logits(self, token_ids, attention_mask=None) -> jax.Array:
         """[B, T] ints -> [B, T, V] float32 logits. Padded rows (mask 0) get per-row positions.
 
