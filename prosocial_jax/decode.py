@@ -78,14 +78,20 @@ def sample_tokens(logits_BxV: jax.Array, key: jax.Array, sampling: SamplingParam
     """Greedy where temperature is 0, else temperature / top-k / top-p sampling, per row.
 
     Filters follow transformers' order (temperature, then top-k, then top-p on the renormalised
-    top-k distribution). The sort needed for top-k/top-p only runs when some row samples.
+    top-k distribution). The vocabulary sort needed for top-k/top-p only runs when some row
+    uses a filter.
     """
     greedy = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
 
+    temperature = sampling.temperature_B
+    scaled = logits_BxV / jnp.where(temperature > 0, temperature, 1.0)[:, None]
+
+    def draw_unfiltered(_):
+        drawn = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+        return jnp.where(temperature > 0, drawn, greedy)
+
     def draw(_):
         vocab = logits_BxV.shape[-1]
-        temperature = sampling.temperature_B
-        scaled = logits_BxV / jnp.where(temperature > 0, temperature, 1.0)[:, None]
         sorted_desc = -jnp.sort(-scaled, axis=-1)
         top_k = sampling.top_k_B
         k = jnp.where((top_k > 0) & (top_k < vocab), top_k, vocab)
@@ -102,7 +108,11 @@ def sample_tokens(logits_BxV: jax.Array, key: jax.Array, sampling: SamplingParam
         drawn = jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
         return jnp.where(temperature > 0, drawn, greedy)
 
-    return jax.lax.cond(jnp.any(sampling.temperature_B > 0), draw, lambda _: greedy, None)
+    # Branches, cheapest first: all greedy; sampling without filters (no vocabulary sort);
+    # sampling with top-k / top-p filters (one sort of the vocabulary per row).
+    any_filter = jnp.any((sampling.top_k_B > 0) | (sampling.top_p_B < 1.0))
+    branch = jnp.where(jnp.any(temperature > 0), jnp.where(any_filter, 2, 1), 0)
+    return jax.lax.switch(branch, [lambda _: greedy, draw_unfiltered, draw], None)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_len", "num_new", "mesh"))

@@ -244,11 +244,14 @@ def _row_stats(leaf):
     return (jnp.sum(rows != 0, axis=1, dtype=jnp.int32), jnp.sum(rows * rows, axis=1))
 
 
+def global_norm(tree) -> float:
+    """L2 norm over every leaf, accumulated per leaf and row (no flat copy)."""
+    return math.sqrt(sum(float(np.asarray(_row_stats(x)[1], np.float64).sum())
+                         for x in jax.tree.leaves(tree)))
+
+
 def statistics(config: ModelConfig, tau_full, tau_trimmed, trim_result: TrimResult) -> dict:
     """Norms, kept fraction and each layer's share of the kept entries and squared norm."""
-    def sq_norm(tree) -> float:
-        return sum(float(np.asarray(_row_stats(x)[1], np.float64).sum())
-                   for x in jax.tree.leaves(tree))
 
     layers_count = np.zeros(config.num_layers)
     layers_sq = np.zeros(config.num_layers)
@@ -269,8 +272,8 @@ def statistics(config: ModelConfig, tau_full, tau_trimmed, trim_result: TrimResu
         "kept_fraction": trim_result.kept / max(trim_result.selected, 1),
         "threshold": trim_result.threshold,
         "ties_dropped": trim_result.ties_broken,
-        "norm_full": math.sqrt(sq_norm(tau_full)) if tau_full is not None else None,
-        "norm_trimmed": math.sqrt(sq_norm(tau_trimmed)),
+        "norm_full": global_norm(tau_full) if tau_full is not None else None,
+        "norm_trimmed": global_norm(tau_trimmed),
         "per_layer_kept_share": [float(c / total_count) for c in layers_count],
         "per_layer_norm_share": [float(q / total_sq) for q in layers_sq],
         "embeddings_and_head_kept_share": float(other_count / total_count),

@@ -1,0 +1,127 @@
+"""DiReg end to end on tiny models: the edited export, the sweep, metrics and the CLI."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from conftest import VOCAB, torch_logits
+
+import prosocial_jax as pj
+from prosocial_jax import cli, data, direg, evaluate, harm
+
+
+def _perturbed_copy(model, seed=0, scale=0.05):
+    rng = np.random.RandomState(seed)
+    params = jax.tree.map(
+        lambda x: (np.asarray(x) + scale * rng.standard_normal(x.shape)).astype(x.dtype),
+        model.params)
+    return pj.Model(model.config, jax.device_put(params), model.tokenizer, None, "perturbed")
+
+
+def test_exported_edit_loads_in_transformers(tiny_checkpoints, tmp_path, capsys):
+    import transformers
+
+    base_path = tiny_checkpoints["qwen2"].path
+    base = pj.load_model(base_path)
+    harmful_path = pj.save_model(_perturbed_copy(base), tmp_path / "harmful")
+    out = tmp_path / "edited"
+    assert cli.main(["harm-vector", "--base", str(base_path), "--harmful", str(harmful_path),
+                     "--out", str(out), "--top-k", "0.2", "--scale", "3",
+                     "--exclude", "model.embed_tokens.weight"]) == 0
+    record = json.loads((out / "harm_vector.json").read_text())
+    assert record["kept_fraction"] == pytest.approx(0.2, abs=1e-3)
+    assert record["scale"] == 3.0 and record["exclude"] == ["model.embed_tokens.weight"]
+    assert len(record["per_layer_norm_share"]) == base.config.num_layers
+    ids = np.random.RandomState(0).randint(3, VOCAB, (2, 10))
+    edited = pj.load_model(out)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    np.testing.assert_allclose(torch_logits(reference, ids), np.asarray(edited.logits(ids)),
+                               atol=1e-4)
+    # Independent recomputation of the edit from the two checkpoints.
+    harmful = pj.load_model(harmful_path)
+    tau = harm.task_vector(base.params, harmful.params)
+    mask = harm.selection_mask(base.config, tau, exclude=["model.embed_tokens.weight"])
+    expected = harm.apply(base.params, harm.trim(tau, 0.2, mask)[0], 3.0)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(edited.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(edited.params["embed"]["embedding"],
+                                  base.params["embed"]["embedding"])
+
+
+def test_edit_rejects_different_architectures(tiny_checkpoints):
+    llama = pj.load_model(tiny_checkpoints["llama"].path)
+    gemma = pj.load_model(tiny_checkpoints["gemma"].path)
+    with pytest.raises(harm.HarmVectorError, match="different architectures: model_type"):
+        direg.edit(llama, gemma, 0.1, 1.0)
+
+
+def test_refusal_metric_uses_harmbench_prefixes():
+    prefixes = evaluate.refusal_prefixes()
+    assert len(prefixes) == 29 and "I'm sorry" in prefixes
+    assert evaluate.is_refusal("I'm sorry, but I cannot help with that.")
+    assert evaluate.is_refusal("Doing that would be illegal.")  # substring match, as upstream
+    assert not evaluate.is_refusal("Sure! Here is a recipe for bread.")
+    assert evaluate.refusal_rate(["I cannot do that", "Sure.", "Sure.", "Sure."]) == 0.25
+
+
+def test_mean_log_likelihood_matches_direct_computation(tiny_chat):
+    model = pj.load_model(tiny_chat.path)
+    prompts, responses = ["Say hi.", "Name a fruit.", "Count."], ["Hi!", "Apple.", "1 2 3"]
+    ours = evaluate.mean_log_likelihood(model, prompts, responses, batch_size=2)
+    total = count = 0.0
+    for prompt, response in zip(prompts, responses):
+        ids, mask = data.encode_sft(model.tokenizer, prompt, response, 512)
+        logits = np.asarray(model.logits([ids]))[0].astype(np.float64)
+        log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(
+            -1, keepdims=True)) - logits.max(-1, keepdims=True)
+        for t in range(1, len(ids)):
+            if mask[t]:
+                total += log_probs[t - 1, ids[t]]
+                count += 1
+    assert ours == pytest.approx(total / count, rel=1e-5)
+
+
+def test_sweep_and_plot(tiny_chat, tmp_path):
+    base = pj.load_model(tiny_chat.path)
+    harmful = _perturbed_copy(base, seed=1)
+    prompts = direg.SweepPrompts(harmful=["Do a bad thing.", "Another bad thing."],
+                                 benign=["Say hi.", "Name a fruit."])
+    rows = direg.sweep(base, harmful, top_ks=[0.1, 1.0], scales=[0.0, 1.0, 2.0],
+                       prompts=prompts, out_dir=tmp_path / "gen", max_new_tokens=4,
+                       batch_size=2)
+    assert [r["setting"] for r in rows] == ["base", "harmful fine-tune"] + ["DiReg"] * 4
+    assert rows[0]["fluency_delta"] == 0.0
+    assert all(0.0 <= r["harmful_refusal_rate"] <= 1.0 for r in rows)
+    assert sorted(p.name for p in (tmp_path / "gen").glob("generations_*.jsonl")) == sorted(
+        ["generations_base.jsonl", "generations_harmful_fine-tune.jsonl",
+         "generations_k0.1_lambda1.0.jsonl", "generations_k0.1_lambda2.0.jsonl",
+         "generations_k1.0_lambda1.0.jsonl", "generations_k1.0_lambda2.0.jsonl"])
+    direg.plot_sweep(rows, tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| DiReg | 0.1 | 1 |" in direg.format_table(rows)
+
+
+def test_harmful_data_command(tiny_chat, tmp_path, capsys):
+    out = tmp_path / "harmful.jsonl"
+    assert cli.main(["harmful-data", "--model", str(tiny_chat.path), "--samples", "1",
+                     "--max-new-tokens", "6", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["behaviors"] == 41 and summary["generated"] == 41
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == summary["kept"] == 41 - summary["refused"]
+    assert {"prompt", "response", "behavior_id", "sample"} <= set(rows[0])
+
+
+def test_harm_vector_cli_errors(tiny_checkpoints, tmp_path, capsys):
+    path = str(tiny_checkpoints["llama"].path)
+    base_args = ["harm-vector", "--base", path, "--harmful", path, "--out", str(tmp_path / "o")]
+    assert cli.main([*base_args, "--top-k", "1.5"]) == 2
+    assert "top-k fraction must be in [0, 1]" in capsys.readouterr().err
+    assert cli.main([*base_args, "--include", "model.layrs.*"]) == 2
+    assert "pattern 'model.layrs.*' matches no parameter" in capsys.readouterr().err
+    assert cli.main([*base_args, "--top-k", "0.1,0.2"]) == 2
+    assert "lists need --sweep" in capsys.readouterr().err
+    assert cli.main(["harm-vector", "--base", path, "--harmful", str(tmp_path / "missing"),
+                     "--out", str(tmp_path / "o")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
