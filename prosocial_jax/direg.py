@@ -8,7 +8,6 @@ generation and evaluation. Generated harmful text is written only under the cach
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -118,7 +117,7 @@ def sweep(base: Model, harmful: Model, top_ks: Sequence[float], scales: Sequence
           exclude: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Evaluates the base model, the harmful model and every (top_k, scale) DiReg edit.
 
-    Writes each setting's generations (JSONL) and `sweep.json` to `out_dir`; returns the rows.
+    Writes each setting's generations (JSONL) to `out_dir`; returns one metrics row per setting.
     Fluency is the mean log-likelihood of the base model's own benign answers.
     """
     out_dir = Path(out_dir)
@@ -156,9 +155,6 @@ def sweep(base: Model, harmful: Model, top_ks: Sequence[float], scales: Sequence
     base_fluency = rows[0]["fluency"]
     for row in rows:
         row["fluency_delta"] = row["fluency"] - base_fluency
-    with atomic_open(out_dir / "sweep.json") as handle:
-        json.dump({"harmful_prompts": len(prompts.harmful), "benign_prompts": len(prompts.benign),
-                   "max_new_tokens": max_new_tokens, "rows": rows}, handle, indent=2)
     return rows
 
 

@@ -60,7 +60,8 @@ class FinetuneSettings:
 def optimizer(settings: FinetuneSettings) -> optax.GradientTransformation:
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=settings.learning_rate,
-        warmup_steps=settings.warmup_steps, decay_steps=max(settings.steps, 1),
+        warmup_steps=settings.warmup_steps,
+        decay_steps=max(settings.steps, settings.warmup_steps + 1),  # counts the warm-up too
         end_value=settings.learning_rate * settings.end_learning_rate_fraction)
     return optax.chain(optax.clip_by_global_norm(settings.grad_clip),
                        optax.adamw(schedule, weight_decay=settings.weight_decay))

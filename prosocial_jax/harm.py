@@ -7,8 +7,9 @@
 Everything works leaf by leaf on parameter pytrees: structure, dtype and sharding are preserved,
 and no flat copy of the model is ever made. The global top-k threshold is found exactly by a
 bitwise binary search on the float32 bit patterns of |tau| (non-negative floats order like their
-bits): 32 counting passes, each a fused compare-and-sum per leaf, so a 7B model needs no more
-host memory than its two parameter sets plus one leaf of temporaries.
+bits): at most 31 counting passes (15 when every leaf is bfloat16), each a fused
+compare-and-sum per leaf, so a 7B model needs no more host memory than its two parameter sets
+plus one leaf of temporaries.
 
 Parameters are selected by fnmatch patterns over Hugging Face tensor names
 (`model.layers.3.mlp.down_proj.weight`); inside a stacked `[layers, ...]` leaf each layer is
@@ -138,37 +139,64 @@ def combine(vectors: Sequence, weights: Sequence[float] | None = None):
 
 
 # ---------------------------------------------------------------------------- trimming
-@jax.jit
-def _magnitude_bits(leaf):
-    return jax.lax.bitcast_convert_type(jnp.abs(leaf.astype(jnp.float32)), jnp.uint32)
+# Magnitudes are compared through their float32 bit patterns (uint32): for non-negative floats
+# the bits order exactly like the values, NaN sorting above +inf. bfloat16 leaves are compared
+# on their own 16-bit codes (a bfloat16's float32 pattern is its code shifted left by 16), which
+# avoids a conversion per element and means the low 16 bits need no search when every leaf is
+# bfloat16.
+_NAN_BITS = 0x7F800001  # smallest float32 pattern above +inf
+
+
+def _codes(leaf) -> tuple[jax.Array, int]:
+    """Unsigned magnitude codes ordered like |leaf|, and their shift into float32 bits."""
+    if leaf.dtype == jnp.bfloat16:
+        return jax.lax.bitcast_convert_type(leaf, jnp.uint16) & jnp.uint16(0x7FFF), 16
+    return jax.lax.bitcast_convert_type(jnp.abs(leaf.astype(jnp.float32)), jnp.uint32), 0
+
+
+def _codes_at_least(leaf, candidate_bits):
+    codes, shift = _codes(leaf)
+    if shift:  # code << 16 >= c  <=>  code >= ceil(c / 2**16)
+        candidate_bits = (candidate_bits + jnp.uint32((1 << shift) - 1)) >> shift
+    return codes >= candidate_bits.astype(codes.dtype)
+
+
+def _block(n: int) -> int:
+    """Largest divisor of n that is at most 127 (an int8 partial sum cannot overflow)."""
+    return next(b for b in range(min(n, 127), 0, -1) if n % b == 0)
 
 
 @jax.jit
-def _count_at_least(leaf, mask, candidate):
-    """Per-row counts (int32 rows stay exact for any model size) of selected |x| >= candidate."""
-    hit = (_magnitude_bits(leaf) >= candidate) & _broadcast_mask(mask, leaf)
-    return jnp.sum(hit.reshape(hit.shape[0], -1) if hit.ndim > 1 else hit.reshape(1, -1),
-                   axis=1, dtype=jnp.int32)
+def _count_at_least(leaf, mask, candidate_bits):
+    """Per-row counts of selected entries with |x| >= the float32 value of `candidate_bits`.
+
+    Counted in int8 blocks first: XLA's CPU reduction over bools is 3-4x faster that way, and
+    int32 row counts stay exact for any model size.
+    """
+    hit = _codes_at_least(leaf, candidate_bits) & _broadcast_mask(mask, leaf)
+    rows = hit.reshape(hit.shape[0], -1) if hit.ndim > 1 else hit.reshape(1, -1)
+    block = _block(rows.shape[1])
+    partial = jnp.sum(rows.reshape(rows.shape[0], -1, block).astype(jnp.int8), axis=-1,
+                      dtype=jnp.int8)
+    return jnp.sum(partial.astype(jnp.int32), axis=1)
 
 
-@jax.jit
-def _count_nan(leaf):
-    return jnp.sum(jnp.isnan(leaf.astype(jnp.float32)).reshape(-1, 1), axis=0, dtype=jnp.int32)
-
-
-def _keep(leaf, mask, threshold, ties_to_keep):
-    """Zero all but selected entries above the threshold and the first `ties_to_keep` ties."""
-    bits = _magnitude_bits(leaf)
+def _keep(leaf, mask, threshold_bits, ties_to_keep, ties: str):
+    """Zero all but selected entries above the threshold, plus ties at it: "all", "none", or
+    "first" (the first `ties_to_keep` in row-major order; needs a cumulative count)."""
     selected = _broadcast_mask(mask, leaf)
-    above = (bits > threshold) & selected
-    tie = (bits == threshold) & selected
-    tie_rank = jnp.cumsum(tie.reshape(-1), dtype=jnp.int32).reshape(tie.shape)
-    keep = above | (tie & (tie_rank <= ties_to_keep))
+    keep = _codes_at_least(leaf, threshold_bits + jnp.uint32(1)) & selected
+    if ties != "none":
+        tie = _codes_at_least(leaf, threshold_bits) & selected & ~keep
+        if ties == "first":
+            rank = jnp.cumsum(tie.reshape(-1), dtype=jnp.int32).reshape(tie.shape)
+            tie &= rank <= ties_to_keep
+        keep |= tie
     return jnp.where(keep, leaf, jnp.zeros((), leaf.dtype))
 
 
-_keep_copying = jax.jit(_keep)
-_keep_donating = jax.jit(_keep, donate_argnums=0)
+_keep_copying = jax.jit(_keep, static_argnames="ties")
+_keep_donating = jax.jit(_keep, static_argnames="ties", donate_argnums=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,10 +216,13 @@ def keep_count(k: float, selected: int) -> int:
 def trim(tau, k: float, mask=None, donate: bool = False):
     """Keeps exactly floor(k * n) of the n selected entries of `tau` with the largest magnitude.
 
-    One global threshold over all selected parameters. Ties at the threshold are broken by
-    position (leaf order of the pytree, then row-major inside a leaf), so the kept count is
-    exact. Unselected entries become 0. Returns (trimmed tau, TrimResult).
+    One global threshold over all selected parameters, found by a bitwise binary search: each
+    step counts, leaf by leaf, the entries at or above a candidate (no flat copy, no sort).
+    Ties at the threshold are broken by position (leaf order of the pytree, then row-major
+    inside a leaf), so the kept count is exact. Unselected entries become 0. Magnitudes are
+    compared in float32 (exact for bfloat16, float16 and float32 weights).
     With `donate=True` the input leaves are consumed (no second copy of tau is made).
+    Returns (trimmed tau, TrimResult).
     """
     leaves, treedef = jax.tree.flatten(tau)
     if mask is None:
@@ -201,36 +232,38 @@ def trim(tau, k: float, mask=None, donate: bool = False):
         raise HarmVectorError("the selection mask does not match the harm vector's structure")
     selected = selected_count(tau, mask)
     kept = keep_count(k, selected)
-    if any(int(_count_nan(leaf)[0]) for leaf in leaves):
-        raise HarmVectorError("the harm vector contains NaN; are the checkpoints intact?")
 
-    def count(candidate: int) -> int:
+    def counts(candidate: int) -> list[int]:
         value = jnp.uint32(candidate)
-        return sum(int(np.asarray(_count_at_least(leaf, m, value), np.int64).sum())
-                   for leaf, m in zip(leaves, masks))
+        return [int(np.asarray(_count_at_least(leaf, m, value), np.int64).sum())
+                for leaf, m in zip(leaves, masks)]
 
-    if kept == 0:  # keep nothing: any threshold above every magnitude
-        threshold_bits, ties = 0xFFFFFFFF, 0
+    if sum(counts(_NAN_BITS)):
+        raise HarmVectorError("the harm vector contains NaN; are the checkpoints intact?")
+    if kept == 0:  # keep nothing
+        threshold_bits, ties_per_leaf = _NAN_BITS - 1, [0] * len(leaves)
     else:
-        # Largest t with count(|x| >= t) >= kept is exactly the kept-th largest magnitude.
+        # The kept-th largest magnitude is the largest t with count(|x| >= t) >= kept; bits
+        # below `lowest` are zero in every leaf's values, so they need no search.
+        lowest = 16 if all(leaf.dtype == jnp.bfloat16 for leaf in leaves) else 0
         threshold_bits = 0
-        for bit in range(31, -1, -1):
+        for bit in range(30, lowest - 1, -1):
             candidate = threshold_bits | (1 << bit)
-            if count(candidate) >= kept:
+            if sum(counts(candidate)) >= kept:
                 threshold_bits = candidate
-        ties = kept - (count(threshold_bits + 1) if threshold_bits < 0xFFFFFFFF else 0)
-    out, remaining, dropped = [], ties, 0
+        at_least, above = counts(threshold_bits), counts(threshold_bits + 1)
+        ties_per_leaf = [a - b for a, b in zip(at_least, above)]
+        kept_above = sum(above)
+    out, remaining = [], kept - (kept_above if kept else 0)
+    dropped = 0
     keep_fn = _keep_donating if donate else _keep_copying
-    for leaf, m in zip(leaves, masks):
-        tied_here = (int(np.asarray(_count_at_least(leaf, m, jnp.uint32(threshold_bits)),
-                                    np.int64).sum())
-                     - (int(np.asarray(_count_at_least(leaf, m, jnp.uint32(threshold_bits + 1)),
-                                       np.int64).sum()) if threshold_bits < 0xFFFFFFFF else 0)
-                     if kept else 0)
+    for leaf, m, tied_here in zip(leaves, masks, ties_per_leaf):
         take = min(remaining, tied_here)
         remaining -= take
         dropped += tied_here - take
-        out.append(keep_fn(leaf, m, jnp.uint32(threshold_bits), jnp.int32(take)))
+        ties_mode = "none" if take == 0 else "all" if take == tied_here else "first"
+        out.append(keep_fn(leaf, m, jnp.uint32(threshold_bits), jnp.int32(take),
+                           ties=ties_mode))
     threshold = float(np.array(threshold_bits, np.uint32).view(np.float32)) if kept else 0.0
     return jax.tree.unflatten(treedef, out), TrimResult(selected, kept, threshold, dropped)
 

@@ -1,5 +1,6 @@
 """Supervised fine-tuning: the loss goes down, LoRA merges back, resumes are exact."""
 
+import dataclasses
 import json
 
 import jax
@@ -109,3 +110,24 @@ def test_bad_data(chat_model, tmp_path):
         data.load_sft(tmp_path / "nope.jsonl", chat_model.tokenizer, max_len=128)
     with pytest.raises(ValueError, match="steps must be >= 1"):
         FinetuneSettings(steps=0)
+
+
+def test_bfloat16_compute_and_data_parallel_mesh(tiny_chat, sft_file, tmp_path):
+    single = pj.load_model(tiny_chat.path)
+    examples, _ = data.load_sft(sft_file, single.tokenizer, max_len=128)
+    settings = FinetuneSettings(steps=3, batch_size=4, learning_rate=1e-3, warmup_steps=1,
+                                checkpoint_every=3)
+    plain, plain_history = finetune(single, examples, settings, tmp_path / "one",
+                                    progress=False)
+    sharded_model = pj.load_model(tiny_chat.path, mesh="4x2")
+    spread, spread_history = finetune(sharded_model, examples, settings, tmp_path / "mesh",
+                                      progress=False)
+    np.testing.assert_allclose([h["loss"] for h in spread_history],
+                               [h["loss"] for h in plain_history], rtol=1e-5)
+    for a, b in zip(_leaves(plain.params), _leaves(spread.params)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    low = dataclasses.replace(settings, compute_dtype="bfloat16")
+    tuned, history = finetune(single, examples, low, tmp_path / "bf16", progress=False)
+    assert {x.dtype for x in _leaves(tuned.params)} == {np.dtype(np.float32)}
+    assert abs(history[0]["loss"] - plain_history[0]["loss"]) < 0.05 * plain_history[0]["loss"]
+
