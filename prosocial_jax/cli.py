@@ -345,7 +345,7 @@ def _cmd_harm_vector(args) -> int:
     if len(top_ks) != 1 or len(scales) != 1:
         raise ValueError("--top-k and --scale take one value each (lists need --sweep)")
     edited, record = direg.edit(base, harmful, top_ks[0], scales[0], args.include,
-                                args.exclude, donate_harmful=True)
+                                args.exclude, donate=True)
     pj.save_model(edited, args.out, overwrite=args.overwrite)
     with atomic_open(args.out / "harm_vector.json") as handle:
         json.dump(record, handle, indent=2)

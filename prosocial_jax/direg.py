@@ -54,16 +54,16 @@ def build_harmful_data(model: Model, out_path: str | Path, split: str = "val",
 # ---------------------------------------------------------------------------- the edit
 def edit(base: Model, harmful: Model, top_k: float, scale: float,
          include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
-         donate_harmful: bool = False) -> tuple[Model, dict[str, Any]]:
+         donate: bool = False) -> tuple[Model, dict[str, Any]]:
     """theta' = base - scale * trim_top_k(harmful - base); returns the edited model and a record.
 
-    With `donate_harmful=True` the harmful model's buffers are reused for the harm vector (the
-    harmful model is consumed): peak memory stays at two models.
+    With `donate=True` both input models are consumed: the harm vector reuses the harmful
+    model's buffers and the edit the base model's, so peak memory stays at two models.
     """
     if base.config != harmful.config:
         raise harm.HarmVectorError("base and harmful checkpoints have different architectures: "
                                    f"{_config_difference(base.config, harmful.config)}")
-    tau = harm.task_vector(base.params, harmful.params, donate_harmful=donate_harmful)
+    tau = harm.task_vector(base.params, harmful.params, donate_harmful=donate)
     mask = harm.selection_mask(base.config, tau, include, exclude)
     full_norm = harm.global_norm(tau)
     trimmed, result = harm.trim(tau, top_k, mask, donate=True)
@@ -71,8 +71,9 @@ def edit(base: Model, harmful: Model, top_k: float, scale: float,
               "include": list(include) if include else None,
               "exclude": list(exclude) if exclude else None,
               **harm.statistics(base.config, None, trimmed, result), "norm_full": full_norm}
-    edited = dataclasses.replace(base, params=harm.apply(base.params, trimmed, scale),
-                                 source=f"DiReg({base.source}, k={top_k}, lambda={scale})")
+    edited = dataclasses.replace(
+        base, params=harm.apply(base.params, trimmed, scale, donate_base=donate),
+        source=f"DiReg({base.source}, k={top_k}, lambda={scale})")
     return edited, record
 
 

@@ -117,11 +117,23 @@ def task_vector(base, harmful, donate_harmful: bool = False):
     return optax.tree.sub(harmful, base)
 
 
-def apply(base, tau, scale: float):
-    """theta' = base - scale * tau (DiReg subtracts the harm direction)."""
+def _subtract_scaled(base_leaf, tau_leaf, scale):
+    return (base_leaf - scale.astype(tau_leaf.dtype) * tau_leaf).astype(base_leaf.dtype)
+
+
+_subtract_scaled_copying = jax.jit(_subtract_scaled)
+_subtract_scaled_donating = jax.jit(_subtract_scaled, donate_argnums=0)
+
+
+def apply(base, tau, scale: float, donate_base: bool = False):
+    """theta' = base - scale * tau (DiReg subtracts the harm direction).
+
+    `donate_base=True` writes the result into the base model's buffers (the base is consumed).
+    """
     check_compatible(base, tau, what="harm vector")
-    return jax.tree.map(lambda b, t: (b - jnp.asarray(scale, t.dtype) * t).astype(b.dtype),
-                        base, tau)
+    fn = _subtract_scaled_donating if donate_base else _subtract_scaled_copying
+    scale = jnp.asarray(scale, jnp.float32)
+    return jax.tree.map(lambda b, t: fn(b, t, scale), base, tau)
 
 
 def combine(vectors: Sequence, weights: Sequence[float] | None = None):

@@ -159,3 +159,12 @@ def test_bad_inputs(tiny_checkpoints, llama):
     for k in (-0.1, 1.5, float("nan")):
         with pytest.raises(harm.HarmVectorError, match="must be in \\[0, 1\\]"):
             harm.trim(llama.params, k)
+
+
+def test_apply_can_write_into_the_base(llama):
+    base = jax.tree.map(jnp.array, llama.params)
+    tau = harm.task_vector(base, _perturbed(base, seed=7))
+    expected = harm.apply(base, tau, 2.0)
+    edited = harm.apply(base, tau, 2.0, donate_base=True)
+    assert all(x.is_deleted() for x in jax.tree.leaves(base))
+    np.testing.assert_array_equal(_flat(edited), _flat(expected))
