@@ -12,14 +12,19 @@ from prosocial_jax.decode import Generation, generate
 from prosocial_jax.models.config import ConfigError, ModelConfig
 from prosocial_jax.models.hf import CheckpointError
 from prosocial_jax.models.model import Model, load_model, save_model
+from prosocial_jax.pblora import Adapter, AdapterConfig, load_adapter, save_adapter
 
 __all__ = [
+    "Adapter",
+    "AdapterConfig",
     "CheckpointError",
     "ConfigError",
     "Generation",
     "Model",
     "ModelConfig",
     "generate",
+    "load_adapter",
     "load_model",
+    "save_adapter",
     "save_model",
 ]

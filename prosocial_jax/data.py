@@ -179,3 +179,63 @@ def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> n
     epochs, offsets = np.divmod(positions, num_examples)
     orders = {e: epoch_order(num_examples, seed, int(e)) for e in np.unique(epochs)}
     return np.array([orders[e][o] for e, o in zip(epochs, offsets)])
+
+
+# ---------------------------------------------------------------------------- preference pairs
+@dataclasses.dataclass
+class PreferencePair:
+    """Two responses to one prompt and, per attribute, which is better ("a", "b" or None)."""
+
+    prompt: str | list[dict[str, Any]]
+    response_a: str
+    response_b: str
+    winners: dict[str, str | None]
+    line: int = 0
+
+
+@dataclasses.dataclass
+class PairExample:
+    """A tokenised pair: both sequences and the label vector (+1 a wins, -1 b wins, 0 unknown)."""
+
+    a: SFTExample
+    b: SFTExample
+    labels: list[int]
+    line: int
+
+
+def pair_labels(winners: dict[str, str | None], attributes: Sequence[str]) -> list[int]:
+    return [{"a": 1, "b": -1}.get(winners.get(name) or "", 0) for name in attributes]
+
+
+def encode_pairs(pairs: Sequence[PreferencePair], tokenizer, attributes: Sequence[str],
+                 max_len: int, skipped: SkippedRows | None = None) -> list[PairExample]:
+    """Tokenises pairs through the chat template; pairs with no usable label are skipped."""
+    skipped = skipped if skipped is not None else SkippedRows()
+    examples = []
+    for pair in pairs:
+        labels = pair_labels(pair.winners, attributes)
+        if not any(labels):
+            skipped.add("no label for any attribute", pair.line)
+            continue
+        try:
+            a = SFTExample(*encode_sft(tokenizer, pair.prompt, pair.response_a, max_len),
+                           pair.line)
+            b = SFTExample(*encode_sft(tokenizer, pair.prompt, pair.response_b, max_len),
+                           pair.line)
+        except ValueError as err:
+            skipped.add(str(err), pair.line)
+            continue
+        examples.append(PairExample(a, b, labels, pair.line))
+    return examples
+
+
+def pair_batch(examples: Sequence[PairExample], pad_id: int,
+               max_len: int) -> dict[str, np.ndarray]:
+    """tokens / attention / response [N, 2, T] (a first) and labels [N, K], length bucketed."""
+    flat = sft_batch([s for e in examples for s in (e.a, e.b)], pad_id, max_len)
+    n = len(examples)
+    batch = {"tokens": flat["tokens"], "attention": flat["attention_mask"],
+             "response": flat["loss_mask"]}
+    batch = {k: v.reshape(n, 2, -1) for k, v in batch.items()}
+    batch["labels"] = np.array([e.labels for e in examples], np.int8)
+    return batch

@@ -13,12 +13,15 @@ float32, logits always float32; weights and activations in the checkpoint's dtyp
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from flax import struct
 
+from prosocial_jax import pblora
 from prosocial_jax.models.cache import KVCache
 from prosocial_jax.models.config import ModelConfig
 
@@ -103,6 +106,30 @@ class Linear(nn.Module):
         return y
 
 
+@struct.dataclass
+class Adaptation:
+    """One layer's PBLoRA factors and the per-row preference, handed to its projections."""
+
+    factors: dict  # {target: {"A1": ..., ...}} for this layer
+    preference_BxK: jax.Array
+    dropout_key: jax.Array | None
+    config: Any = struct.field(pytree_node=False)  # pblora.AdapterConfig (scale, dropout)
+
+    def __call__(self, name: str, x: jax.Array, y: jax.Array) -> jax.Array:
+        """y plus this projection's preference-conditioned update, if the adapter targets it."""
+        if name not in self.factors:
+            return y
+        key = None
+        if self.dropout_key is not None:
+            key = jax.random.fold_in(self.dropout_key, sorted(self.factors).index(name))
+        return y + pblora.delta(x, self.factors[name], self.preference_BxK, self.config.scale,
+                                self.config.dropout, key)
+
+
+def _adapt(adaptation: Adaptation | None, name: str, x: jax.Array, y: jax.Array) -> jax.Array:
+    return y if adaptation is None else adaptation(name, x, y)
+
+
 class Attention(nn.Module):
     """Grouped-query attention over a read-only cache plus this call's own keys.
 
@@ -114,12 +141,18 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxTxD, cos, sin, self_mask_BxTxT, cache_k, cache_v, cache_mask_BxTxS):
+    def __call__(self, x_BxTxD, cos, sin, self_mask_BxTxT, cache_k, cache_v, cache_mask_BxTxS,
+                 adaptation: Adaptation | None = None):
         cfg = self.config
         b, t, _ = x_BxTxD.shape
-        q = Linear(cfg.num_heads * cfg.head_dim, cfg.qkv_bias, name="q_proj")(x_BxTxD)
-        k = Linear(cfg.num_kv_heads * cfg.head_dim, cfg.qkv_bias, name="k_proj")(x_BxTxD)
-        v = Linear(cfg.num_kv_heads * cfg.head_dim, cfg.qkv_bias, name="v_proj")(x_BxTxD)
+
+        def project(name: str, features: int, bias: bool) -> jax.Array:
+            return _adapt(adaptation, name, x_BxTxD,
+                          Linear(features, bias, name=name)(x_BxTxD))
+
+        q = project("q_proj", cfg.num_heads * cfg.head_dim, cfg.qkv_bias)
+        k = project("k_proj", cfg.num_kv_heads * cfg.head_dim, cfg.qkv_bias)
+        v = project("v_proj", cfg.num_kv_heads * cfg.head_dim, cfg.qkv_bias)
         q = apply_rotary(q.reshape(b, t, cfg.num_heads, cfg.head_dim), cos, sin)
         k = apply_rotary(k.reshape(b, t, cfg.num_kv_heads, cfg.head_dim), cos, sin)
         v = v.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
@@ -149,8 +182,9 @@ class Attention(nn.Module):
 
         if cache_k is None:
             probs = jax.nn.softmax(self_scores, axis=-1).astype(v.dtype)
-            out = heads_to_rows(jnp.einsum("bkqs,bksh->bkqh", probs, v)[None])
-            return o_proj(out).reshape(b, t, cfg.hidden_size), (k, v)
+            rows = heads_to_rows(jnp.einsum("bkqs,bksh->bkqh", probs, v)[None])
+            out = o_proj(rows).reshape(b, t, cfg.hidden_size)
+            return _adapt(adaptation, "o_proj", rows.reshape(b, t, -1), out), (k, v)
         cached = cache_k.shape[2]
         probs = jax.nn.softmax(
             jnp.concatenate([scores(cache_k, cache_mask_BxTxS), self_scores], axis=-1),
@@ -160,23 +194,30 @@ class Attention(nn.Module):
         # The two parts go through o_proj as separate rows and are summed after it (o_proj is
         # linear). Summing first lets XLA fold the sum into o_proj's fused matrix-vector loop,
         # re-evaluated unvectorised for every weight element: o_proj was 5x slower at batch 1.
-        out = o_proj(heads_to_rows(jnp.stack([from_cache, from_self])))
-        return out.reshape(2, b, t, cfg.hidden_size).sum(axis=0), (k, v)
+        rows = heads_to_rows(jnp.stack([from_cache, from_self]))
+        out = o_proj(rows).reshape(2, b, t, cfg.hidden_size).sum(axis=0)
+        if adaptation is not None:  # on the summed input, [B, T, H*D]
+            out = adaptation("o_proj", rows.reshape(2, b, t, -1).sum(axis=0), out)
+        return out, (k, v)
 
 
 class MLP(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxTxD):
+    def __call__(self, x_BxTxD, adaptation: Adaptation | None = None):
         cfg = self.config
-        gate = Linear(cfg.intermediate_size, name="gate_proj")(x_BxTxD)
-        up = Linear(cfg.intermediate_size, name="up_proj")(x_BxTxD)
+        gate = _adapt(adaptation, "gate_proj", x_BxTxD,
+                      Linear(cfg.intermediate_size, name="gate_proj")(x_BxTxD))
+        up = _adapt(adaptation, "up_proj", x_BxTxD,
+                    Linear(cfg.intermediate_size, name="up_proj")(x_BxTxD))
         if cfg.activation == "gelu_tanh":
             gate = jax.nn.gelu(gate, approximate=True)
         else:
             gate = jax.nn.silu(gate)
-        return Linear(cfg.hidden_size, name="down_proj")(gate * up)
+        hidden = gate * up
+        return _adapt(adaptation, "down_proj", hidden,
+                      Linear(cfg.hidden_size, name="down_proj")(hidden))
 
 
 def project_to_vocab(hidden: jax.Array, weight_VxD: jax.Array) -> jax.Array:
@@ -200,21 +241,27 @@ class DecoderLayer(nn.Module):
     """One pre-norm block; scanned over the stacked layer axis by `Decoder`."""
 
     config: ModelConfig
+    adapter_config: Any = None  # pblora.AdapterConfig when an adapter is applied
 
     @nn.compact
-    def __call__(self, x, cache_k, cache_v, cos, sin, self_mask, cache_mask):
+    def __call__(self, x, cache_k, cache_v, cos, sin, self_mask, cache_mask, adapter_factors,
+                 preference, dropout_key):
         cfg = self.config
+        adaptation = None
+        if adapter_factors is not None:
+            adaptation = Adaptation(adapter_factors, preference, dropout_key, self.adapter_config)
         h = RMSNorm(cfg.rms_norm_eps, cfg.norm_offset, name="input_norm")(x)
         h, new_kv = Attention(cfg, name="attn")(h, cos, sin, self_mask, cache_k, cache_v,
-                                                cache_mask)
+                                                cache_mask, adaptation)
         x = x + h
         h = RMSNorm(cfg.rms_norm_eps, cfg.norm_offset, name="post_attn_norm")(x)
-        x = x + MLP(cfg, name="mlp")(h)
+        x = x + MLP(cfg, name="mlp")(h, adaptation)
         return x, new_kv
 
 
 class Decoder(nn.Module):
     config: ModelConfig
+    adapter_config: Any = None  # pblora.AdapterConfig (static) when `adapter` is passed
 
     def setup(self):
         cfg = self.config
@@ -223,18 +270,24 @@ class Decoder(nn.Module):
             DecoderLayer,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            # scanned: caches, adapter factors, dropout keys; broadcast: everything else
+            in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0,
+                     nn.broadcast, 0),
             length=cfg.num_layers,
-        )(cfg, name="layers")
+        )(cfg, self.adapter_config, name="layers")
         self.final_norm = RMSNorm(cfg.rms_norm_eps, cfg.norm_offset, name="final_norm")
         if not cfg.tie_word_embeddings:
             self.lm_head = Unembed(cfg.vocab_size, name="lm_head")
 
     def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, token_mask_BxT: jax.Array,
-                 cache: KVCache | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+                 cache: KVCache | None = None, adapter: dict | None = None,
+                 preference_BxK: jax.Array | None = None, dropout_key: jax.Array | None = None
+                 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """Final-norm hidden states [B, T, D] and this call's keys/values, each [L, B, K, T, H].
 
         The cache (if any) is only read; `KVCache.append` stores the returned keys/values.
+        `adapter` is a PBLoRA factor pytree (stacked over layers) applied under the per-row
+        `preference_BxK`; `dropout_key` turns on the adapter's input dropout (training).
         """
         cfg = self.config
         x = self.embed(tokens_BxT)
@@ -250,7 +303,11 @@ class Decoder(nn.Module):
             cache_mask = attention_mask(cfg, cache.index + slots, jnp.arange(cache.max_len),
                                         cache.valid_BxS)
             cache_k, cache_v = cache.k_LxBxKxSxH, cache.v_LxBxKxSxH
-        x, new_kv = self.layers(x, cache_k, cache_v, cos, sin, self_mask, cache_mask)
+        keys = None
+        if adapter is not None and dropout_key is not None:
+            keys = jax.random.split(dropout_key, cfg.num_layers)
+        x, new_kv = self.layers(x, cache_k, cache_v, cos, sin, self_mask, cache_mask, adapter,
+                                preference_BxK, keys)
         return self.final_norm(x), new_kv
 
     def unembed(self, hidden: jax.Array) -> jax.Array:
@@ -272,24 +329,28 @@ def positions_from_mask(token_mask_BxT: jax.Array) -> jax.Array:
 
 
 def forward_logits(config: ModelConfig, params, tokens_BxT: jax.Array,
-                   token_mask_BxT: jax.Array) -> jax.Array:
-    """Full-sequence float32 logits [B, T, V], no cache."""
-    decoder = Decoder(config)
+                   token_mask_BxT: jax.Array, adapter_config=None, adapter=None,
+                   preference_BxK=None, dropout_key=None) -> jax.Array:
+    """Full-sequence float32 logits [B, T, V], no cache; optionally through a PBLoRA adapter."""
+    decoder = Decoder(config, adapter_config)
     positions = positions_from_mask(token_mask_BxT)
-    hidden, _ = decoder.apply({"params": params}, tokens_BxT, positions, token_mask_BxT)
+    hidden, _ = decoder.apply({"params": params}, tokens_BxT, positions, token_mask_BxT, None,
+                              adapter, preference_BxK, dropout_key)
     return decoder.apply({"params": params}, hidden, method=Decoder.unembed)
 
 
 def forward_with_cache(config: ModelConfig, params, tokens_BxT: jax.Array,
                        positions_BxT: jax.Array, mask_BxT: jax.Array, cache: KVCache | None,
-                       last_only: bool = True):
+                       last_only: bool = True, adapter_config=None, adapter=None,
+                       preference_BxK=None):
     """Logits (last position [B, V], or all [B, T, V]) and this call's keys/values.
 
     The cache is only read (None = empty, e.g. at prefill); store the returned keys/values with
     `cache.append(k, v, mask_BxT)`.
     """
-    decoder = Decoder(config)
-    hidden, new_kv = decoder.apply({"params": params}, tokens_BxT, positions_BxT, mask_BxT, cache)
+    decoder = Decoder(config, adapter_config)
+    hidden, new_kv = decoder.apply({"params": params}, tokens_BxT, positions_BxT, mask_BxT, cache,
+                                   adapter, preference_BxK)
     if last_only:
         hidden = hidden[:, -1]
     logits = decoder.apply({"params": params}, hidden, method=Decoder.unembed)

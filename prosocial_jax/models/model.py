@@ -17,7 +17,7 @@ import ml_dtypes
 import numpy as np
 from jax.sharding import Mesh
 
-from prosocial_jax import sharding
+from prosocial_jax import pblora, sharding
 from prosocial_jax.files import atomic_folder
 from prosocial_jax.models import hf
 from prosocial_jax.models.config import ModelConfig
@@ -48,9 +48,11 @@ def parse_dtype(dtype: Any) -> np.dtype | None:
     return np.dtype(dtype)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _jit_logits(config: ModelConfig, params, tokens_BxT, mask_BxT):
-    return forward_logits(config, params, tokens_BxT, mask_BxT)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _jit_logits(config: ModelConfig, adapter_config, params, tokens_BxT, mask_BxT, adapter,
+                preference_BxK):
+    return forward_logits(config, params, tokens_BxT, mask_BxT, adapter_config, adapter,
+                          preference_BxK)
 
 
 @dataclasses.dataclass
@@ -77,8 +79,11 @@ class Model:
                 return int(candidate)
         return 0
 
-    def logits(self, token_ids, attention_mask=None) -> jax.Array:
+    def logits(self, token_ids, attention_mask=None, adapter=None, preference=None) -> jax.Array:
         """[B, T] ints -> [B, T, V] float32 logits. Padded rows (mask 0) get per-row positions.
+
+        With a PBLoRA `adapter` (see `prosocial_jax.pblora`), `preference` is one vector for all
+        rows ([K], a {name: weight} dict or "name=w,..." text) or one per row ([B, K]).
 
         Example: `m.logits(np.array([[1, 2, 3]]))[0, -1].argmax()`.
         """
@@ -96,10 +101,21 @@ class Model:
         if outside.size:
             raise ValueError(f"token id {int(outside[0])} is outside the vocabulary "
                              f"[0, {self.config.vocab_size})")
+        adapter_config = adapter_params = preference_BxK = None
+        if adapter is not None:
+            if preference is None:
+                raise ValueError("an adapter needs a preference vector")
+            pblora.check_compatible(adapter, self.config)
+            adapter_config, adapter_params = adapter.config, adapter.params
+            preference_BxK = np.broadcast_to(
+                adapter.preference(preference), (tokens.shape[0], adapter.config.num_attributes))
+        elif preference is not None:
+            raise ValueError("a preference vector only means something with an adapter")
         if self.mesh is not None:
             tokens = jax.device_put(tokens, sharding.batch_sharding(self.mesh, tokens.shape))
             mask = jax.device_put(mask, sharding.batch_sharding(self.mesh, mask.shape))
-        return _jit_logits(self.config, self.params, tokens, mask)
+        return _jit_logits(self.config, adapter_config, self.params, tokens, mask, adapter_params,
+                           preference_BxK)
 
 
 # ---------------------------------------------------------------------------- loading

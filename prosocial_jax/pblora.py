@@ -1,0 +1,312 @@
+"""PBLoRA: one preference-conditioned low-rank adapter for K attributes (DESIGN.md section 1.2).
+
+For every targeted linear layer W0 (out x in), stacked over layers:
+
+    A1 [r1, in], A2 [r2, in], B1 [out, r1], B2 [out, r2], W [r1, r1], zeta [K, r2*r2]
+    M(alpha) = reshape(alpha @ zeta, (r2, r2))            (row-major, no bias)
+    h = W0 x + s * (B1 W A1 x + B2 M(alpha) A2 x),       s = lora_alpha / r2
+
+alpha is an input with one row per batch row ([B, K]), so every row may carry its own
+preference. The update is applied in the cheap order (x A^T, then the r x r cores, then B^T);
+dW(alpha) is never materialised. B1 = B2 = 0 at initialisation, so a fresh adapter leaves the
+backbone unchanged.
+
+File format (interop contract): a folder with `adapter_config.json` (r1, r2, lora_alpha,
+attributes, safety_attribute, target_modules, base_model, dropout) and `adapter.safetensors`
+with keys like `model.layers.0.self_attn.q_proj.A1` in HF [out, in] orientation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from prosocial_jax.files import atomic_folder
+from prosocial_jax.models.config import ModelConfig
+
+DEFAULT_ATTRIBUTES = ("harmlessness", "empathy", "sensitivity", "non_judgmental",
+                      "truthfulness", "helpfulness")
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj")
+MODULES = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn",
+           "o_proj": "self_attn", "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+FACTORS = ("A1", "A2", "B1", "B2", "W", "zeta")
+CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter.safetensors"
+
+
+class AdapterError(ValueError):
+    """An adapter that does not fit its backbone, or a bad preference vector."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterConfig:
+    r1: int = 4
+    r2: int = 4
+    lora_alpha: float = 8.0
+    attributes: tuple[str, ...] = DEFAULT_ATTRIBUTES
+    safety_attribute: str = "harmlessness"
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    base_model: str = ""
+    dropout: float = 0.05  # on the adapter's input, training only
+
+    def __post_init__(self):
+        object.__setattr__(self, "attributes", tuple(self.attributes))
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if self.r1 < 1 or self.r2 < 1:
+            raise AdapterError(f"ranks must be >= 1, got r1={self.r1}, r2={self.r2}")
+        if len(set(self.attributes)) != len(self.attributes) or not self.attributes:
+            raise AdapterError(f"attributes must be distinct and non-empty: {self.attributes}")
+        if self.safety_attribute not in self.attributes:
+            raise AdapterError(f"safety_attribute {self.safety_attribute!r} is not one of the "
+                               f"attributes {list(self.attributes)}")
+        unknown = [t for t in self.target_modules if t not in MODULES]
+        if unknown or not self.target_modules:
+            raise AdapterError(f"target_modules {unknown or '[]'} not supported (choose from "
+                               f"{', '.join(MODULES)})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise AdapterError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def scale(self) -> float:
+        return self.lora_alpha / self.r2
+
+    @property
+    def num_attributes(self) -> int:
+        return len(self.attributes)
+
+    @property
+    def safety_index(self) -> int:
+        return self.attributes.index(self.safety_attribute)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "attributes": list(self.attributes),
+                "target_modules": list(self.target_modules)}
+
+
+@dataclasses.dataclass
+class Adapter:
+    """A PBLoRA adapter: its config and its factor pytree ({target: {factor: [L, ...]}})."""
+
+    config: AdapterConfig
+    params: dict
+
+    def preference(self, value) -> np.ndarray:
+        """A validated, normalised preference vector or batch of them (see `resolve_preference`)."""
+        return resolve_preference(self.config, value)[0]
+
+
+# ---------------------------------------------------------------------------- shapes and init
+def projection_shape(model_config: ModelConfig, target: str) -> tuple[int, int]:
+    """(out, in) of a targeted projection of the backbone."""
+    c = model_config
+    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    return {"q_proj": (q, c.hidden_size), "k_proj": (kv, c.hidden_size),
+            "v_proj": (kv, c.hidden_size), "o_proj": (c.hidden_size, q),
+            "gate_proj": (c.intermediate_size, c.hidden_size),
+            "up_proj": (c.intermediate_size, c.hidden_size),
+            "down_proj": (c.hidden_size, c.intermediate_size)}[target]
+
+
+def factor_shapes(model_config: ModelConfig, config: AdapterConfig,
+                  target: str) -> dict[str, tuple[int, ...]]:
+    out, inp = projection_shape(model_config, target)
+    r1, r2, k = config.r1, config.r2, config.num_attributes
+    return {"A1": (r1, inp), "A2": (r2, inp), "B1": (out, r1), "B2": (out, r2), "W": (r1, r1),
+            "zeta": (k, r2 * r2)}
+
+
+def init(model_config: ModelConfig, config: AdapterConfig, key: jax.Array) -> Adapter:
+    """Factors as DESIGN.md specifies: uniform A1, A2, W, zeta; B1 = B2 = 0 (float32)."""
+    params = {}
+    layers = model_config.num_layers
+    for target, target_key in zip(config.target_modules,
+                                  jax.random.split(key, len(config.target_modules))):
+        shapes = factor_shapes(model_config, config, target)
+        keys = jax.random.split(target_key, 4)
+        inp = shapes["A1"][1]
+
+        def uniform(k, shape, bound):
+            return jax.random.uniform(k, (layers, *shape), jnp.float32, -bound, bound)
+
+        params[target] = {
+            "A1": uniform(keys[0], shapes["A1"], inp ** -0.5),
+            "A2": uniform(keys[1], shapes["A2"], inp ** -0.5),
+            "B1": jnp.zeros((layers, *shapes["B1"]), jnp.float32),
+            "B2": jnp.zeros((layers, *shapes["B2"]), jnp.float32),
+            "W": uniform(keys[2], shapes["W"], config.r1 ** -0.5),
+            "zeta": uniform(keys[3], shapes["zeta"], 1.0 / config.r2),
+        }
+    return Adapter(config, params)
+
+
+# ---------------------------------------------------------------------------- the update
+def delta(x_BxTxI: jax.Array, factors: Mapping[str, jax.Array], preference_BxK: jax.Array,
+          scale: float, dropout: float = 0.0, key: jax.Array | None = None) -> jax.Array:
+    """s * (B1 W A1 x + B2 M(alpha) A2 x) for one layer's factors, in the cheap order.
+
+    `preference_BxK` has one row per batch row. Dropout (on x, shared by both branches) applies
+    only when a key is given.
+    """
+    dtype = x_BxTxI.dtype
+    if key is not None and dropout > 0.0:
+        keep = jax.random.bernoulli(key, 1.0 - dropout, x_BxTxI.shape)
+        x_BxTxI = jnp.where(keep, x_BxTxI / (1.0 - dropout), 0).astype(dtype)
+    f = {name: value.astype(dtype) for name, value in factors.items()}
+    shared = x_BxTxI @ f["A1"].T  # [B, T, r1]
+    shared = shared @ f["W"].T
+    r2 = f["A2"].shape[0]
+    m_Bxr2xr2 = (preference_BxK.astype(dtype) @ f["zeta"]).reshape(-1, r2, r2)
+    conditioned = jnp.einsum("btr,bsr->bts", x_BxTxI @ f["A2"].T, m_Bxr2xr2)  # M(alpha) A2 x
+    out = shared @ f["B1"].T + conditioned @ f["B2"].T
+    return (scale * out).astype(dtype)
+
+
+def dense_delta(factors: Mapping[str, np.ndarray], preference_K: np.ndarray,
+                scale: float) -> np.ndarray:
+    """The materialised dW(alpha) [out, in] of one layer (reference/testing only)."""
+    r2 = factors["A2"].shape[0]
+    m = (np.asarray(preference_K) @ factors["zeta"]).reshape(r2, r2)
+    return scale * (factors["B1"] @ factors["W"] @ factors["A1"]
+                    + factors["B2"] @ m @ factors["A2"])
+
+
+# ---------------------------------------------------------------------------- preferences
+def resolve_preference(config: AdapterConfig, value) -> tuple[np.ndarray, bool]:
+    """A preference as float32 [K] or [B, K], normalised to sum 1; returns (vector, normalised?).
+
+    Accepts numbers in the adapter's attribute order, a {name: weight} mapping (unnamed
+    attributes get 0), or text "0.2,0.8,..." / "empathy=0.5,helpfulness=0.5".
+    """
+    names = config.attributes
+    if isinstance(value, str):
+        value = _parse_preference_text(value, names)
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise AdapterError(f"preference names {unknown} are not attributes of this adapter "
+                               f"({', '.join(names)})")
+        value = [float(value.get(name, 0.0)) for name in names]
+    array = np.asarray(value, np.float32)
+    if array.ndim not in (1, 2) or array.shape[-1] != len(names):
+        raise AdapterError(f"a preference needs {len(names)} entries ({', '.join(names)}), got "
+                           f"shape {array.shape}")
+    if not np.isfinite(array).all() or (array < 0).any():
+        raise AdapterError(f"preference entries must be finite and >= 0, got {array.tolist()}")
+    totals = array.sum(-1, keepdims=True)
+    if (totals <= 0).any():
+        raise AdapterError("a preference vector must not be all zeros")
+    normalised = bool((np.abs(totals - 1.0) > 1e-5).any())
+    return (array / totals).astype(np.float32), normalised
+
+
+def _parse_preference_text(text: str, names: Sequence[str]):
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        if all("=" in p for p in parts):
+            return {k.strip(): float(v) for k, v in (p.split("=", 1) for p in parts)}
+        return [float(p) for p in parts]
+    except ValueError:
+        raise AdapterError(f"cannot read preference {text!r}: use numbers in the order "
+                           f"{','.join(names)} or name=weight pairs") from None
+
+
+def one_hot(config: AdapterConfig, attribute: str) -> np.ndarray:
+    return resolve_preference(config, {attribute: 1.0})[0]
+
+
+# ---------------------------------------------------------------------------- files
+def _tensor_name(target: str, layer: int, factor: str) -> str:
+    return f"model.layers.{layer}.{MODULES[target]}.{target}.{factor}"
+
+
+_NAME = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.([a-z_]+)\.(A1|A2|B1|B2|W|zeta)$")
+
+
+def save_adapter(adapter: Adapter, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Writes adapter_config.json + adapter.safetensors (one tensor per layer and factor)."""
+    path = Path(path)
+    tensors = {}
+    for target, factors in adapter.params.items():
+        for factor in FACTORS:
+            stacked = np.asarray(factors[factor], np.float32)
+            for layer in range(stacked.shape[0]):
+                tensors[_tensor_name(target, layer, factor)] = np.ascontiguousarray(
+                    stacked[layer])
+
+    def write(folder: Path) -> None:
+        (folder / CONFIG_FILE).write_text(json.dumps(adapter.config.to_json(), indent=2))
+        save_file(tensors, folder / WEIGHTS_FILE, metadata={"format": "prosocial_jax.pblora"})
+
+    atomic_folder(path, write, overwrite)
+    return path
+
+
+def load_adapter(path: str | os.PathLike, model_config: ModelConfig | None = None) -> Adapter:
+    """Reads an adapter folder; with the backbone's config, checks every shape against it."""
+    path = Path(path)
+    config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
+    for required in (config_path, weights_path):
+        if not required.exists():
+            raise FileNotFoundError(f"{path}: no {required.name} (not a PBLoRA adapter folder)")
+    try:
+        raw = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise AdapterError(f"{config_path}: not valid JSON ({err})") from None
+    known = {f.name for f in dataclasses.fields(AdapterConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise AdapterError(f"{config_path}: unknown key(s) {unknown}")
+    config = AdapterConfig(**raw)
+    layers: dict[str, dict[str, dict[int, np.ndarray]]] = {}
+    with safe_open(weights_path, framework="numpy") as handle:
+        for name in handle.keys():  # noqa: SIM118 (safe_open is no dict)
+            match = _NAME.match(name)
+            if not match or match.group(3) not in config.target_modules:
+                raise AdapterError(f"{weights_path}: unexpected tensor {name!r}")
+            layer, _, target, factor = match.groups()
+            layers.setdefault(target, {}).setdefault(factor, {})[int(layer)] = \
+                handle.get_tensor(name)
+    num_layers = model_config.num_layers if model_config else None
+    params = {}
+    for target in config.target_modules:
+        expected = factor_shapes(model_config, config, target) if model_config else None
+        params[target] = {}
+        for factor in FACTORS:
+            found = layers.get(target, {}).get(factor, {})
+            count = num_layers if num_layers is not None else len(found)
+            for layer in range(count):
+                name = _tensor_name(target, layer, factor)
+                if layer not in found:
+                    raise AdapterError(f"{weights_path}: tensor {name!r} is missing")
+                if expected and tuple(found[layer].shape) != expected[factor]:
+                    raise AdapterError(f"{weights_path}: tensor {name!r} has shape "
+                                       f"{tuple(found[layer].shape)}, the backbone needs "
+                                       f"{expected[factor]}")
+            extra = sorted(set(found) - set(range(count)))
+            if extra:
+                raise AdapterError(f"{weights_path}: tensor "
+                                   f"{_tensor_name(target, extra[0], factor)!r} is beyond the "
+                                   f"backbone's {count} layers")
+            params[target][factor] = jnp.asarray(np.stack([found[i] for i in range(count)]))
+    return Adapter(config, params)
+
+
+def check_compatible(adapter: Adapter, model_config: ModelConfig) -> None:
+    """Raises AdapterError naming the first factor whose shape does not fit the backbone."""
+    for target, factors in adapter.params.items():
+        expected = factor_shapes(model_config, adapter.config, target)
+        for factor, value in factors.items():
+            shape = (model_config.num_layers, *expected[factor])
+            if tuple(value.shape) != shape:
+                raise AdapterError(f"adapter factor {target}.{factor} has shape "
+                                   f"{tuple(value.shape)}, the backbone needs {shape}")
