@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -239,3 +240,202 @@ def pair_batch(examples: Sequence[PairExample], pad_id: int,
     batch = {k: v.reshape(n, 2, -1) for k, v in batch.items()}
     batch["labels"] = np.array([e.labels for e in examples], np.int8)
     return batch
+
+
+# ---------------------------------------------------------------------------- converters
+# Columns that identify each supported preference format (the public sets' own column names).
+PREFERENCE_FORMATS = {
+    "native": {"response_a", "response_b", "winners"},
+    "pku_saferlhf": {"prompt", "response_0", "response_1", "safer_response_id",
+                     "better_response_id"},
+    "hh_rlhf": {"chosen", "rejected"},
+    "ultrafeedback": {"instruction", "completions"},
+    "helpsteer2": {"prompt", "response", "helpfulness", "correctness"},
+}
+
+
+def detect_format(row: dict[str, Any]) -> str:
+    for name, columns in PREFERENCE_FORMATS.items():
+        if columns <= set(row):
+            return name
+    raise DataError(f"cannot tell the preference format from columns {sorted(row)}; expected "
+                    + "; ".join(f"{n}: {sorted(c)}" for n, c in PREFERENCE_FORMATS.items()))
+
+
+def _text(row: dict[str, Any], key: str, what: str | None = None) -> str:
+    value = row.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"missing or empty {what or key}")
+    return value
+
+
+def _checked(prompt, a: str, b: str, winners: dict[str, str | None], line: int) -> PreferencePair:
+    if a.strip() == b.strip():
+        raise ValueError("identical responses")
+    return PreferencePair(prompt, a, b, winners, line)
+
+
+def _native(row, line):
+    prompt = row.get("messages") if row.get("messages") else _text(row, "prompt")
+    winners = row.get("winners")
+    if not isinstance(winners, dict):
+        raise ValueError("winners must be an object {attribute: 'a' | 'b' | null}")
+    bad = {k: v for k, v in winners.items() if v not in ("a", "b", None)}
+    if bad:
+        raise ValueError(f"winner values must be 'a', 'b' or null, got {bad}")
+    return _checked(prompt, _text(row, "response_a"), _text(row, "response_b"), winners, line)
+
+
+def _pku(row, line):
+    safer, better = row.get("safer_response_id"), row.get("better_response_id")
+    if safer not in (0, 1) or better not in (0, 1):
+        raise ValueError("safer_response_id and better_response_id must be 0 or 1")
+    winners = {"harmlessness": "ab"[safer], "helpfulness": "ab"[better]}
+    return _checked(_text(row, "prompt"), _text(row, "response_0"), _text(row, "response_1"),
+                    winners, line)
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def _hh_split(conversation: str) -> tuple[list[dict[str, str]], str]:
+    """Anthropic HH text -> (messages before the last assistant turn, that turn's text)."""
+    parts = _HH_TURN.split("\n\n" + conversation.lstrip("\n")) if conversation else []
+    turns = [(parts[i], parts[i + 1]) for i in range(1, len(parts) - 1, 2)]
+    if not turns or turns[-1][0] != "Assistant":
+        raise ValueError("conversation does not end with an Assistant turn")
+    messages = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
+                for who, text in turns[:-1]]
+    if not messages or messages[-1]["role"] != "user":
+        raise ValueError("no Human turn before the final Assistant turn")
+    return messages, turns[-1][1].strip()
+
+
+def _hh(attribute):
+    def convert(row, line):
+        chosen_messages, chosen = _hh_split(_text(row, "chosen"))
+        rejected_messages, rejected = _hh_split(_text(row, "rejected"))
+        if chosen_messages != rejected_messages:
+            raise ValueError("chosen and rejected do not share the same conversation")
+        if not chosen or not rejected:
+            raise ValueError("empty response")
+        return _checked(chosen_messages, chosen, rejected, {attribute: "a"}, line)
+    return convert
+
+
+def _rating(completion: dict, aspect: str) -> float | None:
+    try:
+        return float(completion["annotations"][aspect]["Rating"])
+    except (KeyError, TypeError, ValueError):
+        return None  # missing or "N/A"
+
+
+ULTRAFEEDBACK_ASPECTS = {"helpfulness": ("helpfulness",),
+                         "truthfulness": ("truthfulness", "honesty")}
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _ultrafeedback(row, line):
+    prompt = _text(row, "instruction")
+    completions = [c for c in (row.get("completions") or [])
+                   if isinstance(c, dict) and isinstance(c.get("response"), str)
+                   and c["response"].strip()]
+    if len(completions) < 2:
+        raise ValueError("fewer than two non-empty completions")
+    scored = []
+    for completion in completions:
+        per_attribute = {attr: _mean([_rating(completion, a) for a in aspects])
+                         for attr, aspects in ULTRAFEEDBACK_ASPECTS.items()}
+        overall = _mean(per_attribute.values())
+        if overall is not None:
+            scored.append((overall, completion["response"], per_attribute))
+    if len(scored) < 2:
+        raise ValueError("fewer than two rated completions")
+    scored.sort(key=lambda s: s[0])
+    (_, worst, worst_scores), (_, best, best_scores) = scored[0], scored[-1]
+    winners = {attr: None if best_scores[attr] is None or worst_scores[attr] is None
+               or best_scores[attr] == worst_scores[attr]
+               else "a" if best_scores[attr] > worst_scores[attr] else "b"
+               for attr in ULTRAFEEDBACK_ASPECTS}
+    return _checked(prompt, best, worst, winners, line)
+
+
+HELPSTEER2_ATTRIBUTES = {"helpfulness": "helpfulness", "correctness": "truthfulness"}
+
+
+def _helpsteer2_pairs(rows, skipped: SkippedRows) -> list[PreferencePair]:
+    """HelpSteer2 lists two responses per prompt on consecutive rows: pair them up."""
+    pairs, pending = [], None
+    for line, row in enumerate(rows, start=1):
+        try:
+            prompt, response = _text(row, "prompt"), _text(row, "response")
+            scores = {attr: float(row[column])
+                      for column, attr in HELPSTEER2_ATTRIBUTES.items()}
+        except (ValueError, TypeError, KeyError) as err:
+            skipped.add(str(err) if isinstance(err, ValueError) else "missing scores", line)
+            continue
+        if pending is None or pending[1] != prompt:
+            if pending is not None:
+                skipped.add("response without a second response to the same prompt",
+                            pending[0])
+            pending = (line, prompt, response, scores)
+            continue
+        first_line, _, first, first_scores = pending
+        pending = None
+        winners = {attr: None if first_scores[attr] == scores[attr]
+                   else "a" if first_scores[attr] > scores[attr] else "b"
+                   for attr in HELPSTEER2_ATTRIBUTES.values()}
+        try:
+            pairs.append(_checked(prompt, first, response, winners, first_line))
+        except ValueError as err:
+            skipped.add(str(err), first_line)
+    if pending is not None:
+        skipped.add("response without a second response to the same prompt", pending[0])
+    return pairs
+
+
+def load_preference_pairs(source: str | os.PathLike, format: str = "auto",
+                          split: str = "train", hh_attribute: str | None = None
+                          ) -> tuple[list[PreferencePair], SkippedRows]:
+    """Preference pairs from a local file or hub data set in any supported format.
+
+    Formats: native ({prompt|messages, response_a, response_b, winners}), PKU-SafeRLHF
+    (safer -> harmlessness, better -> helpfulness), Anthropic HH-RLHF (chosen beats rejected on
+    `hh_attribute`: harmlessness for harmless-base, helpfulness for helpful-base; guessed from
+    the file name when not given), UltraFeedback (best vs worst completion; helpfulness and
+    truthfulness (with honesty) ratings decide per attribute) and HelpSteer2 (consecutive
+    responses to one prompt; helpfulness, correctness -> truthfulness). Ties leave an
+    attribute unlabelled. Bad rows are skipped and reported.
+    """
+    rows = load_rows(source, split)
+    if not rows:
+        raise DataError(f"{source}: empty data set")
+    name = detect_format(rows[0]) if format == "auto" else format
+    if name not in PREFERENCE_FORMATS:
+        raise DataError(f"unknown preference format {name!r} (choose from "
+                        f"{', '.join(PREFERENCE_FORMATS)})")
+    skipped = SkippedRows()
+    if name == "helpsteer2":
+        return _helpsteer2_pairs(rows, skipped), skipped
+    if name == "hh_rlhf":
+        if hh_attribute is None:
+            lowered = str(source).lower()
+            hh_attribute = ("harmlessness" if "harmless" in lowered else
+                            "helpfulness" if "helpful" in lowered else None)
+            if hh_attribute is None:
+                raise DataError(f"{source}: HH-RLHF data; say which attribute its choices "
+                                "judge (hh_attribute='harmlessness' or 'helpfulness')")
+        convert = _hh(hh_attribute)
+    else:
+        convert = {"native": _native, "pku_saferlhf": _pku, "ultrafeedback": _ultrafeedback}[name]
+    pairs = []
+    for line, row in enumerate(rows, start=1):
+        try:
+            pairs.append(convert(row, line))
+        except ValueError as err:
+            skipped.add(str(err), line)
+    return pairs, skipped

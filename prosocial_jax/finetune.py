@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +25,7 @@ import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from prosocial_jax import data, lora, sharding
+from prosocial_jax.files import check_run_record
 from prosocial_jax.models.decoder import forward_logits
 from prosocial_jax.models.model import Model, parse_dtype
 
@@ -121,22 +121,6 @@ class _Run:
         return jax.tree.map(lambda x: x.astype(dtype), params)
 
 
-def _check_run_record(folder: Path, record: dict[str, Any]) -> None:
-    path = folder / "run.json"
-    if path.exists():
-        previous = json.loads(path.read_text())
-        changed = sorted(k for k in set(previous) | set(record)
-                         if previous.get(k) != record.get(k))
-        if changed:
-            key = changed[0]
-            raise ValueError(f"{folder} holds a run with different settings ({key}: "
-                             f"{previous.get(key)!r} there, {record.get(key)!r} now); use "
-                             "another checkpoint folder or the same settings")
-    else:
-        folder.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2))
-
-
 def finetune(model: Model, examples: list[data.SFTExample], settings: FinetuneSettings,
              checkpoint_dir: str | Path, stop_after: int | None = None,
              progress: bool = True) -> tuple[Model, list[dict[str, float]]]:
@@ -148,7 +132,7 @@ def finetune(model: Model, examples: list[data.SFTExample], settings: FinetuneSe
     if not examples:
         raise ValueError("no training examples")
     folder = Path(checkpoint_dir).resolve()
-    _check_run_record(folder, {"settings": json.loads(json.dumps(dataclasses.asdict(settings))),
+    check_run_record(folder, {"settings": json.loads(json.dumps(dataclasses.asdict(settings))),
                                "examples": len(examples), "source": model.source})
     run = _Run(model, settings)
     manager = ocp.CheckpointManager(

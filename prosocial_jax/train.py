@@ -1,0 +1,268 @@
+"""Pv-Arm training: one PBLoRA adapter on a frozen backbone for K attributes at once.
+
+Each step draws alpha ~ Dirichlet(p * 1_K), computes the K attribute gradients with respect to
+the adapter from one backward pass (`pcgrad.per_attribute_gradients`), resolves conflicts with
+PCGrad and applies sum_i alpha_i g_i^PC through AdamW with warm-up and cosine decay (all one
+optax chain). Data-parallel over the backbone's mesh ("data" axis; the backbone may also be
+sharded over "model"). Sequence lengths are bucketed, so few shapes compile.
+
+Exact resume: orbax checkpoints hold the adapter, the optimiser state (PCGrad's key included),
+the step and the run's RNG key; batches and alpha are pure functions of (seed, step). A
+checkpoint folder refuses to resume under different settings.
+
+Evaluation uses a FIXED simplex grid of preferences (never random alphas): per grid point, the
+pairwise accuracy per attribute on held-out pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import importlib.util
+import itertools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from tqdm.auto import tqdm
+
+from prosocial_jax import data, pblora, pcgrad, reward, sharding
+from prosocial_jax.files import check_run_record
+from prosocial_jax.models.model import Model
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmSettings:
+    steps: int = 100
+    batch_size: int = 8  # preference pairs per step
+    max_len: int = 256
+    learning_rate: float = 5e-4
+    warmup_steps: int = 10
+    end_learning_rate_fraction: float = 0.1
+    weight_decay: float = 0.0
+    beta: float = 0.01  # Bradley-Terry beta, the same for every attribute unless `betas` is set
+    betas: tuple[float, ...] = ()
+    dirichlet: float = 0.5  # alpha ~ Dirichlet(dirichlet * 1_K)
+    pcgrad: bool = True  # False: the plain preference-weighted sum (ablation)
+    eval_resolution: int = 1  # simplex grid step 1/resolution (1: the K vertices), + uniform
+    eval_batch_size: int = 16
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        for name in ("steps", "batch_size", "max_len", "checkpoint_every", "eval_resolution",
+                     "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.dirichlet <= 0 or self.learning_rate <= 0:
+            raise ValueError("dirichlet and learning_rate must be > 0")
+
+    def beta_vector(self, num_attributes: int) -> np.ndarray:
+        if self.betas and len(self.betas) != num_attributes:
+            raise ValueError(f"betas has {len(self.betas)} entries for {num_attributes} "
+                             "attributes")
+        return np.asarray(self.betas or [self.beta] * num_attributes, np.float32)
+
+
+def simplex_grid(num_attributes: int, resolution: int = 1) -> np.ndarray:
+    """Every alpha with entries in {0, 1/n, ..., 1} summing to 1, plus the uniform vector."""
+    points = [np.array(c, np.float32) / resolution
+              for c in itertools.product(range(resolution + 1), repeat=num_attributes)
+              if sum(c) == resolution]
+    points.sort(key=lambda p: tuple(-p))
+    uniform = np.full(num_attributes, 1.0 / num_attributes, np.float32)
+    if not any(np.allclose(p, uniform) for p in points):
+        points.append(uniform)
+    return np.stack(points)
+
+
+def grid_names(grid: np.ndarray, attributes: Sequence[str]) -> list[str]:
+    names = []
+    for point in grid:
+        if np.isclose(point.max(), 1.0):
+            names.append(attributes[int(point.argmax())])
+        elif np.allclose(point, point[0]):
+            names.append("uniform")
+        else:
+            names.append(",".join(f"{a}={w:g}" for a, w in zip(attributes, point) if w))
+    return names
+
+
+def optimizer(settings: ArmSettings, num_attributes: int) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=settings.learning_rate, warmup_steps=settings.warmup_steps,
+        decay_steps=max(settings.steps, settings.warmup_steps + 1),
+        end_value=settings.learning_rate * settings.end_learning_rate_fraction)
+    return optax.chain(pcgrad.pcgrad(num_attributes, project=settings.pcgrad, seed=settings.seed),
+                       optax.adamw(schedule, weight_decay=settings.weight_decay))
+
+
+class _Trainer:
+    def __init__(self, model: Model, adapter_config: pblora.AdapterConfig,
+                 settings: ArmSettings):
+        self.model, self.adapter_config, self.settings = model, adapter_config, settings
+        self.k = adapter_config.num_attributes
+        self.betas = jnp.asarray(settings.beta_vector(self.k))
+        self.tx = optimizer(settings, self.k)
+        adapter = pblora.init(model.config, adapter_config, jax.random.key(settings.seed))
+        self.initial = {"adapter": adapter.params, "opt_state": self.tx.init(adapter.params),
+                        "step": jnp.zeros((), jnp.int32),
+                        "rng": jax.random.key_data(jax.random.key(settings.seed + 1))}
+        self.train_step = jax.jit(self._train_step, donate_argnums=0)
+
+    def _train_step(self, state, batch):
+        labels = batch["labels"]
+        pairs = {k: v for k, v in batch.items() if k != "labels"}
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        alpha_key, dropout_key = jax.random.split(key)
+        alpha = jax.random.dirichlet(alpha_key, jnp.full((self.k,), self.settings.dirichlet))
+        stacked, margins = pcgrad.per_attribute_gradients(
+            self.model.config, self.model.params, self.adapter_config, state["adapter"], pairs,
+            labels, self.betas, alpha, dropout_key)
+        metrics = reward.attribute_losses(margins, labels, self.betas)
+        updates, opt_state = self.tx.update(stacked, state["opt_state"], state["adapter"],
+                                            preference=alpha)
+        pc_state = opt_state[0]
+        new_state = {"adapter": optax.apply_updates(state["adapter"], updates),
+                     "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
+        return new_state, {**metrics, "alpha": alpha, "conflicts": pc_state.conflicts,
+                           "cosines": pc_state.cosines}
+
+
+def _place(batch: dict[str, np.ndarray], model: Model) -> dict:
+    if model.mesh is None:
+        return {k: jnp.asarray(v) for k, v in batch.items()}
+    return {k: jax.device_put(v, sharding.batch_sharding(model.mesh, v.shape))
+            for k, v in batch.items()}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _margins(config, adapter_config, params, adapter_params, pairs, preference_K):
+    return reward.pair_margins(config, params, pairs, adapter_config, adapter_params,
+                               preference_K)
+
+
+def evaluate_adapter(model: Model, adapter: pblora.Adapter,
+                     examples: Sequence[data.PairExample], grid: np.ndarray,
+                     max_len: int = 256, batch_size: int = 16) -> dict[str, Any]:
+    """Pairwise accuracy and mean signed margin per attribute, for every grid preference.
+
+    Accuracy counts pairs where r(winner) > r(loser) under that preference, over the pairs
+    labelled for the attribute.
+    """
+    n, k = len(examples), adapter.config.num_attributes
+    accuracy = np.zeros((len(grid), k))
+    margin = np.zeros((len(grid), k))
+    labels = np.array([e.labels for e in examples], np.int8)
+    labelled = (labels != 0).sum(0)
+    batches = []
+    for start in range(0, n, batch_size):
+        chunk = list(examples[start:start + batch_size])
+        chunk += [chunk[-1]] * (batch_size - len(chunk))  # one shape per length bucket
+        batch = data.pair_batch(chunk, model.pad_id, max_len)
+        batch.pop("labels")
+        batches.append((_place(batch, model), min(batch_size, n - start)))
+    for g, point in enumerate(grid):
+        margins = np.concatenate([
+            np.asarray(_margins(model.config, adapter.config, model.params, adapter.params,
+                                batch, jnp.asarray(point)))[:real]
+            for batch, real in batches])
+        signed = labels * margins[:, None]
+        accuracy[g] = ((signed > 0) & (labels != 0)).sum(0) / np.maximum(labelled, 1)
+        margin[g] = (signed * (labels != 0)).sum(0) / np.maximum(labelled, 1)
+    return {"attributes": list(adapter.config.attributes), "grid": grid.tolist(),
+            "grid_names": grid_names(grid, adapter.config.attributes),
+            "accuracy": accuracy.tolist(), "margin": margin.tolist(),
+            "labelled_pairs": labelled.tolist(), "pairs": n}
+
+
+def _tensorboard(folder: Path):
+    """A SummaryWriter when tensorboardX or torch's tensorboard support is installed."""
+    for module in ("tensorboardX", "torch.utils.tensorboard"):
+        try:
+            if importlib.util.find_spec(module.split(".")[0]) is None:
+                continue
+            writer_module = importlib.import_module(module)
+            return writer_module.SummaryWriter(str(folder / "tensorboard"))
+        except (ImportError, ModuleNotFoundError):
+            continue
+    return None
+
+
+def train_arm(model: Model, adapter_config: pblora.AdapterConfig,
+              train: Sequence[data.PairExample], dev: Sequence[data.PairExample],
+              settings: ArmSettings, checkpoint_dir: str | Path, stop_after: int | None = None,
+              progress: bool = True) -> tuple[pblora.Adapter, list[dict], dict | None]:
+    """Trains (or resumes) a Pv-Arm adapter; returns it, this call's metrics and the final
+    evaluation on `dev` over the fixed preference grid (None if `dev` is empty or the run
+    stopped early)."""
+    if not train:
+        raise ValueError("no training pairs")
+    folder = Path(checkpoint_dir).resolve()
+    check_run_record(folder, {"settings": json.loads(json.dumps(dataclasses.asdict(settings))),
+                              "adapter": adapter_config.to_json(), "train_pairs": len(train),
+                              "backbone": model.source})
+    trainer = _Trainer(model, adapter_config, settings)
+    manager = ocp.CheckpointManager(
+        folder / "checkpoints",
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=settings.keep_checkpoints, save_interval_steps=settings.checkpoint_every,
+            enable_async_checkpointing=False))
+    state = trainer.initial
+    if manager.latest_step() is not None:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
+    start = int(state["step"])
+    last = min(settings.steps, stop_after if stop_after is not None else settings.steps)
+    names = adapter_config.attributes
+    writer = _tensorboard(folder) if start < last else None
+    history = []
+    bar = tqdm(total=settings.steps, initial=start, desc="train-arm", unit="step",
+               disable=not progress)
+    for step in range(start, last):
+        indices = data.batch_indices(len(train), settings.batch_size, settings.seed, step)
+        batch = data.pair_batch([train[i] for i in indices], model.pad_id, settings.max_len)
+        state, metrics = trainer.train_step(state, _place(batch, model))
+        metrics = jax.tree.map(np.asarray, metrics)
+        upper = np.triu_indices(len(names), 1)
+        record = {"step": step + 1, "alpha": metrics["alpha"].round(4).tolist(),
+                  "loss": dict(zip(names, metrics["loss"].tolist())),
+                  "accuracy": dict(zip(names, metrics["accuracy"].tolist())),
+                  "margin": dict(zip(names, metrics["margin"].tolist())),
+                  "conflicts": int(metrics["conflicts"]),
+                  "cosines": metrics["cosines"][upper].round(4).tolist()}
+        history.append(record)
+        with (folder / "metrics.jsonl").open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if writer is not None:
+            for name in names:
+                writer.add_scalar(f"loss/{name}", record["loss"][name], step + 1)
+                writer.add_scalar(f"accuracy/{name}", record["accuracy"][name], step + 1)
+            writer.add_scalar("pcgrad/conflicts", record["conflicts"], step + 1)
+        manager.save(step + 1, args=ocp.args.StandardSave(state),
+                     force=(step + 1 == settings.steps))
+        labelled = metrics["labelled"] > 0
+        mean_loss = float(metrics["loss"][labelled].mean()) if labelled.any() else 0.0
+        bar.set_postfix(loss=f"{mean_loss:.4f}", conflicts=record["conflicts"])
+        bar.update(1)
+    bar.close()
+    manager.wait_until_finished()
+    if writer is not None:
+        writer.close()
+    adapter = pblora.Adapter(dataclasses.replace(adapter_config, base_model=model.source),
+                             state["adapter"])
+    evaluation = None
+    if dev and int(state["step"]) == settings.steps:
+        evaluation = evaluate_adapter(model, adapter, dev,
+                                      simplex_grid(trainer.k, settings.eval_resolution),
+                                      settings.max_len, settings.eval_batch_size)
+    return adapter, history, evaluation

@@ -1,0 +1,100 @@
+"""Pv-Arm training on a tiny model: it learns above chance, resumes exactly, evaluates on a grid."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from conftest import VOCAB
+
+import prosocial_jax as pj
+from prosocial_jax import data, pblora
+from prosocial_jax.train import ArmSettings, simplex_grid, train_arm
+
+ATTRIBUTES = ("harmlessness", "empathy")
+MARKERS = (7, 9)  # attribute i prefers the response that contains token MARKERS[i] more often
+
+
+def _sequence(prompt, response):
+    ids = prompt + response + [2]
+    return data.SFTExample(ids, [False] * len(prompt) + [True] * (len(response) + 1), 0)
+
+
+def _pairs(seed, n):
+    """Synthetic pairs with a learnable rule per attribute (and some unlabelled entries)."""
+    rng = np.random.RandomState(seed)
+    examples = []
+    for i in range(n):
+        prompt = list(rng.randint(20, VOCAB, 4))
+        responses = []
+        for _ in range(2):
+            body = list(rng.randint(20, VOCAB, 6))
+            for marker in MARKERS:
+                for position in rng.choice(6, rng.randint(0, 4), replace=False):
+                    body[position] = marker
+            responses.append(body)
+        labels = []
+        for marker in MARKERS:
+            counts = [r.count(marker) for r in responses]
+            labels.append(0 if counts[0] == counts[1] else 1 if counts[0] > counts[1] else -1)
+        examples.append(data.PairExample(_sequence(prompt, responses[0]),
+                                         _sequence(prompt, responses[1]), labels, i))
+    return [e for e in examples if any(e.labels)]
+
+
+@pytest.fixture
+def model(tiny_checkpoints):
+    return pj.load_model(tiny_checkpoints["llama"].path)
+
+
+ADAPTER = pblora.AdapterConfig(r1=4, r2=4, lora_alpha=8.0, attributes=ATTRIBUTES,
+                               target_modules=("q_proj", "v_proj", "down_proj"), dropout=0.0)
+
+
+def test_training_beats_chance_on_held_out_pairs(model, tmp_path):
+    train, dev = _pairs(0, 96), _pairs(1, 48)
+    settings = ArmSettings(steps=60, batch_size=8, max_len=32, learning_rate=2e-2,
+                           warmup_steps=5, beta=1.0, checkpoint_every=60)
+    before = pj.train.evaluate_adapter(
+        model, pblora.init(model.config, ADAPTER, jax.random.key(0)), dev,
+        simplex_grid(2), max_len=32)
+    adapter, history, evaluation = train_arm(model, ADAPTER, train, dev, settings,
+                                             tmp_path / "arm", progress=False)
+    assert evaluation["grid_names"] == ["harmlessness", "empathy", "uniform"]
+    accuracy = np.array(evaluation["accuracy"])
+    for i in range(2):  # each attribute, under its own one-hot preference
+        assert accuracy[i, i] > 0.75, evaluation
+        assert accuracy[i, i] > np.array(before["accuracy"])[i, i] + 0.15
+    assert {"loss", "accuracy", "conflicts", "cosines", "alpha"} <= set(history[0])
+    assert len(history[0]["cosines"]) == 1  # one attribute pair
+    saved = pj.save_adapter(adapter, tmp_path / "adapter")
+    again = pj.load_adapter(saved, model.config)
+    assert again.config.base_model == model.source
+    ids = np.array([train[0].a.input_ids])
+    np.testing.assert_array_equal(
+        np.asarray(model.logits(ids, adapter=again, preference=[1, 0])),
+        np.asarray(model.logits(ids, adapter=adapter, preference=[1, 0])))
+
+
+def test_resume_after_interruption_is_exact(model, tmp_path):
+    train = _pairs(2, 40)
+    settings = ArmSettings(steps=6, batch_size=4, max_len=32, learning_rate=1e-2,
+                           warmup_steps=1, beta=1.0, checkpoint_every=2)
+    straight, _, _ = train_arm(model, ADAPTER, train, [], settings, tmp_path / "a",
+                               progress=False)
+    train_arm(model, ADAPTER, train, [], settings, tmp_path / "b", stop_after=3, progress=False)
+    resumed, history, _ = train_arm(model, ADAPTER, train, [], settings, tmp_path / "b",
+                                    progress=False)
+    assert [h["step"] for h in history] == [3, 4, 5, 6]
+    for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="holds a run with different settings"):
+        train_arm(model, ADAPTER, train, [], dataclasses.replace(settings, pcgrad=False),
+                  tmp_path / "b", progress=False)
+
+
+def test_simplex_grid():
+    grid = simplex_grid(3, 2)
+    assert grid.shape == (7, 3)  # 6 points of step 1/2, plus the uniform vector
+    np.testing.assert_allclose(grid.sum(1), 1.0)
+    assert simplex_grid(6).shape == (7, 6)
