@@ -16,7 +16,9 @@ CACHE ?= $(HOME)/.cache/prosocial_jax
 DIREG := $(CACHE)/direg
 export PROSOCIAL_JAX_CACHE := $(CACHE)
 
-.PHONY: demo test lint bench direg
+PVARM := $(CACHE)/pvarm
+
+.PHONY: demo test lint bench direg pvarm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +55,21 @@ $(DIREG)/smollm2-harmful/config.json: $(DIREG)/harmful_val.jsonl configs/direg_s
 direg: $(DIREG)/smollm2-harmful/config.json
 	$(BIN)/prosocial-jax harm-vector --sweep --base bundled:smollm2 \
 		--harmful $(DIREG)/smollm2-harmful --top-k 0.1,1.0 --scale 0.5,1,2,3,4 --out out/direg
+
+# SmolLM2 as Pv-Arm backbone: the offline preference set, then training with and without
+# PCGrad; reports (evaluation.json / .png, no generated text) are copied to out/pvarm.
+$(PVARM)/preferences/train.jsonl: | $(VENV)/.runtime
+	$(BIN)/prosocial-jax preference-set --model bundled:smollm2 --out $(PVARM)/preferences
+
+pvarm: $(PVARM)/preferences/train.jsonl
+	$(BIN)/prosocial-jax train-arm --config configs/pvarm_smollm2.py
+	$(BIN)/prosocial-jax train-arm --config configs/pvarm_smollm2.py --config.arm.pcgrad=False \
+		--config.out=$(PVARM)/adapter-nopcgrad --config.checkpoint_dir=$(PVARM)/checkpoints-nopcgrad
+	mkdir -p out/pvarm
+	cp $(PVARM)/adapter-pcgrad/evaluation.json out/pvarm/evaluation-pcgrad.json
+	cp $(PVARM)/adapter-pcgrad/evaluation.png out/pvarm/evaluation-pcgrad.png
+	cp $(PVARM)/adapter-nopcgrad/evaluation.json out/pvarm/evaluation-nopcgrad.json
+	cp $(PVARM)/adapter-nopcgrad/evaluation.png out/pvarm/evaluation-nopcgrad.png
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/decode_speed.py --out benchmarks/results/decode_speed.json

@@ -266,3 +266,53 @@ def train_arm(model: Model, adapter_config: pblora.AdapterConfig,
                                       simplex_grid(trainer.k, settings.eval_resolution),
                                       settings.max_len, settings.eval_batch_size)
     return adapter, history, evaluation
+
+
+def plot_evaluation(evaluation: dict[str, Any], path: str | Path, title: str = "") -> None:
+    """Heat map: pairwise accuracy per attribute (columns) under each grid preference (rows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from prosocial_jax.files import atomic_open
+
+    accuracy = np.array(evaluation["accuracy"])
+    fig, ax = plt.subplots(figsize=(1.2 * accuracy.shape[1] + 2.5, 0.45 * accuracy.shape[0] + 1.8))
+    image = ax.imshow(accuracy, vmin=0.0, vmax=1.0, cmap="RdYlGn")
+    ax.set_xticks(range(accuracy.shape[1]), evaluation["attributes"], rotation=30, ha="right")
+    ax.set_yticks(range(accuracy.shape[0]), [f"alpha: {n}" for n in evaluation["grid_names"]])
+    for (row, col), value in np.ndenumerate(accuracy):
+        ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_title(title or "held-out pairwise accuracy by preference")
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=120)
+    plt.close(fig)
+
+
+def split_by_prompt(pairs: Sequence[data.PreferencePair], dev_fraction: float,
+                    seed: int = 0) -> tuple[list, list]:
+    """Deterministic held-out split: whole prompts go to dev, so no prompt is in both."""
+    prompts = sorted({json.dumps(p.prompt, sort_keys=True) for p in pairs})
+    rng = np.random.default_rng(seed)
+    dev = set(rng.permutation(len(prompts))[: round(dev_fraction * len(prompts))])
+    dev_prompts = {prompts[i] for i in dev}
+    train = [p for p in pairs if json.dumps(p.prompt, sort_keys=True) not in dev_prompts]
+    held = [p for p in pairs if json.dumps(p.prompt, sort_keys=True) in dev_prompts]
+    return train, held
+
+
+def format_evaluation(evaluation: dict[str, Any]) -> str:
+    """Markdown table: accuracy per attribute under each grid preference (+ the backbone)."""
+    names = evaluation["attributes"]
+    lines = ["| preference | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    if evaluation.get("backbone_accuracy") is not None:
+        lines.append("| backbone (no adapter) | "
+                     + " | ".join(f"{a:.2f}" for a in evaluation["backbone_accuracy"]) + " |")
+    for name, row in zip(evaluation["grid_names"], evaluation["accuracy"]):
+        lines.append(f"| {name} | " + " | ".join(f"{a:.2f}" for a in row) + " |")
+    lines.append("| labelled pairs | " + " | ".join(map(str, evaluation["labelled_pairs"]))
+                 + " |")
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Test set-up: 8 simulated CPU devices, offline hub, persistent compile cache, tiny checkpoints.
+"""Test set-up: 8 simulated CPU devices, offline hub, tiny checkpoints.
 
 Tiny random checkpoints of every supported family are built with transformers from a config (no
 download) and saved to a session temp folder; the PyTorch model object is kept as the reference.
@@ -14,13 +14,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import dataclasses
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
-jax.config.update("jax_compilation_cache_dir",
-                  str(Path.home() / ".cache" / "prosocial_jax" / "jax_test_cache"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+# No persistent compilation cache: with jaxlib 0.10 on CPU, a multi-device executable read back
+# from it aborts the process (seen in CI on the 4x2-mesh fine-tune test).
 
 VOCAB = 128
 
