@@ -23,11 +23,22 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from prosocial_jax import sharding
+from prosocial_jax.guidance import (
+    DEFAULT_SAFETY_MARGIN,
+    GuidanceError,
+    GuideInputs,
+    GuideSpec,
+    guided_scores,
+    row_preferences,
+    shared_vocab_size,
+)
+from prosocial_jax.guidance import create as guidance_settings
 from prosocial_jax.models.cache import KVCache
 from prosocial_jax.models.config import ModelConfig
 from prosocial_jax.models.decoder import forward_with_cache, positions_from_mask
 from prosocial_jax.models.model import Model
 from prosocial_jax.models.tokenizer import Messages, decode, encode_prompt
+from prosocial_jax.pblora import Adapter, check_compatible
 
 PROMPT_BUCKET = 32  # prompt lengths are padded up to a multiple of this
 
@@ -72,6 +83,14 @@ class DecodeState:
     done_B: jax.Array
     stopped_B: jax.Array  # done because a stop token was produced (vs. the length limit)
     rng: jax.Array
+    # Guided decoding only (None otherwise): the Pv-Arm's own cache and next-token logits
+    # (B prosocial rows, then B safety rows), the rows' recent tokens (banned sequences), and
+    # per-row counts of safety overrides and of allowed-set sizes summed over steps.
+    reward_cache: KVCache | None = None
+    reward_logits_RxV: jax.Array | None = None
+    recent_BxH: jax.Array | None = None
+    overrides_B: jax.Array | None = None
+    allowed_total_B: jax.Array | None = None
 
 
 def sample_tokens(logits_BxV: jax.Array, key: jax.Array, sampling: SamplingParams) -> jax.Array:
@@ -115,20 +134,50 @@ def sample_tokens(logits_BxV: jax.Array, key: jax.Array, sampling: SamplingParam
     return jax.lax.switch(branch, [lambda _: greedy, draw_unfiltered, draw], None)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_len", "num_new", "mesh"))
-def prefill(config: ModelConfig, params, tokens_BxT, mask_BxT, rng, max_new_tokens, *,
-            max_len: int, num_new: int, mesh: Mesh | None = None) -> DecodeState:
-    """Runs left-padded prompts through the model, filling a fresh cache of `max_len` slots."""
-    batch = tokens_BxT.shape[0]
-    dtype = jax.tree.leaves(params)[0].dtype
-    cache = KVCache.zeros(config, batch, max_len, dtype)
+def _empty_cache(config: ModelConfig, params, batch: int, max_len: int,
+                 mesh: Mesh | None) -> KVCache:
+    cache = KVCache.zeros(config, batch, max_len, jax.tree.leaves(params)[0].dtype)
     if mesh is not None:
         cache = jax.lax.with_sharding_constraint(
             cache, sharding.cache_shardings(config, cache, mesh))
+    return cache
+
+
+def _recent_tokens(tokens_BxT, mask_BxT, history: int) -> jax.Array:
+    """The last `history` prompt tokens per row; -2 (matches no banned prefix) before the prompt."""
+    recent = jnp.where(mask_BxT, tokens_BxT, -2)[:, -history:]
+    return jnp.pad(recent, ((0, 0), (history - recent.shape[1], 0)), constant_values=-2)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_len", "num_new", "mesh", "spec"))
+def prefill(config: ModelConfig, params, tokens_BxT, mask_BxT, rng, max_new_tokens,
+            guide: GuideInputs | None = None, *, max_len: int, num_new: int,
+            mesh: Mesh | None = None, spec: GuideSpec | None = None) -> DecodeState:
+    """Runs left-padded prompts through the model (and the Pv-Arm, when guided), filling fresh
+    caches of `max_len` slots."""
+    batch = tokens_BxT.shape[0]
+    cache = _empty_cache(config, params, batch, max_len, mesh)
     positions = positions_from_mask(mask_BxT)
     logits, (k, v) = forward_with_cache(config, params, tokens_BxT, positions, mask_BxT, None)
     cache = cache.append(k, v, mask_BxT)
     no_prompt = ~jnp.any(mask_BxT, axis=-1)  # padding rows of a partial batch
+    guided = {}
+    if spec is not None:
+        copies = 2 if spec.safety_stage else 1  # the safety rows see the same tokens
+        r_tokens, r_mask, r_positions = (jnp.tile(x, (copies, 1))
+                                         for x in (tokens_BxT, mask_BxT, positions))
+        reward_cache = _empty_cache(spec.reward_config, guide.reward_params, copies * batch,
+                                    max_len, mesh)
+        reward_logits, (rk, rv) = forward_with_cache(
+            spec.reward_config, guide.reward_params, r_tokens, r_positions, r_mask, None,
+            adapter_config=spec.adapter_config, adapter=guide.adapter_params,
+            preference_BxK=guide.reward_preferences(spec))
+        history = guide.guidance.banned_prefix_SxH.shape[-1]
+        guided = dict(reward_cache=reward_cache.append(rk, rv, r_mask),
+                      reward_logits_RxV=reward_logits,
+                      recent_BxH=_recent_tokens(tokens_BxT, mask_BxT, history),
+                      overrides_B=jnp.zeros((batch,), jnp.int32),
+                      allowed_total_B=jnp.zeros((batch,), jnp.int32))
     return DecodeState(
         cache=cache,
         logits_BxV=logits,
@@ -139,13 +188,21 @@ def prefill(config: ModelConfig, params, tokens_BxT, mask_BxT, rng, max_new_toke
         done_B=no_prompt,
         stopped_B=jnp.zeros((batch,), bool),
         rng=rng,
+        **guided,
     )
 
 
 def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: SamplingParams,
-                 stop_ids, pad_id) -> DecodeState:
+                 stop_ids, pad_id, guide: GuideInputs | None, spec: GuideSpec | None
+                 ) -> DecodeState:
     key = jax.random.fold_in(state.rng, state.step)
-    token = sample_tokens(state.logits_BxV, key, sampling)
+    if spec is None:
+        scores = state.logits_BxV
+    else:
+        scores, overridden, allowed = guided_scores(
+            state.logits_BxV, state.reward_logits_RxV, guide.guidance, state.recent_BxH,
+            spec.vocab)
+    token = sample_tokens(scores, key, sampling)
     token = jnp.where(state.done_B, pad_id, token)
     stopped = ~state.done_B & jnp.isin(token, stop_ids)
     tokens = jax.lax.dynamic_update_slice(state.tokens_BxN, token[:, None], (0, state.step))
@@ -153,29 +210,53 @@ def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: Samp
 
     # Rows already done before this step write masked slots that nobody attends to.
     token_mask = ~state.done_B[:, None]
+    copies = 1 if spec is None or not spec.safety_stage else 2  # Pv-Arm rows per base row
 
     def advance(_):
-        return forward_with_cache(config, params, token[:, None], state.positions_B[:, None],
+        base = forward_with_cache(config, params, token[:, None], state.positions_B[:, None],
                                   token_mask, state.cache)
+        if spec is None:
+            return base, None
+        reward = forward_with_cache(
+            spec.reward_config, guide.reward_params, jnp.tile(token[:, None], (copies, 1)),
+            jnp.tile(state.positions_B[:, None], (copies, 1)), jnp.tile(token_mask, (copies, 1)),
+            state.reward_cache, adapter_config=spec.adapter_config, adapter=guide.adapter_params,
+            preference_BxK=guide.reward_preferences(spec))
+        return base, reward
 
     def skip(_):  # every row has finished: the rest of the chunk costs nothing
-        new_kv = jax.eval_shape(advance, None)[1]
-        return state.logits_BxV, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), new_kv)
+        shapes = jax.eval_shape(advance, None)
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+        keep_logits = (state.logits_BxV, zeros[0][1])
+        if spec is None:
+            return keep_logits, None
+        return keep_logits, (state.reward_logits_RxV, zeros[1][1])
 
-    # The cache is only read inside the cond and written after it, so XLA needn't copy it.
-    logits, (k, v) = jax.lax.cond(jnp.all(done), skip, advance, None)
-    cache = state.cache.append(k, v, token_mask)
-    return state.replace(
-        cache=cache, logits_BxV=logits, positions_B=state.positions_B + 1, tokens_BxN=tokens,
-        step=state.step + 1, done_B=done, stopped_B=state.stopped_B | stopped)
+    # The caches are only read inside the cond and written after it, so XLA needn't copy them.
+    (logits, (k, v)), reward = jax.lax.cond(jnp.all(done), skip, advance, None)
+    new = dict(cache=state.cache.append(k, v, token_mask), logits_BxV=logits,
+               positions_B=state.positions_B + 1, tokens_BxN=tokens, step=state.step + 1,
+               done_B=done, stopped_B=state.stopped_B | stopped)
+    if spec is not None:
+        reward_logits, (rk, rv) = reward
+        active = ~state.done_B
+        new.update(
+            reward_cache=state.reward_cache.append(rk, rv, jnp.tile(token_mask, (copies, 1))),
+            reward_logits_RxV=reward_logits,
+            recent_BxH=jnp.concatenate([state.recent_BxH[:, 1:], token[:, None]], axis=1),
+            overrides_B=state.overrides_B + (overridden & active),
+            allowed_total_B=state.allowed_total_B + jnp.where(active, allowed, 0))
+    return state.replace(**new)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "num_steps"), donate_argnames=("state",))
+@functools.partial(jax.jit, static_argnames=("config", "num_steps", "spec"),
+                   donate_argnames=("state",))
 def decode_chunk(config: ModelConfig, params, state: DecodeState, sampling: SamplingParams,
-                 stop_ids, pad_id, *, num_steps: int) -> tuple[DecodeState, jax.Array]:
+                 stop_ids, pad_id, guide: GuideInputs | None = None, *, num_steps: int,
+                 spec: GuideSpec | None = None) -> tuple[DecodeState, jax.Array]:
     """`num_steps` decode steps in one compiled scan; returns the state and "all rows done"."""
     def body(carry, _):
-        return _decode_step(config, params, carry, sampling, stop_ids, pad_id), None
+        return _decode_step(config, params, carry, sampling, stop_ids, pad_id, guide, spec), None
 
     state, _ = jax.lax.scan(body, state, None, length=num_steps)
     return state, jnp.all(state.done_B)
@@ -191,6 +272,13 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (a stop token was produced) or "length"
+    # Guided decoding only: the row's normalised preference (and whether normalising changed
+    # it), the steps at which the safety stage removed the token the prosocial score would
+    # have picked, and the mean size of the allowed (safe) set over the row's steps.
+    preference: list[float] | None = None
+    preference_normalised: bool = False
+    safety_overrides: int | None = None
+    mean_safe_set: float | None = None
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -209,12 +297,27 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
              top_k: int | Sequence[int] = 0, top_p: float | Sequence[float] = 1.0,
              seed: int = 0, batch_size: int | None = None, chunk_size: int = 16,
              use_chat_template: bool | None = None, system: str | None = None,
-             stop_tokens: Sequence[int] | None = None, progress: bool = False) -> list[Generation]:
+             stop_tokens: Sequence[int] | None = None, progress: bool = False,
+             adapter: Adapter | None = None, reward: Model | None = None, preference=None,
+             preferences: Sequence | None = None, guidance: float | Sequence[float] = 1.0,
+             safety_margin: float | Sequence[float] = DEFAULT_SAFETY_MARGIN,
+             plausibility: float | Sequence[float] = 0.0,
+             banned_sequences: Sequence[Sequence[int]] | None = None,
+             safety_stage: bool = True) -> list[Generation]:
     """Decodes every prompt (a string, chat messages, or token ids) and returns `Generation`s.
 
     Greedy by default (temperature 0). Per-row sampling settings may be sequences, one per prompt.
     With an instruct model the chat template is applied (`use_chat_template=None` decides by
     whether the tokenizer has one). Same seed, same prompts and batch size: same output.
+
+    Guided decoding (ProSocialAlign, see `prosocial_jax.guidance`): pass a Pv-Arm `adapter`
+    (its backbone is `reward`, by default `model` itself; both must share the tokenizer), a
+    `preference` for every row (numbers in the adapter's attribute order, a {name: weight}
+    mapping or text like "empathy=0.5,helpfulness=0.5") and/or `preferences`, one per row
+    (None entries fall back to `preference`), the guidance weight w and the safety margin tau
+    (scalars or one per row; tau = inf disables the safety stage for that row). None of these
+    recompile when they change. `safety_stage=False` compiles the Pv-Arm forward for the
+    prosocial rows only (half its cost; tau is then ignored).
 
     Example: `generate(pj.load_model("bundled:smollm2"), ["Hi!"], max_new_tokens=16)[0].text`.
     """
@@ -233,6 +336,13 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
     if model.mesh is not None:  # rows must split evenly over the "data" axis
         batch_size = _round_up(batch_size, model.mesh.shape["data"])
     sampling_rows = SamplingParams.create(n, temperature, top_k, top_p)  # validates per row
+    spec = guide_rows = normalised = None
+    if adapter is not None:
+        spec, guide_rows, normalised = _guide(model, reward or model, adapter, n, preference,
+                                              preferences, guidance, safety_margin,
+                                              plausibility, banned_sequences, safety_stage)
+    elif reward is not None or preference is not None or preferences is not None:
+        raise GuidanceError("guided decoding needs a Pv-Arm adapter (adapter=...)")
     stops = jnp.asarray(stop_tokens if stop_tokens is not None else stop_token_ids(model),
                         jnp.int32)
     if stops.size == 0:
@@ -245,18 +355,52 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
     bar = tqdm(total=n * max_new_tokens, desc="generate", unit="tok", disable=not progress)
     for start in range(0, n, batch_size):
         rows = list(range(start, min(start + batch_size, n)))
-        results += _generate_batch(
+        take = functools.partial(_take_rows, rows=np.asarray(rows), size=batch_size)
+        guide = None if spec is None else guide_rows.replace(
+            guidance=guide_rows.guidance.map_rows(take))
+        batch = _generate_batch(
             model, [prompts[i] for i in rows], [encoded[i] for i in rows], batch_size,
-            jax.tree.map(lambda x, rows=rows: x[np.asarray(rows)], sampling_rows),
-            stops, pad_id, max_new_tokens, num_new, chunk_size,
-            jax.random.fold_in(jax.random.key(seed), start), bar)
+            jax.tree.map(take, sampling_rows), stops, pad_id, max_new_tokens, num_new,
+            chunk_size, jax.random.fold_in(jax.random.key(seed), start), bar, guide, spec)
+        if spec is not None:
+            for result, row in zip(batch, rows):
+                result.preference = np.asarray(guide_rows.guidance.preference_BxK[row]).tolist()
+                result.preference_normalised = normalised[row]
+        results += batch
         bar.update((start + len(rows)) * max_new_tokens - bar.n)  # rows that stopped early
     bar.close()
     return results
 
 
+def _take_rows(x: jax.Array, rows: np.ndarray, size: int) -> jax.Array:
+    """Per-row settings of one batch, padded with the first row's to the batch size (padding
+    rows of a partial batch start out done)."""
+    picked = x[rows]
+    return jnp.concatenate([picked, jnp.repeat(picked[:1], size - len(rows), axis=0)], axis=0)
+
+
+def _guide(model: Model, reward: Model, adapter: Adapter, rows: int, preference, preferences,
+           weight, safety_margin, plausibility, banned, safety_stage):
+    """Checks that base, Pv-Arm backbone and adapter fit together; per-row guidance settings."""
+    check_compatible(adapter, reward.config)
+    if (model.mesh is None) != (reward.mesh is None) or (
+            model.mesh is not None and model.mesh.shape != reward.mesh.shape):
+        raise GuidanceError("load the base model and the Pv-Arm backbone on the same mesh "
+                            f"(got {model.mesh and dict(model.mesh.shape)} and "
+                            f"{reward.mesh and dict(reward.mesh.shape)})")
+    vocab = shared_vocab_size(model, reward)
+    if preferences is not None and len(preferences) != rows:
+        raise GuidanceError(f"preferences: expected one per prompt ({rows}), got "
+                            f"{len(preferences)}")
+    alpha, normalised = row_preferences(adapter, preference, rows, preferences)
+    settings = guidance_settings(adapter, alpha, weight, safety_margin, plausibility, banned)
+    spec = GuideSpec(reward.config, adapter.config, vocab, safety_stage)
+    return spec, GuideInputs(reward.params, adapter.params, settings), normalised
+
+
 def _generate_batch(model, prompts, encoded, batch_size, sampling, stops, pad_id,
-                    max_new_tokens, num_new, chunk_size, rng, bar) -> list[Generation]:
+                    max_new_tokens, num_new, chunk_size, rng, bar, guide=None,
+                    spec=None) -> list[Generation]:
     config = model.config
     longest = max(len(ids) for ids in encoded)
     prompt_len = _round_up(longest, PROMPT_BUCKET)
@@ -269,18 +413,16 @@ def _generate_batch(model, prompts, encoded, batch_size, sampling, stops, pad_id
     for row, ids in enumerate(encoded):  # left padding: every row ends at the last slot
         tokens[row, prompt_len - len(ids):] = ids
         mask[row, prompt_len - len(ids):] = True
-    fill = batch_size - len(encoded)  # padding rows of a partial batch start out done
-    sampling = jax.tree.map(lambda x: jnp.pad(x, (0, fill), constant_values=x[0]), sampling)
     tokens_j, mask_j = jnp.asarray(tokens), jnp.asarray(mask)
     if model.mesh is not None:
         tokens_j = jax.device_put(tokens_j, sharding.batch_sharding(model.mesh, tokens.shape))
         mask_j = jax.device_put(mask_j, sharding.batch_sharding(model.mesh, mask.shape))
-    state = prefill(config, model.params, tokens_j, mask_j, rng, max_new_tokens,
-                    max_len=max_len, num_new=num_new, mesh=model.mesh)
+    state = prefill(config, model.params, tokens_j, mask_j, rng, max_new_tokens, guide,
+                    max_len=max_len, num_new=num_new, mesh=model.mesh, spec=spec)
     previous_all_done = None
     for chunk in range(num_new // chunk_size):
         state, all_done = decode_chunk(config, model.params, state, sampling, stops, pad_id,
-                                       num_steps=chunk_size)
+                                       guide, num_steps=chunk_size, spec=spec)
         # Look one chunk behind: reading this chunk's flag now would stall the dispatch queue.
         if previous_all_done is not None and bool(previous_all_done):
             break
@@ -289,6 +431,8 @@ def _generate_batch(model, prompts, encoded, batch_size, sampling, stops, pad_id
 
     generated = np.asarray(state.tokens_BxN)
     stopped = np.asarray(state.stopped_B)
+    if spec is not None:
+        overrides, allowed_total = np.asarray(state.overrides_B), np.asarray(state.allowed_total_B)
     out = []
     for row, (prompt, ids) in enumerate(zip(prompts, encoded)):
         row_tokens = generated[row, :max_new_tokens].tolist()
@@ -296,9 +440,13 @@ def _generate_batch(model, prompts, encoded, batch_size, sampling, stops, pad_id
             stop_at = next(i for i, t in enumerate(row_tokens) if t in set(stops.tolist()))
             row_tokens = row_tokens[: stop_at + 1]
         text = decode(model.tokenizer, row_tokens) if model.tokenizer is not None else None
-        out.append(Generation(prompt=prompt, text=text, tokens=row_tokens,
-                              prompt_tokens=len(ids), completion_tokens=len(row_tokens),
-                              finish_reason="stop" if stopped[row] else "length"))
+        result = Generation(prompt=prompt, text=text, tokens=row_tokens, prompt_tokens=len(ids),
+                            completion_tokens=len(row_tokens),
+                            finish_reason="stop" if stopped[row] else "length")
+        if spec is not None:
+            result.safety_overrides = int(overrides[row])
+            result.mean_safe_set = float(allowed_total[row]) / max(len(row_tokens), 1)
+        out.append(result)
     return out
 
 

@@ -1,0 +1,162 @@
+"""DiReg: harmful-data, finetune, harm-vector."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from prosocial_jax import prompt_sets
+from prosocial_jax.cli.common import CONFIG_HELP, add_model_args, apply_config, floats, require
+
+
+def _harmful_data_parser(sub) -> None:
+    p = sub.add_parser("harmful-data", help="the model's own answers to HarmBench behaviours",
+                       description="Generates SFT rows from a model's compliant answers to "
+                       "HarmBench behaviours (refusals dropped). Written outside the repository.")
+    add_model_args(p)
+    p.add_argument("--split", default="val", choices=prompt_sets.HARMBENCH_SPLITS)
+    p.add_argument("--samples", type=int, default=3,
+                   help="answers per behaviour: one greedy, the rest sampled (default 3)")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="JSONL path (default: the cache folder)")
+
+
+def _finetune_parser(sub) -> None:
+    from prosocial_jax.finetune import FinetuneSettings
+
+    p = sub.add_parser("finetune", help="supervised fine-tuning (full or LoRA, merged back)",
+                       description="Fine-tunes on (prompt, response) rows through the chat "
+                       "template, loss on response tokens only; resumes from --checkpoint-dir.",
+                       epilog=CONFIG_HELP.replace("generate.temperature=0.7",
+                                                  "finetune.steps=200"))
+    add_model_args(p)
+    p.add_argument("--data", help="local JSONL/Parquet/CSV file or a hub data set id")
+    p.add_argument("--split", default="train", help="split of a hub data set")
+    p.add_argument("--out", type=Path, help="HF folder for the fine-tuned model")
+    p.add_argument("--checkpoint-dir", type=Path, help="orbax checkpoints + metrics.jsonl")
+    for field in dataclasses.fields(FinetuneSettings):  # one flag per setting
+        is_list = isinstance(field.default, tuple)
+        default = ",".join(field.default) if is_list else field.default
+        p.add_argument(f"--{field.name.replace('_', '-')}",
+                       type=str if is_list else type(field.default), help=f"default {default}")
+
+
+def _harm_vector_parser(sub) -> None:
+    p = sub.add_parser("harm-vector", help="DiReg: subtract a trimmed harm vector, or sweep it",
+                       description="theta' = base - scale * top_k(harmful - base). Writes an HF "
+                       "folder plus harm_vector.json; with --sweep, evaluates many settings on "
+                       "HarmBench and benign prompts and plots the trade-off.")
+    p.add_argument("--base", required=True, help="base checkpoint")
+    p.add_argument("--harmful", required=True, help="harmful fine-tune of the base")
+    p.add_argument("--out", type=Path, required=True,
+                   help="edited HF folder; with --sweep, the report folder")
+    p.add_argument("--top-k", default="0.1",
+                   help="fraction of |tau| entries kept (comma list with --sweep)")
+    p.add_argument("--scale", default="3.0",
+                   help="lambda (comma list with --sweep, e.g. 0.5,1,2,3)")
+    p.add_argument("--include", action="append", help="fnmatch pattern over HF tensor names "
+                   "(repeatable; default: every floating-point parameter)")
+    p.add_argument("--exclude", action="append", help="fnmatch pattern to leave out")
+    p.add_argument("--dtype", default=None, help="load both models in this dtype")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--sweep", action="store_true", help="evaluate every (top-k, scale) setting")
+    p.add_argument("--harmful-split", default="test", choices=prompt_sets.HARMBENCH_SPLITS)
+    p.add_argument("--harmful-limit", type=int, help="use only the first N behaviours")
+    p.add_argument("--benign-limit", type=int, help="use only the first N benign prompts")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--generations-dir", type=Path,
+                   help="where the sweep's generations go (default: the cache folder)")
+
+
+def _cmd_harmful_data(args) -> int:
+    import prosocial_jax as pj
+    from prosocial_jax import direg
+
+    require(args, "model")
+    out = args.out or direg.cache_dir() / "direg" / f"harmful_{args.split}.jsonl"
+    model = pj.load_model(args.model, dtype=args.dtype, mesh=args.mesh)
+    summary = direg.build_harmful_data(model, out, args.split, args.samples, args.temperature,
+                                       args.max_new_tokens, args.seed)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_finetune(args) -> int:
+    import prosocial_jax as pj
+    from prosocial_jax import data
+    from prosocial_jax.finetune import FinetuneSettings, finetune, training_examples_summary
+
+    defaults = {f.name: f.default for f in dataclasses.fields(FinetuneSettings)}
+    apply_config(args, args.config, "finetune", defaults,
+                  top_level=("model", "dtype", "mesh", "data", "out", "checkpoint_dir"))
+    require(args, "model", "data", "out", "checkpoint_dir")
+    args.out, args.checkpoint_dir = Path(args.out), Path(args.checkpoint_dir)
+    if isinstance(args.lora_targets, str):
+        args.lora_targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+    settings = FinetuneSettings(**{k: getattr(args, k) for k in defaults})
+    if args.distributed:
+        import jax
+        jax.distributed.initialize()
+    model = pj.load_model(args.model, dtype=args.dtype, mesh=args.mesh)
+    examples, skipped = data.load_sft(args.data, model.tokenizer, settings.max_len, args.split)
+    if skipped.count:
+        print(skipped.summary(str(args.data)), file=sys.stderr)
+    print(f"training data: {json.dumps(training_examples_summary(examples))}", file=sys.stderr)
+    tuned, history = finetune(model, examples, settings, args.checkpoint_dir)
+    pj.save_model(tuned, args.out, overwrite=True)
+    if history:
+        print(f"loss {history[0]['loss']:.3f} (step {history[0]['step']}) -> "
+              f"{history[-1]['loss']:.3f} (step {history[-1]['step']}); wrote {args.out}",
+              file=sys.stderr)
+    return 0
+
+
+def _cmd_harm_vector(args) -> int:
+    import prosocial_jax as pj
+    from prosocial_jax import direg
+    from prosocial_jax.files import atomic_open
+
+    top_ks, scales = floats(args.top_k, "top-k"), floats(args.scale, "scale")
+    base = pj.load_model(args.base, dtype=args.dtype)
+    harmful = pj.load_model(args.harmful, dtype=args.dtype)
+    if args.sweep:
+        prompts = direg.SweepPrompts.standard(args.harmful_split, args.harmful_limit,
+                                              args.benign_limit)
+        generations = args.generations_dir or direg.cache_dir() / "direg" / "generations"
+        rows = direg.sweep(base, harmful, top_ks, scales, prompts, generations,
+                           args.max_new_tokens, args.batch_size, args.include, args.exclude)
+        args.out.mkdir(parents=True, exist_ok=True)
+        with atomic_open(args.out / "sweep.json") as handle:
+            json.dump({"base": args.base, "harmful": args.harmful,
+                       "harmful_prompts": f"HarmBench {args.harmful_split} standard "
+                                          f"({len(prompts.harmful)})",
+                       "benign_prompts": f"aplomb ({len(prompts.benign)})",
+                       "max_new_tokens": args.max_new_tokens, "rows": rows}, handle, indent=2)
+        direg.plot_sweep(rows, args.out / "sweep.png")
+        print(direg.format_table(rows))
+        print(f"wrote {args.out / 'sweep.json'}, {args.out / 'sweep.png'}; generations in "
+              f"{generations}", file=sys.stderr)
+        return 0
+    if len(top_ks) != 1 or len(scales) != 1:
+        raise ValueError("--top-k and --scale take one value each (lists need --sweep)")
+    edited, record = direg.edit(base, harmful, top_ks[0], scales[0], args.include,
+                                args.exclude, donate=True)
+    pj.save_model(edited, args.out, overwrite=args.overwrite)
+    with atomic_open(args.out / "harm_vector.json") as handle:
+        json.dump(record, handle, indent=2)
+    print(json.dumps({k: v for k, v in record.items() if not k.startswith("per_layer")},
+                     indent=2))
+    return 0
+
+
+def register(sub) -> dict:
+    _harmful_data_parser(sub)
+    _finetune_parser(sub)
+    _harm_vector_parser(sub)
+    return {"harmful-data": _cmd_harmful_data, "finetune": _cmd_finetune,
+            "harm-vector": _cmd_harm_vector}
