@@ -1,5 +1,6 @@
 # prosocial_jax. On a fresh machine:
-#   make demo   creates .venv if needed and runs the main job on the bundled SmolLM2 (offline)
+#   make demo   creates .venv if needed and runs the main job on the bundled SmolLM2 (offline):
+#               DiReg + Pv-Arm built on first run (cached), then the pipeline side by side
 #   make test   creates .venv (with test extras) if needed, lints, and runs the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,7 +19,7 @@ export PROSOCIAL_JAX_CACHE := $(CACHE)
 
 PVARM := $(CACHE)/pvarm
 
-.PHONY: demo test lint bench direg pvarm
+.PHONY: demo test lint bench direg pvarm guided-eval
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +34,6 @@ $(VENV)/.test: pyproject.toml $(VENV)/.runtime
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-demo: $(VENV)/.runtime
-	$(BIN)/prosocial-jax prompts --out out/demo_prompts.jsonl --harmful 3 --benign 3
-	$(BIN)/prosocial-jax generate --model bundled:smollm2 --prompts out/demo_prompts.jsonl \
-		--out out/demo_responses.jsonl --max-new-tokens 96
-
 lint: $(VENV)/.test
 	$(BIN)/ruff check prosocial_jax tests benchmarks configs
 
@@ -49,10 +45,10 @@ test: lint
 $(DIREG)/harmful_val.jsonl: | $(VENV)/.runtime
 	$(BIN)/prosocial-jax harmful-data --model bundled:smollm2 --split val --out $@
 
-$(DIREG)/smollm2-harmful/config.json: $(DIREG)/harmful_val.jsonl configs/direg_smollm2.py
+$(DIREG)/smollm2-harmful/config.json: $(DIREG)/harmful_val.jsonl configs/direg_smollm2.py | $(VENV)/.runtime
 	$(BIN)/prosocial-jax finetune --config configs/direg_smollm2.py
 
-direg: $(DIREG)/smollm2-harmful/config.json
+direg: $(DIREG)/smollm2-harmful/config.json | $(VENV)/.runtime
 	$(BIN)/prosocial-jax harm-vector --sweep --base bundled:smollm2 \
 		--harmful $(DIREG)/smollm2-harmful --top-k 0.1,1.0 --scale 0.5,1,2,3,4 --out out/direg
 
@@ -61,8 +57,10 @@ direg: $(DIREG)/smollm2-harmful/config.json
 $(PVARM)/preferences/train.jsonl: | $(VENV)/.runtime
 	$(BIN)/prosocial-jax preference-set --model bundled:smollm2 --out $(PVARM)/preferences
 
-pvarm: $(PVARM)/preferences/train.jsonl
+$(PVARM)/adapter-pcgrad/adapter_config.json: $(PVARM)/preferences/train.jsonl configs/pvarm_smollm2.py | $(VENV)/.runtime
 	$(BIN)/prosocial-jax train-arm --config configs/pvarm_smollm2.py
+
+pvarm: $(PVARM)/adapter-pcgrad/adapter_config.json | $(VENV)/.runtime
 	$(BIN)/prosocial-jax train-arm --config configs/pvarm_smollm2.py --config.arm.pcgrad=False \
 		--config.out=$(PVARM)/adapter-nopcgrad --config.checkpoint_dir=$(PVARM)/checkpoints-nopcgrad
 	mkdir -p out/pvarm
@@ -70,6 +68,25 @@ pvarm: $(PVARM)/preferences/train.jsonl
 	cp $(PVARM)/adapter-pcgrad/evaluation.png out/pvarm/evaluation-pcgrad.png
 	cp $(PVARM)/adapter-nopcgrad/evaluation.json out/pvarm/evaluation-nopcgrad.json
 	cp $(PVARM)/adapter-nopcgrad/evaluation.png out/pvarm/evaluation-nopcgrad.png
+
+# The main job: DiReg-edited SmolLM2 (top 10% of the harm vector, lambda 1) and the Pv-Arm
+# adapter, each built once and cached; then every stage side by side on held-out prompts.
+DIREG_MODEL := $(CACHE)/pipeline/smollm2-direg
+$(DIREG_MODEL)/config.json: $(DIREG)/smollm2-harmful/config.json | $(VENV)/.runtime
+	$(BIN)/prosocial-jax harm-vector --base bundled:smollm2 --harmful $(DIREG)/smollm2-harmful \
+		--top-k 0.1 --scale 1 --overwrite --out $(DIREG_MODEL)
+
+demo: $(DIREG_MODEL)/config.json $(PVARM)/adapter-pcgrad/adapter_config.json | $(VENV)/.runtime
+	$(BIN)/prosocial-jax compare --base bundled:smollm2 --direg $(DIREG_MODEL) \
+		--adapter $(PVARM)/adapter-pcgrad --benign-from $(PVARM)/preferences/dev.jsonl \
+		--harmful-limit 16 --benign-limit 16 --out out/demo
+
+# The measured effect: every held-out HarmBench test behaviour and held-out benign prompt.
+guided-eval: $(DIREG_MODEL)/config.json $(PVARM)/adapter-pcgrad/adapter_config.json | $(VENV)/.runtime
+	$(BIN)/prosocial-jax compare --base bundled:smollm2 --direg $(DIREG_MODEL) \
+		--adapter $(PVARM)/adapter-pcgrad --benign-from $(PVARM)/preferences/dev.jsonl \
+		--preferences "empathy=1;sensitivity=1;non_judgmental=1;truthfulness=1;helpfulness=1" \
+		--out out/guided
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/decode_speed.py --out benchmarks/results/decode_speed.json

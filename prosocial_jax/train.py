@@ -153,7 +153,8 @@ def _margins(config, adapter_config, params, adapter_params, pairs, preference_K
 
 def evaluate_adapter(model: Model, adapter: pblora.Adapter,
                      examples: Sequence[data.PairExample], grid: np.ndarray,
-                     max_len: int = 256, batch_size: int = 16) -> dict[str, Any]:
+                     max_len: int = 256, batch_size: int = 16,
+                     progress: bool = False) -> dict[str, Any]:
     """Pairwise accuracy and mean signed margin per attribute, for every grid preference.
 
     Accuracy counts pairs where r(winner) > r(loser) under that preference, over the pairs
@@ -171,7 +172,8 @@ def evaluate_adapter(model: Model, adapter: pblora.Adapter,
         batch = data.pair_batch(chunk, model.pad_id, max_len)
         batch.pop("labels")
         batches.append((_place(batch, model), min(batch_size, n - start)))
-    for g, point in enumerate(grid):
+    for g, point in enumerate(tqdm(grid, desc="evaluate", unit="preference",
+                                   disable=not progress)):
         margins = np.concatenate([
             np.asarray(_margins(model.config, adapter.config, model.params, adapter.params,
                                 batch, jnp.asarray(point)))[:real]
@@ -264,7 +266,7 @@ def train_arm(model: Model, adapter_config: pblora.AdapterConfig,
     if dev and int(state["step"]) == settings.steps:
         evaluation = evaluate_adapter(model, adapter, dev,
                                       simplex_grid(trainer.k, settings.eval_resolution),
-                                      settings.max_len, settings.eval_batch_size)
+                                      settings.max_len, settings.eval_batch_size, progress)
     return adapter, history, evaluation
 
 

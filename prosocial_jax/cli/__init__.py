@@ -1,7 +1,8 @@
 """`prosocial-jax` command line. Every command has --help.
 
 Commands live in modules by stage: `decoding` (generate, plain or guided; prompts; memory),
-`direg` (harmful-data, finetune, harm-vector), `pvarm` (preference-set, train-arm).
+`direg` (harmful-data, finetune, harm-vector), `pvarm` (preference-set, train-arm),
+`pipeline` (compare: every stage side by side).
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from prosocial_jax.cli import decoding, direg, pvarm
+from prosocial_jax.cli import decoding, direg, pipeline, pvarm
 
-COMMAND_MODULES = (decoding, direg, pvarm)
+COMMAND_MODULES = (decoding, direg, pvarm, pipeline)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:

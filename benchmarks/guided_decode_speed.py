@@ -1,0 +1,267 @@
+"""Guided decoding speed: prosocial_jax vs a PyTorch reference, side by side, on SmolLM2-135M.
+
+    .venv/bin/python benchmarks/guided_decode_speed.py --out benchmarks/results/guided_decode.json
+
+Base model and Pv-Arm backbone are both SmolLM2-135M-Instruct in float32 (two separate copies
+of the weights, as with a DiReg-edited base), the Pv-Arm a random PBLoRA adapter (non-zero
+factors, q/k/v, r = 4), greedy, 64 new tokens, w = 1, no early stop.
+
+The reference does what earlier guided-decoding implementations do: two transformers models,
+one KV cache each, base log-softmax plus w times reward log-softmax, argmax, one step at a time
+in a Python loop. It gets the adapter merged into the reward model's weights at the one
+preference all rows share (dW(alpha) added to q/k/v), which is cheaper than any per-row
+preference could be, and it has no safety stage. Ours runs per-row preferences with the safety
+stage on (Pv-Arm forward on 2B rows) and off (B rows); with the stage off the tokens must equal
+the reference's (compared row by row).
+
+Also measured in the same run: a guided step's time over a plain (unguided) step's time, next
+to the ideal, the ratio of bytes read per step (weights of both models + adapter + both KV
+caches, over the base model's weights + cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from decode_speed import chat_prompts, copy_bandwidth
+
+N_SHORT, N_LONG = 16, 64
+REPEATS = 3
+BATCHES = (1, 16)
+WEIGHT = 1.0
+
+
+def decode_stats(run) -> tuple[dict, list]:
+    """Per-step time from (N_LONG - N_SHORT) extra tokens; `run(n)` -> (seconds, tokens)."""
+    run(N_SHORT)  # warm-up: compilation, allocator
+    short, long_, tokens = [], [], None
+    for _ in range(REPEATS):
+        short.append(run(N_SHORT)[0])
+        elapsed, tokens = run(N_LONG)
+        long_.append(elapsed)
+    step = (statistics.median(long_) - statistics.median(short)) / (N_LONG - N_SHORT)
+    return {"step_ms": 1e3 * step, "end_to_end_s": statistics.median(long_)}, tokens
+
+
+def random_adapter(model):
+    import jax
+    import jax.numpy as jnp
+
+    from prosocial_jax import pblora
+
+    adapter = pblora.init(model.config, pblora.AdapterConfig(), jax.random.key(0))
+    rng = np.random.RandomState(0)
+    params = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape) * 0.02,
+                                                jnp.float32), adapter.params)
+    return pblora.Adapter(adapter.config, params)
+
+
+def uniform(adapter) -> np.ndarray:
+    k = adapter.config.num_attributes
+    return np.full(k, 1.0 / k, np.float32)
+
+
+# ---------------------------------------------------------------------------- workers
+def jax_worker(folder: Path, adapter_dir: Path) -> dict:
+    import jax
+
+    import prosocial_jax as pj
+    from prosocial_jax import decode
+    from prosocial_jax.models.tokenizer import encode_prompt
+
+    base = pj.load_model(folder, dtype="float32")
+    reward = pj.load_model(folder, dtype="float32")  # its own copy of the weights
+    adapter = pj.load_adapter(adapter_dir, reward.config)
+    prompts = chat_prompts(max(BATCHES))
+    c = base.config
+    longest = max(len(encode_prompt(base.tokenizer, p)) for p in prompts)
+    slots = decode._round_up(longest, decode.PROMPT_BUCKET) + N_LONG  # every slot is read
+    out: dict = {
+        "weight_bytes": sum(x.nbytes for x in jax.tree.leaves(base.params)),
+        "adapter_bytes": sum(x.nbytes for x in jax.tree.leaves(adapter.params)),
+        "kv_bytes_per_row": 2 * c.num_layers * c.num_kv_heads * c.head_dim * 4 * slots}
+    modes = {"plain": {},
+             "guided_safety": dict(adapter=adapter, reward=reward, preference=uniform(adapter),
+                                   guidance=WEIGHT, safety_margin=3.0),
+             "guided_no_safety": dict(adapter=adapter, reward=reward,
+                                      preference=uniform(adapter), guidance=WEIGHT,
+                                      safety_stage=False)}
+    for batch in BATCHES:
+        for mode, kwargs in modes.items():
+            def run(n, rows=prompts[:batch], kwargs=kwargs):
+                start = time.perf_counter()
+                results = pj.generate(base, rows, max_new_tokens=n, batch_size=len(rows),
+                                      stop_tokens=[], **kwargs)
+                return time.perf_counter() - start, [r.tokens for r in results]
+            out[f"{mode}{batch}"], out[f"tokens_{mode}{batch}"] = decode_stats(run)
+            print(f"jax {mode} batch {batch}: {out[f'{mode}{batch}']['step_ms']:.1f} ms/step",
+                  file=sys.stderr)
+    return out
+
+
+def torch_worker(folder: Path, merged: Path) -> dict:
+    import torch
+    import transformers
+
+    base = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    reward = transformers.AutoModelForCausalLM.from_pretrained(merged,
+                                                               dtype=torch.float32).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    tokenizer.padding_side = "left"
+    prompts = chat_prompts(max(BATCHES))
+    out: dict = {"threads": torch.get_num_threads()}
+
+    def guided(encoded, n):
+        ids, mask = encoded["input_ids"], encoded["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        step_b = base(input_ids=ids, attention_mask=mask, position_ids=positions,
+                      use_cache=True)
+        step_r = reward(input_ids=ids, attention_mask=mask, position_ids=positions,
+                        use_cache=True)
+        next_position = positions[:, -1:] + 1
+        new = []
+        for _ in range(n):
+            score = (torch.log_softmax(step_b.logits[:, -1].float(), -1)
+                     + WEIGHT * torch.log_softmax(step_r.logits[:, -1].float(), -1))
+            token = score.argmax(-1, keepdim=True)
+            new.append(token)
+            mask = torch.cat([mask, torch.ones_like(token)], dim=-1)
+            step_b = base(input_ids=token, attention_mask=mask, position_ids=next_position,
+                          past_key_values=step_b.past_key_values, use_cache=True)
+            step_r = reward(input_ids=token, attention_mask=mask, position_ids=next_position,
+                            past_key_values=step_r.past_key_values, use_cache=True)
+            next_position = next_position + 1
+        return torch.cat(new, dim=-1).tolist()
+
+    for batch in BATCHES:
+        texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
+                 for p in prompts[:batch]]
+        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+        def run(n, encoded=encoded):
+            start = time.perf_counter()
+            with torch.no_grad():
+                tokens = guided(encoded, n)
+            return time.perf_counter() - start, tokens
+        out[f"guided{batch}"], out[f"tokens{batch}"] = decode_stats(run)
+        print(f"torch guided batch {batch}: {out[f'guided{batch}']['step_ms']:.1f} ms/step",
+              file=sys.stderr)
+    return out
+
+
+def run_worker(kind: str, folder: Path, other: Path) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as handle:
+        subprocess.run([sys.executable, __file__, "--worker", kind, "--folder", str(folder),
+                        "--other", str(other), "--out", handle.name], check=True)
+        return json.loads(Path(handle.name).read_text())
+
+
+def merged_reward(model, adapter, preference: np.ndarray):
+    """The backbone with dW(alpha) added to every targeted weight (the reference's reward)."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from prosocial_jax import pblora
+
+    layers = jax.tree.map(np.array, model.params["layers"])
+    for target, factors in adapter.params.items():
+        weight = layers["attn"][target]["weight"]
+        for layer in range(weight.shape[0]):
+            layer_factors = {k: np.asarray(v[layer], np.float64) for k, v in factors.items()}
+            weight[layer] += pblora.dense_delta(layer_factors, preference, adapter.config.scale)
+    params = {**model.params, "layers": jax.tree.map(jnp.asarray, layers)}
+    return dataclasses.replace(model, params=params)
+
+
+# ---------------------------------------------------------------------------- report
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--other", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.worker:
+        worker = jax_worker if args.worker == "jax" else torch_worker
+        args.out.write_text(json.dumps(worker(args.folder, args.other)))
+        return
+
+    import prosocial_jax as pj
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = pj.load_model("bundled:smollm2", dtype="float32")
+        folder = pj.save_model(model, Path(tmp) / "smollm2")
+        adapter = random_adapter(model)
+        adapter_dir = pj.save_adapter(adapter, Path(tmp) / "adapter")
+        merged = pj.save_model(merged_reward(model, adapter, uniform(adapter)),
+                               Path(tmp) / "smollm2-merged")
+        del model
+        bandwidth = copy_bandwidth()
+        ours = run_worker("jax", folder, adapter_dir)
+        theirs = run_worker("torch", folder, merged)
+
+    weights, adapter_bytes = ours["weight_bytes"], ours["adapter_bytes"]
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "setting": f"SmolLM2-135M-Instruct float32 as base and Pv-Arm backbone, random PBLoRA "
+                   f"adapter, greedy, {N_LONG} new tokens, w = {WEIGHT}",
+        "weight_bytes": weights, "adapter_bytes": adapter_bytes,
+        "copy_bandwidth_gb_s": bandwidth / 1e9, "batches": {}}
+    for batch in BATCHES:
+        ref = theirs[f"guided{batch}"]["step_ms"]
+        entry = {"reference_step_ms": ref, "reference_tokens_per_s": 1e3 * batch / ref}
+        plain = ours[f"plain{batch}"]["step_ms"]
+        for mode in ("guided_safety", "guided_no_safety"):
+            step = ours[f"{mode}{batch}"]["step_ms"]
+            entry[mode] = {"step_ms": step, "tokens_per_s": 1e3 * batch / step,
+                           "speedup_vs_reference": ref / step,
+                           "step_over_plain_step": step / plain}
+        entry["plain_step_ms"] = plain
+        identical = sum(a == b for a, b in zip(ours[f"tokens_guided_no_safety{batch}"],
+                                               theirs[f"tokens{batch}"]))
+        entry["identical_rows_vs_reference"] = f"{identical}/{batch}"
+        # Bytes read per step: weights (+ adapter) and the KV caches (the safety stage adds B
+        # Pv-Arm rows, so three caches of B rows against the plain step's one).
+        kv_per_row = ours["kv_bytes_per_row"]
+        plain_bytes = weights + batch * kv_per_row
+        entry["bytes_ratio_safety"] = (2 * weights + adapter_bytes
+                                       + 3 * batch * kv_per_row) / plain_bytes
+        entry["bytes_ratio_no_safety"] = (2 * weights + adapter_bytes
+                                          + 2 * batch * kv_per_row) / plain_bytes
+        if batch == 1:
+            bound = 1e3 * (2 * weights + adapter_bytes) / bandwidth
+            entry["bandwidth_bound_guided_step_ms"] = bound
+            entry["guided_safety"]["step_over_bound"] = entry["guided_safety"]["step_ms"] / bound
+        results["batches"][str(batch)] = entry
+    print(json.dumps(results, indent=2))
+    for batch, entry in results["batches"].items():
+        for mode in ("guided_safety", "guided_no_safety"):
+            e = entry[mode]
+            print(f"batch {batch} {mode}: {e['tokens_per_s']:.1f} tok/s "
+                  f"({e['step_ms']:.1f} ms/step) vs reference "
+                  f"{entry['reference_tokens_per_s']:.1f} tok/s: {e['speedup_vs_reference']:.2f}x;"
+                  f" guided/plain step {e['step_over_plain_step']:.2f}x (bytes ratio "
+                  f"{entry['bytes_ratio_' + mode.split('_', 1)[1]]:.2f})")
+        print(f"batch {batch}: identical rows vs reference "
+              f"{entry['identical_rows_vs_reference']}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
