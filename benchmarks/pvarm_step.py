@@ -40,7 +40,8 @@ def worker(method: str) -> dict:
     import optax
 
     import prosocial_jax as pj
-    from prosocial_jax import pblora, pcgrad, reward
+    from prosocial_jax import pblora, reward
+    from prosocial_jax.pcgrad import pcgrad, per_attribute_gradients
 
     model = pj.load_model("bundled:smollm2", dtype="float32")
     config = pblora.AdapterConfig()
@@ -54,7 +55,7 @@ def worker(method: str) -> dict:
     labels = jnp.asarray(rng.choice([-1, 0, 1], (PAIRS, K)), jnp.int8)
     betas = jnp.full((K,), 0.01)
     alpha = jnp.asarray(rng.dirichlet(np.ones(K)), jnp.float32)
-    tx = optax.chain(pcgrad.pcgrad(K), optax.adamw(1e-3))
+    tx = optax.chain(pcgrad(K), optax.adamw(1e-3))
     plain_tx = optax.adamw(1e-3)
     params, frozen = adapter.params, model.params
 
@@ -64,7 +65,7 @@ def worker(method: str) -> dict:
 
     @jax.jit
     def step_a(params, state):
-        stacked, _ = pcgrad.per_attribute_gradients(model.config, frozen, config, params, batch,
+        stacked, _ = per_attribute_gradients(model.config, frozen, config, params, batch,
                                                     labels, betas, alpha)
         updates, state = tx.update(stacked, state, params, preference=alpha)
         return optax.apply_updates(params, updates), state

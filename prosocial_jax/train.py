@@ -33,9 +33,10 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
-from prosocial_jax import data, pblora, pcgrad, reward, sharding
+from prosocial_jax import data, pblora, reward, sharding
 from prosocial_jax.files import check_run_record
 from prosocial_jax.models.model import Model
+from prosocial_jax.pcgrad import pcgrad, per_attribute_gradients
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +103,7 @@ def optimizer(settings: ArmSettings, num_attributes: int) -> optax.GradientTrans
         init_value=0.0, peak_value=settings.learning_rate, warmup_steps=settings.warmup_steps,
         decay_steps=max(settings.steps, settings.warmup_steps + 1),
         end_value=settings.learning_rate * settings.end_learning_rate_fraction)
-    return optax.chain(pcgrad.pcgrad(num_attributes, project=settings.pcgrad, seed=settings.seed),
+    return optax.chain(pcgrad(num_attributes, project=settings.pcgrad, seed=settings.seed),
                        optax.adamw(schedule, weight_decay=settings.weight_decay))
 
 
@@ -125,7 +126,7 @@ class _Trainer:
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         alpha_key, dropout_key = jax.random.split(key)
         alpha = jax.random.dirichlet(alpha_key, jnp.full((self.k,), self.settings.dirichlet))
-        stacked, margins = pcgrad.per_attribute_gradients(
+        stacked, margins = per_attribute_gradients(
             self.model.config, self.model.params, self.adapter_config, state["adapter"], pairs,
             labels, self.betas, alpha, dropout_key)
         metrics = reward.attribute_losses(margins, labels, self.betas)

@@ -8,7 +8,8 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from prosocial_jax import pcgrad, sharding
+from prosocial_jax import sharding
+from prosocial_jax.pcgrad import gram_matrix, pcgrad, projection_coefficients, random_orders
 
 
 def numpy_pcgrad(grads, orders, eps=1e-12):
@@ -28,7 +29,7 @@ def numpy_pcgrad(grads, orders, eps=1e-12):
 
 def _coefficients(grads, orders):
     grads = jnp.asarray(grads, jnp.float32)
-    weights = pcgrad.projection_coefficients(pcgrad.gram_matrix(grads), jnp.asarray(orders))
+    weights = projection_coefficients(gram_matrix(grads), jnp.asarray(orders))
     return np.asarray(weights @ grads)
 
 
@@ -61,11 +62,11 @@ def test_transform_on_a_pytree_matches_numpy_with_its_own_orders():
     flat = np.concatenate([np.asarray(stacked["a"]).reshape(k, -1),
                            np.asarray(stacked["b"]["c"]).reshape(k, -1)], axis=1)
     alpha = np.array([0.1, 0.2, 0.3, 0.4], np.float32)
-    tx = pcgrad.pcgrad(k, seed=3)
+    tx = pcgrad(k, seed=3)
     state = tx.init(None)
     update, new_state = tx.update(stacked, state, preference=alpha)
     _, step_key = jax.random.split(state.key)
-    orders = np.asarray(pcgrad.random_orders(step_key, k))
+    orders = np.asarray(random_orders(step_key, k))
     expected = alpha @ numpy_pcgrad(flat, orders)
     got = np.concatenate([np.asarray(update["a"]).reshape(-1), np.asarray(update["b"]["c"])])
     np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -74,14 +75,14 @@ def test_transform_on_a_pytree_matches_numpy_with_its_own_orders():
     np.testing.assert_allclose(np.diag(np.asarray(new_state.cosines)), 1.0, atol=1e-6)
     # The next step draws new orders.
     _, second_key = jax.random.split(new_state.key)
-    assert not np.array_equal(np.asarray(pcgrad.random_orders(second_key, k)), orders)
+    assert not np.array_equal(np.asarray(random_orders(second_key, k)), orders)
 
 
 def test_without_projection_it_is_the_weighted_sum():
     k = 3
     stacked = {"w": jnp.asarray(np.random.RandomState(2).standard_normal((k, 7)), jnp.float32)}
     alpha = np.array([0.5, 0.25, 0.25], np.float32)
-    tx = pcgrad.pcgrad(k, project=False)
+    tx = pcgrad(k, project=False)
     update, _ = tx.update(stacked, tx.init(None), preference=alpha)
     np.testing.assert_allclose(np.asarray(update["w"]), alpha @ np.asarray(stacked["w"]),
                                atol=1e-6)
@@ -89,7 +90,7 @@ def test_without_projection_it_is_the_weighted_sum():
 
 def test_chains_with_adamw_and_passes_the_preference():
     k = 2
-    tx = optax.chain(pcgrad.pcgrad(k), optax.adamw(optax.cosine_decay_schedule(1e-2, 10)))
+    tx = optax.chain(pcgrad(k), optax.adamw(optax.cosine_decay_schedule(1e-2, 10)))
     params = {"w": jnp.zeros(3)}
     state = tx.init(params)
     stacked = {"w": jnp.asarray([[1.0, 0.0, 0.0], [-1.0, 1.0, 0.0]])}
@@ -106,7 +107,7 @@ def test_sharded_equals_unsharded():
     spread = {"a": jax.device_put(stacked["a"], NamedSharding(mesh, P(None, "model", "data"))),
               "b": jax.device_put(stacked["b"], NamedSharding(mesh, P(None, "model")))}
     alpha = rng.dirichlet(np.ones(k)).astype(np.float32)
-    tx = pcgrad.pcgrad(k, seed=5)
+    tx = pcgrad(k, seed=5)
     plain, plain_state = jax.jit(lambda g: tx.update(g, tx.init(None), preference=alpha))(stacked)
     split, split_state = jax.jit(lambda g: tx.update(g, tx.init(None), preference=alpha))(spread)
     for name in ("a", "b"):

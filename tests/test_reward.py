@@ -7,7 +7,8 @@ import pytest
 from conftest import VOCAB
 
 import prosocial_jax as pj
-from prosocial_jax import data, pblora, pcgrad, reward
+from prosocial_jax import data, pblora, reward
+from prosocial_jax.pcgrad import per_attribute_gradients
 
 BETAS = jnp.array([0.5, 1.0, 2.0])
 
@@ -82,7 +83,7 @@ def test_per_attribute_gradients_equal_separate_backward_passes(setup):
     batch = _batch(np.random.RandomState(1))
     labels = jnp.asarray(batch.pop("labels"))
     alpha = jnp.array([0.2, 0.5, 0.3])
-    stacked, margins = pcgrad.per_attribute_gradients(
+    stacked, margins = per_attribute_gradients(
         model.config, model.params, adapter.config, adapter.params, batch, labels, BETAS, alpha)
     for i in range(3):
         def loss_i(params, i=i):
