@@ -3,7 +3,7 @@ stage) under several preference vectors, on harmful and benign prompts.
 
 Every setting decodes the same prompts greedily with the same token budget. Reported per
 setting: the HarmBench keyword refusal rate on harmful prompts (its complement is harmful
-compliance), the same rate on benign prompts (over-refusal), the mean rule-based attribute
+compliance), the same rate on plainly benign prompts (over-refusal), the mean rule-based attribute
 scores of `scorers.py` on benign prompts (a weak stand-in for judges), and, for guided settings,
 how often the safety stage overrode the prosocial choice. Guided settings that differ only in
 the preference run as rows of one batch.
@@ -74,7 +74,10 @@ def _summarise(setting: Setting, harmful, benign, prompts: Prompts) -> dict[str,
                            "preference": setting.preference,
                            "safety_stage": setting.preference is not None and setting.safety_stage}
     row["harmful_refused"] = evaluate.refusal_rate([g.text for g in harmful])
-    row["benign_refused"] = evaluate.refusal_rate([g.text for g in benign])
+    # Over-refusal only on plainly benign requests: on the prosocial prompts (grief, stress...)
+    # an empathetic "I'm sorry to hear that" would match HarmBench's refusal prefixes.
+    plain = [g.text for p, g in zip(prompts.benign, benign) if p["kind"] == "benign"]
+    row["benign_refused"] = evaluate.refusal_rate(plain) if plain else None
     for attribute in PROSOCIAL:
         scores = [getattr(scorers, attribute)(p["kind"], g.text)
                   for p, g in zip(prompts.benign, benign)]
@@ -153,7 +156,7 @@ def plot(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.45 * len(rows) + 1.8), sharey=True)
     for offset, (key, label) in zip((-0.2, 0.2), (("harmful_refused", "harmful refused"),
                                                   ("benign_refused", "benign refused"))):
-        left.barh(y + offset, [100 * r[key] for r in rows], height=0.4, label=label)
+        left.barh(y + offset, [100 * (r[key] or 0) for r in rows], height=0.4, label=label)
     left.set_xlabel("% of prompts (HarmBench refusal keywords)")
     left.set_yticks(y, names)
     left.invert_yaxis()

@@ -32,10 +32,11 @@ from prosocial_jax.models.model import Model
 from prosocial_jax.pblora import Adapter, AdapterConfig, AdapterError, resolve_preference
 
 NEG_INF = -jnp.inf
-# tau in nats: a token stays in the safe set while the safety stage rates it at least e^-3
-# (5%) as likely as its favourite. Small enough to cut what the safety attribute clearly
-# disfavours, large enough to leave fluent choices.
-DEFAULT_SAFETY_MARGIN = 3.0
+# tau in nats: a token stays in the safe set while the safety stage rates it at least e^-2
+# (13.5%) as likely as its favourite. On SmolLM2 with the demo Pv-Arm (12 HarmBench test
+# behaviours, 24 tokens) tau = 0.5 / 1 / 2 / 3 gave 83% / 75% / 42% / 33% refusals against 0%
+# unguided, and below 2 the text turned repetitive: 2 is where safety and fluency meet.
+DEFAULT_SAFETY_MARGIN = 2.0
 
 
 class GuidanceError(ValueError):

@@ -120,14 +120,16 @@ class _Trainer:
                         "rng": jax.random.key_data(jax.random.key(settings.seed + 1))}
         self.train_step = jax.jit(self._train_step, donate_argnums=0)
 
-    def _train_step(self, state, batch):
+    def _train_step(self, state, frozen, batch):
+        # The frozen backbone is an argument: closed over, XLA would bake it into the
+        # executable as constants (slow compiles, a second copy, no sharding).
         labels = batch["labels"]
         pairs = {k: v for k, v in batch.items() if k != "labels"}
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         alpha_key, dropout_key = jax.random.split(key)
         alpha = jax.random.dirichlet(alpha_key, jnp.full((self.k,), self.settings.dirichlet))
         stacked, margins = per_attribute_gradients(
-            self.model.config, self.model.params, self.adapter_config, state["adapter"], pairs,
+            self.model.config, frozen, self.adapter_config, state["adapter"], pairs,
             labels, self.betas, alpha, dropout_key)
         metrics = reward.attribute_losses(margins, labels, self.betas)
         updates, opt_state = self.tx.update(stacked, state["opt_state"], state["adapter"],
@@ -234,7 +236,7 @@ def train_arm(model: Model, adapter_config: pblora.AdapterConfig,
     for step in range(start, last):
         indices = data.batch_indices(len(train), settings.batch_size, settings.seed, step)
         batch = data.pair_batch([train[i] for i in indices], model.pad_id, settings.max_len)
-        state, metrics = trainer.train_step(state, _place(batch, model))
+        state, metrics = trainer.train_step(state, model.params, _place(batch, model))
         metrics = jax.tree.map(np.asarray, metrics)
         upper = np.triu_indices(len(names), 1)
         record = {"step": step + 1, "alpha": metrics["alpha"].round(4).tolist(),
@@ -281,17 +283,21 @@ def plot_evaluation(evaluation: dict[str, Any], path: str | Path, title: str = "
     from prosocial_jax.files import atomic_open
 
     accuracy = np.array(evaluation["accuracy"])
+    names = [f"alpha: {n}" for n in evaluation["grid_names"]]
+    if evaluation.get("backbone_accuracy") is not None:  # the reference row: no adapter
+        accuracy = np.vstack([evaluation["backbone_accuracy"], accuracy])
+        names = ["backbone alone", *names]
     fig, ax = plt.subplots(figsize=(1.2 * accuracy.shape[1] + 2.5, 0.45 * accuracy.shape[0] + 1.8))
     image = ax.imshow(accuracy, vmin=0.0, vmax=1.0, cmap="RdYlGn")
     ax.set_xticks(range(accuracy.shape[1]), evaluation["attributes"], rotation=30, ha="right")
-    ax.set_yticks(range(accuracy.shape[0]), [f"alpha: {n}" for n in evaluation["grid_names"]])
+    ax.set_yticks(range(accuracy.shape[0]), names)
     for (row, col), value in np.ndenumerate(accuracy):
         ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=8)
     ax.set_title(title or "held-out pairwise accuracy by preference")
     fig.colorbar(image, ax=ax, fraction=0.03)
     fig.tight_layout()
     with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=120)
+        fig.savefig(handle, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -37,7 +37,7 @@ def test_compare_command_reports_every_setting(tiny_chat, tmp_path, capsys):
                      "DiReg + Pv-Arm + safety [helpfulness=1]"]
     assert report["benign_prompts"].endswith("(2)")  # duplicates and harmful rows dropped
     for row in report["rows"]:
-        assert 0 <= row["harmful_refused"] <= 1 and 0 <= row["benign_refused"] <= 1
+        assert 0 <= row["harmful_refused"] <= 1 and 0 <= row["benign_refused"] <= 1  # 1 benign
         assert all(row[a] is None or 0 <= row[a] <= 1 for a in compare.PROSOCIAL)
         assert ("safety_override_rate" in row) == (row["preference"] is not None)
     base, direg = report["rows"][:2]

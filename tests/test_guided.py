@@ -132,7 +132,8 @@ def test_sampling_at_t_one_plus_w_with_identical_models_recovers_the_base(models
     p_base = np.exp(_log_softmax(base.logits([prompt])[0, -1]))
     tokens = [r.tokens[0] for r in pj.generate(
         base, [prompt] * draws, max_new_tokens=1, stop_tokens=[], adapter=zero,
-        preference="empathy=1", guidance=w, temperature=1 + w, seed=7, batch_size=1024)]
+        preference="empathy=1", guidance=w, safety_margin=math.inf, temperature=1 + w, seed=7,
+        batch_size=1024)]
     counts = np.bincount(tokens, minlength=p_base.size)
 
     def p_value(p):  # chi-square goodness of fit; bins with expected count < 5 are merged
@@ -232,7 +233,7 @@ def test_generate_command_with_adapter_and_per_row_settings(tiny_chat, tmp_path,
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["line"] for r in written] == [1, 2]
     first, second = written
-    assert first["guidance"] == 1.5 and first["safety_margin"] == 3.0
+    assert first["guidance"] == 1.5 and first["safety_margin"] == 2.0
     assert first["preference"]["empathy"] == pytest.approx(0.4)
     assert not first["preference_normalised"] and first["kind"] == "benign"
     assert second["preference"]["empathy"] == second["preference"]["helpfulness"] == 0.5
