@@ -172,10 +172,11 @@ def prefill(config: ModelConfig, params, tokens_BxT, mask_BxT, rng, max_new_toke
             spec.reward_config, guide.reward_params, r_tokens, r_positions, r_mask, None,
             adapter_config=spec.adapter_config, adapter=guide.adapter_params,
             preference_BxK=guide.reward_preferences(spec))
-        history = guide.guidance.banned_prefix_SxH.shape[-1]
+        banned = guide.guidance.banned_prefix_SxH
         guided = dict(reward_cache=reward_cache.append(rk, rv, r_mask),
                       reward_logits_RxV=reward_logits,
-                      recent_BxH=_recent_tokens(tokens_BxT, mask_BxT, history),
+                      recent_BxH=None if banned is None else _recent_tokens(
+                          tokens_BxT, mask_BxT, banned.shape[-1]),
                       overrides_B=jnp.zeros((batch,), jnp.int32),
                       allowed_total_B=jnp.zeros((batch,), jnp.int32))
     return DecodeState(
@@ -243,7 +244,8 @@ def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: Samp
         new.update(
             reward_cache=state.reward_cache.append(rk, rv, jnp.tile(token_mask, (copies, 1))),
             reward_logits_RxV=reward_logits,
-            recent_BxH=jnp.concatenate([state.recent_BxH[:, 1:], token[:, None]], axis=1),
+            recent_BxH=None if state.recent_BxH is None else jnp.concatenate(
+                [state.recent_BxH[:, 1:], token[:, None]], axis=1),
             overrides_B=state.overrides_B + (overridden & active),
             allowed_total_B=state.allowed_total_B + jnp.where(active, allowed, 0))
     return state.replace(**new)
@@ -341,6 +343,7 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
         spec, guide_rows, normalised = _guide(model, reward or model, adapter, n, preference,
                                               preferences, guidance, safety_margin,
                                               plausibility, banned_sequences, safety_stage)
+        alpha_rows = np.asarray(guide_rows.guidance.preference_BxK)  # for the results
     elif reward is not None or preference is not None or preferences is not None:
         raise GuidanceError("guided decoding needs a Pv-Arm adapter (adapter=...)")
     stops = jnp.asarray(stop_tokens if stop_tokens is not None else stop_token_ids(model),
@@ -364,7 +367,7 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
             chunk_size, jax.random.fold_in(jax.random.key(seed), start), bar, guide, spec)
         if spec is not None:
             for result, row in zip(batch, rows):
-                result.preference = np.asarray(guide_rows.guidance.preference_BxK[row]).tolist()
+                result.preference = alpha_rows[row].tolist()
                 result.preference_normalised = normalised[row]
         results += batch
         bar.update((start + len(rows)) * max_new_tokens - bar.n)  # rows that stopped early

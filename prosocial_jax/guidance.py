@@ -48,30 +48,30 @@ class Guidance:
     """Per-row guidance settings: all traced."""
 
     preference_BxK: jax.Array  # the user's alpha, normalised (prosocial stage)
-    safety_BxK: jax.Array  # one-hot of the adapter's safety attribute (safety stage)
     weight_B: jax.Array  # w: how strongly the Pv-Arm steers (0 = base model only)
     safety_margin_B: jax.Array  # tau: inf disables the safety stage for the row
     log_floor_B: jax.Array  # plausibility: keep y with lp_b(y) >= max lp_b + log_floor
     # Banned token sequences, right-aligned: the last token of sequence s is removed when the
     # row's most recent tokens equal its prefix (-1 entries of the prefix match anything).
-    banned_prefix_SxH: jax.Array
-    banned_last_S: jax.Array
+    # None when there are none: then no step spends anything on them.
+    banned_prefix_SxH: jax.Array | None = None
+    banned_last_S: jax.Array | None = None
 
     def map_rows(self, fn) -> Guidance:
         """`fn` applied to every per-row array (not to the shared banned sequences)."""
-        return self.replace(preference_BxK=fn(self.preference_BxK), safety_BxK=fn(self.safety_BxK),
-                            weight_B=fn(self.weight_B), safety_margin_B=fn(self.safety_margin_B),
+        return self.replace(preference_BxK=fn(self.preference_BxK), weight_B=fn(self.weight_B),
+                            safety_margin_B=fn(self.safety_margin_B),
                             log_floor_B=fn(self.log_floor_B))
 
 
-def banned_arrays(sequences: Sequence[Sequence[int]] | None) -> tuple[np.ndarray, np.ndarray]:
+def banned_arrays(sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Right-aligned prefix matrix [S, H] (-1 = any token) and last tokens [S]."""
-    sequences = [list(map(int, s)) for s in (sequences or [])]
+    sequences = [list(map(int, s)) for s in sequences]
     if any(not s for s in sequences):
         raise GuidanceError("a banned token sequence must not be empty")
     history = max([len(s) - 1 for s in sequences] + [1])
-    prefix = np.full((max(len(sequences), 1), history), -1, np.int32)
-    last = np.full((max(len(sequences), 1),), -1, np.int32)  # -1: never matches a token
+    prefix = np.full((len(sequences), history), -1, np.int32)
+    last = np.zeros((len(sequences),), np.int32)
     for row, seq in enumerate(sequences):
         if len(seq) > 1:
             prefix[row, history - len(seq) + 1:] = seq[:-1]
@@ -131,12 +131,13 @@ def create(adapter: Adapter, preference_BxK: np.ndarray, weight, safety_margin,
         raise GuidanceError(f"plausibility must be in [0, 1), got {plausibility}")
     with np.errstate(divide="ignore"):
         log_floor_B = np.log(floor_B)  # log 0 = -inf: no floor
-    prefix, last = banned_arrays(banned)
-    safety = np.zeros_like(preference_BxK)
-    safety[:, adapter.config.safety_index] = 1.0
-    return Guidance(jnp.asarray(preference_BxK), jnp.asarray(safety), jnp.asarray(weight_B),
-                    jnp.asarray(margin_B), jnp.asarray(log_floor_B.astype(np.float32)),
-                    jnp.asarray(prefix), jnp.asarray(last))
+    guidance = Guidance(jnp.asarray(preference_BxK), jnp.asarray(weight_B),
+                        jnp.asarray(margin_B), jnp.asarray(log_floor_B.astype(np.float32)))
+    if banned:
+        prefix, last = banned_arrays(banned)
+        guidance = guidance.replace(banned_prefix_SxH=jnp.asarray(prefix),
+                                    banned_last_S=jnp.asarray(last))
+    return guidance
 
 
 def shared_vocab_size(base: Model, reward: Model) -> int:
@@ -170,13 +171,14 @@ def recent_matches(recent_BxH: jax.Array, guidance: Guidance) -> jax.Array:
     prefix = guidance.banned_prefix_SxH[None]
     history = prefix.shape[-1]
     recent = recent_BxH[:, None, -history:]
-    return jnp.all((prefix < 0) | (prefix == recent), axis=-1) & (guidance.banned_last_S >= 0)
+    return jnp.all((prefix < 0) | (prefix == recent), axis=-1)
 
 
 def guided_scores(base_logits_BxV: jax.Array, reward_logits_RxV: jax.Array, guidance: Guidance,
                   recent_BxH: jax.Array, vocab: int):
     """Scores over `vocab` tokens (-inf outside the allowed set) and per-row statistics.
 
+    `recent_BxH` (None without banned sequences) holds each row's latest tokens.
     `reward_logits_RxV` holds B prosocial rows, then (when the safety stage runs) B safety rows.
     Returns (scores [B, vocab], safety override [B] bool, allowed-set size [B] int32).
     """
@@ -194,13 +196,14 @@ def guided_scores(base_logits_BxV: jax.Array, reward_logits_RxV: jax.Array, guid
         safe = safety >= jnp.max(safety, axis=-1, keepdims=True) - margin
     else:
         safe = jnp.ones_like(base, dtype=bool)
-    matches = recent_matches(recent_BxH, guidance)  # [B, S]
-    last = guidance.banned_last_S
-    hits = (matches & (last[None] < vocab)).astype(jnp.int32)
-    banned = jnp.zeros(safe.shape, jnp.int32).at[
-        jnp.arange(batch)[:, None], jnp.clip(last, 0, vocab - 1)[None]].max(hits) > 0
-    allowed = safe & ~banned
-    allowed = jnp.where(jnp.any(allowed, axis=-1, keepdims=True), allowed, safe)
+    allowed = safe
+    if guidance.banned_last_S is not None:
+        last = guidance.banned_last_S
+        hits = (recent_matches(recent_BxH, guidance) & (last[None] < vocab)).astype(jnp.int32)
+        banned = jnp.zeros(safe.shape, jnp.int32).at[
+            jnp.arange(batch)[:, None], jnp.clip(last, 0, vocab - 1)[None]].max(hits) > 0
+        allowed = safe & ~banned
+        allowed = jnp.where(jnp.any(allowed, axis=-1, keepdims=True), allowed, safe)
     plausible = base >= (jnp.max(base, axis=-1, keepdims=True) + guidance.log_floor_B[:, None])
     with_floor = allowed & plausible
     allowed = jnp.where(jnp.any(with_floor, axis=-1, keepdims=True), with_floor, allowed)
@@ -231,7 +234,9 @@ class GuideInputs:
 
     def reward_preferences(self, spec: GuideSpec) -> jax.Array:
         """Preference rows of the one Pv-Arm forward: users' alphas, then safety one-hots."""
-        g = self.guidance
-        if spec.safety_stage:
-            return jnp.concatenate([g.preference_BxK, g.safety_BxK], axis=0)
-        return g.preference_BxK
+        alpha = self.guidance.preference_BxK
+        if not spec.safety_stage:
+            return alpha
+        config = spec.adapter_config  # the safety one-hot is static: part of the adapter config
+        safety = jnp.zeros_like(alpha).at[:, config.safety_index].set(1.0)
+        return jnp.concatenate([alpha, safety], axis=0)
