@@ -71,22 +71,3 @@ def atomic_folder(out_dir: str | Path, write: Callable[[Path], None], overwrite:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def check_run_record(folder: Path, record: dict[str, Any]) -> None:
-    """Remembers a resumable run's settings in `folder/run.json`; refuses different ones later."""
-    folder = Path(folder)
-    path = folder / "run.json"
-    if path.exists():
-        previous = json.loads(path.read_text())
-        changed = sorted(k for k in set(previous) | set(record)
-                         if previous.get(k) != record.get(k))
-        if changed:
-            key = changed[0]
-            raise ValueError(f"{folder} holds a run with different settings ({key}: "
-                             f"{previous.get(key)!r} there, {record.get(key)!r} now); use "
-                             "another checkpoint folder or the same settings")
-    else:
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_open(path) as handle:
-            json.dump(record, handle, indent=2)

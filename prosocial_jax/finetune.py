@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from prosocial_jax import data, lora, sharding
-from prosocial_jax.files import check_run_record
+from prosocial_jax.checkpoints import start_or_resume
 from prosocial_jax.models.decoder import forward_logits
 from prosocial_jax.models.model import Model, parse_dtype
 
@@ -132,18 +132,11 @@ def finetune(model: Model, examples: list[data.SFTExample], settings: FinetuneSe
     if not examples:
         raise ValueError("no training examples")
     folder = Path(checkpoint_dir).resolve()
-    check_run_record(folder, {"settings": json.loads(json.dumps(dataclasses.asdict(settings))),
-                               "examples": len(examples), "source": model.source})
     run = _Run(model, settings)
-    manager = ocp.CheckpointManager(
-        folder / "checkpoints",
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=settings.keep_checkpoints, save_interval_steps=settings.checkpoint_every,
-            enable_async_checkpointing=False))
-    state = run.initial
-    if manager.latest_step() is not None:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
+    record = {"settings": dataclasses.asdict(settings), "examples": len(examples),
+              "source": model.source}
+    manager, state = start_or_resume(folder, record, run.initial, settings.keep_checkpoints,
+                                     settings.checkpoint_every)
     start = int(state["step"])
     last = min(settings.steps, stop_after if stop_after is not None else settings.steps)
     pad_id = model.pad_id

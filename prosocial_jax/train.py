@@ -34,7 +34,7 @@ import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from prosocial_jax import data, pblora, reward, sharding
-from prosocial_jax.files import check_run_record
+from prosocial_jax.checkpoints import start_or_resume
 from prosocial_jax.models.model import Model
 from prosocial_jax.pcgrad import pcgrad, per_attribute_gradients
 
@@ -213,19 +213,11 @@ def train_arm(model: Model, adapter_config: pblora.AdapterConfig,
     if not train:
         raise ValueError("no training pairs")
     folder = Path(checkpoint_dir).resolve()
-    check_run_record(folder, {"settings": json.loads(json.dumps(dataclasses.asdict(settings))),
-                              "adapter": adapter_config.to_json(), "train_pairs": len(train),
-                              "backbone": model.source})
     trainer = _Trainer(model, adapter_config, settings)
-    manager = ocp.CheckpointManager(
-        folder / "checkpoints",
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=settings.keep_checkpoints, save_interval_steps=settings.checkpoint_every,
-            enable_async_checkpointing=False))
-    state = trainer.initial
-    if manager.latest_step() is not None:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
+    record = {"settings": dataclasses.asdict(settings), "adapter": adapter_config.to_json(),
+              "train_pairs": len(train), "backbone": model.source}
+    manager, state = start_or_resume(folder, record, trainer.initial, settings.keep_checkpoints,
+                                     settings.checkpoint_every)
     start = int(state["step"])
     last = min(settings.steps, stop_after if stop_after is not None else settings.steps)
     names = adapter_config.attributes
