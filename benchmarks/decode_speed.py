@@ -53,6 +53,13 @@ def copy_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
     return 2 * source.nbytes / best
 
 
+def write_results(path: Path | None, results: dict) -> None:
+    """The run's figures as JSON (benchmarks/results/*.json), when a path was given."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def chat_prompts(count: int) -> list[list[dict]]:
     from prosocial_jax import prompt_sets
 
@@ -235,9 +242,7 @@ def main() -> None:
           f"{pre['transformers_tokens_per_s']:.0f} tok/s")
     print(f"compile: prefill {results['compile_s']['prefill']:.1f} s, 16-step decode chunk "
           f"{results['compile_s']['decode_chunk_16_steps']:.1f} s")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

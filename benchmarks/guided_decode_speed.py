@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from decode_speed import chat_prompts, copy_bandwidth
+from decode_speed import chat_prompts, copy_bandwidth, write_results
 
 N_SHORT, N_LONG = 16, 64
 REPEATS = 3
@@ -258,9 +258,7 @@ def main() -> None:
                   f"{entry['bytes_ratio_' + mode.split('_', 1)[1]]:.2f})")
         print(f"batch {batch}: identical rows vs reference "
               f"{entry['identical_rows_vs_reference']}")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

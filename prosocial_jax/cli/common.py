@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 CONFIG_HELP = ("Settings may also come from a config file: --config configs/NAME.py, with dotted "
                "overrides such as --config.generate.temperature=0.7. Flags given explicitly win.")
@@ -77,3 +80,17 @@ def floats(text: str, name: str) -> list[float]:
     except ValueError:
         raise ValueError(f"--{name}: expected numbers separated by commas, got {text!r}") \
             from None
+
+
+def write_report(folder: Path, name: str, record: dict[str, Any], plot: Callable,
+                 table: str) -> str:
+    """`folder/NAME.json` (atomic) and `folder/NAME.png` (`plot(record["rows"], path)`); prints
+    the table; returns "wrote ..." for the command's closing line."""
+    from prosocial_jax.files import atomic_open
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_open(folder / f"{name}.json") as handle:
+        json.dump(record, handle, indent=2)
+    plot(record["rows"], folder / f"{name}.png")
+    print(table)
+    return f"wrote {folder / f'{name}.json'}, {folder / f'{name}.png'}"

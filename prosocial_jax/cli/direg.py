@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 
 from prosocial_jax import prompt_sets
-from prosocial_jax.cli.common import CONFIG_HELP, add_model_args, apply_config, floats, require
+from prosocial_jax.cli.common import (
+    CONFIG_HELP,
+    add_model_args,
+    apply_config,
+    floats,
+    require,
+    write_report,
+)
 
 
 def _harmful_data_parser(sub) -> None:
@@ -130,17 +137,14 @@ def _cmd_harm_vector(args) -> int:
         generations = args.generations_dir or direg.cache_dir() / "direg" / "generations"
         rows = direg.sweep(base, harmful, top_ks, scales, prompts, generations,
                            args.max_new_tokens, args.batch_size, args.include, args.exclude)
-        args.out.mkdir(parents=True, exist_ok=True)
-        with atomic_open(args.out / "sweep.json") as handle:
-            json.dump({"base": args.base, "harmful": args.harmful,
-                       "harmful_prompts": f"HarmBench {args.harmful_split} standard "
-                                          f"({len(prompts.harmful)})",
-                       "benign_prompts": f"aplomb ({len(prompts.benign)})",
-                       "max_new_tokens": args.max_new_tokens, "rows": rows}, handle, indent=2)
-        direg.plot_sweep(rows, args.out / "sweep.png")
-        print(direg.format_table(rows))
-        print(f"wrote {args.out / 'sweep.json'}, {args.out / 'sweep.png'}; generations in "
-              f"{generations}", file=sys.stderr)
+        record = {"base": args.base, "harmful": args.harmful,
+                  "harmful_prompts": f"HarmBench {args.harmful_split} standard "
+                                     f"({len(prompts.harmful)})",
+                  "benign_prompts": f"aplomb ({len(prompts.benign)})",
+                  "max_new_tokens": args.max_new_tokens, "rows": rows}
+        wrote = write_report(args.out, "sweep", record, direg.plot_sweep,
+                             direg.format_table(rows))
+        print(f"{wrote}; generations in {generations}", file=sys.stderr)
         return 0
     if len(top_ks) != 1 or len(scales) != 1:
         raise ValueError("--top-k and --scale take one value each (lists need --sweep)")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from prosocial_jax import prompt_sets
+from prosocial_jax.cli.common import write_report
 from prosocial_jax.guidance import DEFAULT_SAFETY_MARGIN
 
 
@@ -42,7 +42,6 @@ def _cmd_compare(args) -> int:
 
     import prosocial_jax as pj
     from prosocial_jax import compare, direg
-    from prosocial_jax.files import atomic_open
 
     started = time.perf_counter()
     base = pj.load_model(args.base)
@@ -58,20 +57,16 @@ def _cmd_compare(args) -> int:
     settings = compare.default_settings(adapter, preferences)
     rows = compare.run(models, reward, adapter, settings, prompts, args.guidance,
                        args.safety_margin, args.max_new_tokens, args.batch_size, generations)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with atomic_open(args.out / "compare.json") as handle:
-        json.dump({"base": args.base, "direg": args.direg, "adapter": args.adapter,
-                   "guidance": args.guidance, "safety_margin": args.safety_margin,
-                   "harmful_prompts": f"HarmBench {args.harmful_split} standard "
-                                      f"({len(prompts.harmful)})",
-                   "benign_prompts": f"{args.benign_from or 'aplomb'} ({len(prompts.benign)})",
-                   "max_new_tokens": args.max_new_tokens, "rows": rows}, handle, indent=2)
-    compare.plot(rows, args.out / "compare.png")
-    print(compare.format_table(rows))
+    record = {"base": args.base, "direg": args.direg, "adapter": args.adapter,
+              "guidance": args.guidance, "safety_margin": args.safety_margin,
+              "harmful_prompts": f"HarmBench {args.harmful_split} standard "
+                                 f"({len(prompts.harmful)})",
+              "benign_prompts": f"{args.benign_from or 'aplomb'} ({len(prompts.benign)})",
+              "max_new_tokens": args.max_new_tokens, "rows": rows}
+    wrote = write_report(args.out, "compare", record, compare.plot, compare.format_table(rows))
     print(f"\n{len(prompts.harmful)} harmful + {len(prompts.benign)} benign prompts, "
-          f"{len(settings)} settings in {time.perf_counter() - started:.0f}s; wrote "
-          f"{args.out / 'compare.json'}, {args.out / 'compare.png'}; generations in "
-          f"{generations}", file=sys.stderr)
+          f"{len(settings)} settings in {time.perf_counter() - started:.0f}s; {wrote}; "
+          f"generations in {generations}", file=sys.stderr)
     return 0
 
 
