@@ -19,7 +19,7 @@ export PROSOCIAL_JAX_CACHE := $(CACHE)
 
 PVARM := $(CACHE)/pvarm
 
-.PHONY: demo test lint bench direg pvarm guided-eval
+.PHONY: demo test lint bench direg pvarm guided-eval guided-sweep
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,14 @@ demo: $(DIREG_MODEL)/config.json $(PVARM)/adapter-pcgrad/adapter_config.json | $
 	$(BIN)/prosocial-jax compare --base bundled:smollm2 --direg $(DIREG_MODEL) \
 		--adapter $(PVARM)/adapter-pcgrad --benign-from $(PVARM)/preferences/dev.jsonl \
 		--harmful-limit 16 --benign-limit 16 --out out/demo
+
+# The guidance weight w and safety margin tau, one at a time, on the demo's prompts (~10 min).
+DEMO_COMPARE = $(BIN)/prosocial-jax compare --base bundled:smollm2 --direg $(DIREG_MODEL) \
+	--adapter $(PVARM)/adapter-pcgrad --benign-from $(PVARM)/preferences/dev.jsonl \
+	--harmful-limit 16 --benign-limit 16
+guided-sweep: $(DIREG_MODEL)/config.json $(PVARM)/adapter-pcgrad/adapter_config.json | $(VENV)/.runtime
+	for w in 0.3 0.5 2; do $(DEMO_COMPARE) --guidance $$w --out out/sweep/w$$w; done
+	for tau in 1 3; do $(DEMO_COMPARE) --safety-margin $$tau --out out/sweep/tau$$tau; done
 
 # The measured effect: every held-out HarmBench test behaviour and held-out benign prompt.
 guided-eval: $(DIREG_MODEL)/config.json $(PVARM)/adapter-pcgrad/adapter_config.json | $(VENV)/.runtime

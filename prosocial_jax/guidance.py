@@ -33,9 +33,10 @@ from prosocial_jax.pblora import Adapter, AdapterConfig, AdapterError, resolve_p
 
 NEG_INF = -jnp.inf
 # tau in nats: a token stays in the safe set while the safety stage rates it at least e^-2
-# (13.5%) as likely as its favourite. On SmolLM2 with the demo Pv-Arm (12 HarmBench test
-# behaviours, 24 tokens) tau = 0.5 / 1 / 2 / 3 gave 83% / 75% / 42% / 33% refusals against 0%
-# unguided, and below 2 the text turned repetitive: 2 is where safety and fluency meet.
+# (13.5%) as likely as its favourite. On SmolLM2 with the demo Pv-Arm (`make guided-sweep`, DiReg
+# + Pv-Arm, 16 HarmBench test behaviours) tau = 1 / 2 / 3 refuses 56% / 31% / 25% (0% unguided)
+# with the same over-refusal, but at tau = 1 the hard stage overrides 6.6% of the choices and
+# the text turns repetitive: 2 is where safety and fluency meet.
 DEFAULT_SAFETY_MARGIN = 2.0
 
 
