@@ -50,7 +50,8 @@ $(DIREG)/smollm2-harmful/config.json: $(DIREG)/harmful_val.jsonl configs/direg_s
 
 direg: $(DIREG)/smollm2-harmful/config.json | $(VENV)/.runtime
 	$(BIN)/prosocial-jax harm-vector --sweep --base bundled:smollm2 \
-		--harmful $(DIREG)/smollm2-harmful --top-k 0.1,1.0 --scale 0.5,1,2,3,4 --out out/direg
+		--harmful $(DIREG)/smollm2-harmful --top-k 0.1,1.0 --scale 0.5,1,2,3,4 --out out/direg \
+		--overwrite
 
 # SmolLM2 as Pv-Arm backbone: the offline preference set, then training with and without
 # PCGrad; reports (evaluation.json / .png, no generated text) are copied to out/pvarm.
@@ -62,7 +63,8 @@ $(PVARM)/adapter-pcgrad/adapter_config.json: $(PVARM)/preferences/train.jsonl co
 
 pvarm: $(PVARM)/adapter-pcgrad/adapter_config.json | $(VENV)/.runtime
 	$(BIN)/prosocial-jax train-arm --config configs/pvarm_smollm2.py --config.arm.pcgrad=False \
-		--config.out=$(PVARM)/adapter-nopcgrad --config.checkpoint_dir=$(PVARM)/checkpoints-nopcgrad
+		--config.out=$(PVARM)/adapter-nopcgrad --config.checkpoint_dir=$(PVARM)/checkpoints-nopcgrad \
+		--overwrite
 	mkdir -p out/pvarm
 	cp $(PVARM)/adapter-pcgrad/evaluation.json out/pvarm/evaluation-pcgrad.json
 	cp $(PVARM)/adapter-pcgrad/evaluation.png out/pvarm/evaluation-pcgrad.png
@@ -79,12 +81,12 @@ $(DIREG_MODEL)/config.json: $(DIREG)/smollm2-harmful/config.json | $(VENV)/.runt
 demo: $(DIREG_MODEL)/config.json $(PVARM)/adapter-pcgrad/adapter_config.json | $(VENV)/.runtime
 	$(BIN)/prosocial-jax compare --base bundled:smollm2 --direg $(DIREG_MODEL) \
 		--adapter $(PVARM)/adapter-pcgrad --benign-from $(PVARM)/preferences/dev.jsonl \
-		--harmful-limit 16 --benign-limit 16 --out out/demo
+		--harmful-limit 16 --benign-limit 16 --out out/demo --overwrite
 
 # The guidance weight w and safety margin tau, one at a time, on the demo's prompts (~10 min).
 DEMO_COMPARE = $(BIN)/prosocial-jax compare --base bundled:smollm2 --direg $(DIREG_MODEL) \
 	--adapter $(PVARM)/adapter-pcgrad --benign-from $(PVARM)/preferences/dev.jsonl \
-	--harmful-limit 16 --benign-limit 16
+	--harmful-limit 16 --benign-limit 16 --overwrite
 guided-sweep: $(DIREG_MODEL)/config.json $(PVARM)/adapter-pcgrad/adapter_config.json | $(VENV)/.runtime
 	for w in 0.3 0.5 2; do $(DEMO_COMPARE) --guidance $$w --out out/sweep/w$$w; done
 	for tau in 1 3; do $(DEMO_COMPARE) --safety-margin $$tau --out out/sweep/tau$$tau; done
@@ -94,7 +96,7 @@ guided-eval: $(DIREG_MODEL)/config.json $(PVARM)/adapter-pcgrad/adapter_config.j
 	$(BIN)/prosocial-jax compare --base bundled:smollm2 --direg $(DIREG_MODEL) \
 		--adapter $(PVARM)/adapter-pcgrad --benign-from $(PVARM)/preferences/dev.jsonl \
 		--preferences "empathy=1;sensitivity=1;non_judgmental=1;truthfulness=1;helpfulness=1" \
-		--out out/guided
+		--out out/guided --overwrite
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/decode_speed.py --out benchmarks/results/decode_speed.json

@@ -1,54 +1,199 @@
-"""Resumable training runs: a settings record and orbax checkpoints in one folder.
+"""Resumable training runs: a settings record, orbax checkpoints and a metrics log in one folder.
 
-Shared by the harmful fine-tune (`finetune.py`) and Pv-Arm training (`train.py`). The record
-(`run.json`) makes a folder refuse to resume under different settings; the state is any pytree
-(parameters, optimiser state, step, RNG key data) restored with the shapes and dtypes of a fresh
-one.
+Shared by the harmful fine-tune (`finetune.py`) and Pv-Arm training (`train.py`).
+
+- `run.json` records what the run was made with (settings, data fingerprint, dtype, model); a
+  folder refuses to resume under a different record and names the field that changed. `steps`
+  alone may grow: the run is then extended (its learning-rate schedule is that of the new
+  length, evaluated from the step reached).
+- The state is any pytree (parameters, optimiser state, step, RNG key data), restored with the
+  shapes, dtypes and shardings of a fresh one: on a device mesh, the fresh state is placed on
+  the mesh first, so the restored arrays land there too.
+- `metrics.jsonl` holds each step once: on resume, rows past the restored step (written before
+  an interruption) are dropped.
+- A state with NaN or inf is never saved and never resumed (`nonfinite_paths`).
+- A folder that exists and holds anything but a run of ours is refused, never written into.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from prosocial_jax.files import atomic_open
+from prosocial_jax.files import atomic_open, write_jsonl
+
+RECORD, METRICS = "run.json", "metrics.jsonl"
+_OURS = {RECORD, METRICS, "checkpoints", "tensorboard"}
+EXTENDABLE = ("settings.steps",)
+
+
+class RunError(ValueError):
+    """A checkpoint folder that cannot be (re)used as asked."""
+
+
+def fingerprint(arrays: Iterable[Any]) -> str:
+    """sha256 over a sequence of integer/bool arrays (training data), order included."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(np.asarray(array, np.int64))
+        digest.update(str(array.shape).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _flatten(record: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(record, dict):
+        out = {}
+        for key, value in record.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: record}
+
+
+def read_record(folder: Path) -> dict[str, Any] | None:
+    path = Path(folder) / RECORD
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunError(f"{path}: not valid JSON ({err}); the run record is damaged. Restore it, "
+                       "or start the run in a new checkpoint folder") from None
+    if not isinstance(record, dict):
+        raise RunError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    return record
 
 
 def check_run_record(folder: Path, record: dict[str, Any]) -> None:
-    """Remembers a resumable run's settings in `folder/run.json`; refuses different ones later."""
+    """Remembers a resumable run's record in `folder/run.json`; refuses a different one later
+    (naming the first dotted field that differs). A larger `settings.steps` extends the run."""
     folder = Path(folder)
-    path = folder / "run.json"
-    if path.exists():
-        previous = json.loads(path.read_text())
-        changed = sorted(k for k in set(previous) | set(record)
-                         if previous.get(k) != record.get(k))
+    record = json.loads(json.dumps(record))  # as it reads back (tuples: lists)
+    previous = read_record(folder)
+    if previous is None:
+        if folder.exists() and set(p.name for p in folder.iterdir()) - _OURS:
+            example = sorted(set(p.name for p in folder.iterdir()) - _OURS)[0]
+            raise RunError(f"{folder} exists and holds files that are not a prosocial-jax "
+                           f"training run (e.g. {example!r}); choose a new checkpoint folder")
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        old, new = _flatten(previous), _flatten(record)
+        changed = sorted(k for k in set(old) | set(new)
+                         if k not in EXTENDABLE and old.get(k) != new.get(k))
         if changed:
             key = changed[0]
-            raise ValueError(f"{folder} holds a run with different settings ({key}: "
-                             f"{previous.get(key)!r} there, {record.get(key)!r} now); use "
-                             "another checkpoint folder or the same settings")
-    else:
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_open(path) as handle:
-            json.dump(record, handle, indent=2)
+            raise RunError(f"{folder} holds a run with different settings: {key} is "
+                           f"{old.get(key)!r} there and {new.get(key)!r} now. Use another "
+                           "checkpoint folder, or the same settings to resume")
+        if previous == record:
+            return
+    with atomic_open(folder / RECORD) as handle:
+        json.dump(record, handle, indent=2)
 
 
-def start_or_resume(folder: str | Path, record: dict[str, Any], initial: Any,
-                    keep: int, every: int) -> tuple[ocp.CheckpointManager, Any]:
+def nonfinite_paths(tree: Any) -> list[str]:
+    """Pytree paths ('adapter/q_proj/B1') of the leaves holding NaN or inf."""
+    flags = jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)) if jnp.issubdtype(
+        x.dtype, jnp.floating) else jnp.array(True), tree)
+    return [jax.tree_util.keystr(path, simple=True, separator="/")
+            for path, ok in jax.tree_util.tree_leaves_with_path(flags) if not bool(ok)]
+
+
+def place_on_mesh(tree: Any, mesh: Mesh | None) -> Any:
+    """Leaves already laid out on `mesh` keep their sharding; the rest are replicated on it.
+
+    A fresh training state mixes mesh-sharded parameters with small arrays created on one
+    device (step counters, keys, adapter factors). Restoring into it as is would put those on
+    one device and the next jitted step would mix devices.
+    """
+    if mesh is None:
+        return tree
+    replicated = NamedSharding(mesh, P())
+
+    def place(x):
+        if isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding) and \
+                x.sharding.mesh == mesh:
+            return x
+        return jax.device_put(x, replicated)
+
+    return jax.tree.map(place, tree)
+
+
+def check_finite(metrics: dict[str, Any], step: int, saved: int | None, folder: Path) -> None:
+    """Stops a run whose step produced NaN or inf (loss or parameters), before it is saved."""
+    bad = [jax.tree_util.keystr(path, simple=True, separator="/")
+           for path, ok in jax.tree_util.tree_leaves_with_path(metrics["finite"]) if not ok]
+    losses = np.asarray(metrics["loss"])
+    if not bad and np.isfinite(losses).all():
+        return
+    where = f"parameter(s) {', '.join(bad[:3])}" if bad else "the loss"
+    raise RunError(f"step {step}: non-finite values (NaN or inf) in {where}; stopped before "
+                   f"saving. The last good checkpoint in {folder} is step {saved or 0}; lower "
+                   "the learning rate or check the data, then rerun to resume from it")
+
+
+def _trim_metrics(folder: Path, step: int) -> None:
+    """Keeps the metrics rows of steps <= `step` (the rest were made after the checkpoint the
+    run resumes from, and will be made again)."""
+    path = folder / METRICS
+    if not path.exists():
+        return
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by the interruption
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            rows.append(row)
+    write_jsonl(path, rows)
+
+
+def log_metrics(folder: Path, row: dict[str, Any]) -> None:
+    with (Path(folder) / METRICS).open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def start_or_resume(folder: str | Path, record: dict[str, Any], initial: Any, keep: int,
+                    every: int, steps: int, mesh: Mesh | None = None
+                    ) -> tuple[ocp.CheckpointManager, Any, int]:
     """Checks `record` against the folder's, opens `folder/checkpoints` (synchronous saves every
-    `every` steps, `keep` kept) and returns it with the latest saved state, or `initial`."""
+    `every` steps, `keep` kept) and returns it with the latest saved state (or `initial`) and
+    its step. The state is placed on `mesh` (see `place_on_mesh`)."""
     folder = Path(folder)
-    check_run_record(folder, json.loads(json.dumps(record)))  # as it reads back (tuples: lists)
+    check_run_record(folder, record)
+    initial = place_on_mesh(initial, mesh)
     manager = ocp.CheckpointManager(
         folder / "checkpoints",
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
                                              enable_async_checkpointing=False))
-    if manager.latest_step() is None:
-        return manager, initial
+    latest = manager.latest_step()
+    if latest is None:
+        _trim_metrics(folder, 0)
+        return manager, initial, 0
+    if latest > steps:
+        raise RunError(f"{folder} holds a run already at step {latest}, past steps={steps}; "
+                       "ask for at least that many steps (or use another checkpoint folder)")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, initial)
-    return manager, manager.restore(manager.latest_step(),
-                                    args=ocp.args.StandardRestore(abstract))
+    try:
+        state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+    except Exception as err:  # orbax/tensorstore raise many types for damaged checkpoints
+        raise RunError(f"{folder / 'checkpoints' / str(latest)}: the checkpoint does not "
+                       f"restore ({type(err).__name__}: {str(err)[:300]}). Remove that step's "
+                       "folder to resume from an earlier one") from None
+    bad = nonfinite_paths(state)
+    if bad:
+        raise RunError(f"{folder / 'checkpoints' / str(latest)}: the checkpoint holds NaN or inf "
+                       f"in {', '.join(bad[:3])}; refusing to resume from it")
+    _trim_metrics(folder, latest)
+    return manager, state, latest

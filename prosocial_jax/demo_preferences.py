@@ -24,7 +24,7 @@ import numpy as np
 
 from prosocial_jax import prompt_sets, scorers
 from prosocial_jax.decode import generate
-from prosocial_jax.files import write_jsonl
+from prosocial_jax.files import check_output_folder, write_jsonl, write_output_folder
 from prosocial_jax.models.model import Model
 from prosocial_jax.models.tokenizer import encode_prompt
 from prosocial_jax.pblora import DEFAULT_ATTRIBUTES
@@ -72,8 +72,12 @@ def build_preference_set(model: Model, out_dir: str | Path, personas_per_prompt:
                          max_new_tokens: int = 48, temperature: float = 0.7, seed: int = 0,
                          dev_fraction: float = 0.2, harmful_limit: int | None = None,
                          benign_limit: int | None = None, batch_size: int = 32,
-                         attributes=DEFAULT_ATTRIBUTES) -> dict[str, Any]:
-    """Writes `train.jsonl` and `dev.jsonl` (native preference rows) to `out_dir`."""
+                         attributes=DEFAULT_ATTRIBUTES, overwrite: bool = False
+                         ) -> dict[str, Any]:
+    """Writes `train.jsonl` and `dev.jsonl` (native preference rows) as the output folder
+    `out_dir` (an existing one is replaced only if it is a previous preference set and
+    `overwrite` is true)."""
+    check_output_folder(out_dir, "preference set", overwrite)
     if not 2 <= personas_per_prompt <= len(PERSONAS):
         raise ValueError(f"personas_per_prompt must be in [2, {len(PERSONAS)}]")
     rng = np.random.default_rng(seed)
@@ -115,8 +119,12 @@ def build_preference_set(model: Model, out_dir: str | Path, personas_per_prompt:
                 "winners": winners, "personas": [persona_a, persona_b],
                 "kind": prompt["kind"], "source": prompt["source"]})
     out_dir = Path(out_dir)
-    for split, rows in splits.items():
-        write_jsonl(out_dir / f"{split}.jsonl", rows)
+
+    def write(folder: Path) -> None:
+        for split, rows in splits.items():
+            write_jsonl(folder / f"{split}.jsonl", rows)
+
+    write_output_folder(out_dir, "preference set", write, overwrite)
     labelled = {name: {split: sum(r["winners"][name] is not None for r in rows)
                        for split, rows in splits.items()} for name in attributes}
     return {"prompts": len(prompts), "generations": len(results),

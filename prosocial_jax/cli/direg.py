@@ -11,7 +11,9 @@ from prosocial_jax import prompt_sets
 from prosocial_jax.cli.common import (
     CONFIG_HELP,
     add_model_args,
+    add_overwrite_arg,
     apply_config,
+    check_out_and_checkpoints,
     floats,
     require,
     write_report,
@@ -30,6 +32,7 @@ def _harmful_data_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="JSONL path (default: the cache folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
 def _finetune_parser(sub) -> None:
@@ -45,6 +48,7 @@ def _finetune_parser(sub) -> None:
     p.add_argument("--split", default="train", help="split of a hub data set")
     p.add_argument("--out", type=Path, help="HF folder for the fine-tuned model")
     p.add_argument("--checkpoint-dir", type=Path, help="orbax checkpoints + metrics.jsonl")
+    add_overwrite_arg(p, "model")
     for field in dataclasses.fields(FinetuneSettings):  # one flag per setting
         is_list = isinstance(field.default, tuple)
         default = ",".join(field.default) if is_list else field.default
@@ -69,7 +73,7 @@ def _harm_vector_parser(sub) -> None:
                    "(repeatable; default: every floating-point parameter)")
     p.add_argument("--exclude", action="append", help="fnmatch pattern to leave out")
     p.add_argument("--dtype", default=None, help="load both models in this dtype")
-    p.add_argument("--overwrite", action="store_true")
+    add_overwrite_arg(p, "harm-vector output (an edited model, or with --sweep a report)")
     p.add_argument("--sweep", action="store_true", help="evaluate every (top-k, scale) setting")
     p.add_argument("--harmful-split", default="test", choices=prompt_sets.HARMBENCH_SPLITS)
     p.add_argument("--harmful-limit", type=int, help="use only the first N behaviours")
@@ -83,9 +87,11 @@ def _harm_vector_parser(sub) -> None:
 def _cmd_harmful_data(args) -> int:
     import prosocial_jax as pj
     from prosocial_jax import direg
+    from prosocial_jax.files import check_output_file
 
     require(args, "model")
     out = args.out or direg.cache_dir() / "direg" / f"harmful_{args.split}.jsonl"
+    check_output_file(out, args.overwrite)
     model = pj.load_model(args.model, dtype=args.dtype, mesh=args.mesh)
     summary = direg.build_harmful_data(model, out, args.split, args.samples, args.temperature,
                                        args.max_new_tokens, args.seed)
@@ -96,6 +102,7 @@ def _cmd_harmful_data(args) -> int:
 def _cmd_finetune(args) -> int:
     import prosocial_jax as pj
     from prosocial_jax import data
+    from prosocial_jax.files import check_output_folder
     from prosocial_jax.finetune import FinetuneSettings, finetune, training_examples_summary
 
     defaults = {f.name: f.default for f in dataclasses.fields(FinetuneSettings)}
@@ -106,6 +113,8 @@ def _cmd_finetune(args) -> int:
     if isinstance(args.lora_targets, str):
         args.lora_targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
     settings = FinetuneSettings(**{k: getattr(args, k) for k in defaults})
+    check_out_and_checkpoints(args.out, args.checkpoint_dir)
+    check_output_folder(args.out, "model", args.overwrite)  # before training, not after
     if args.distributed:
         import jax
         jax.distributed.initialize()
@@ -115,7 +124,7 @@ def _cmd_finetune(args) -> int:
         print(skipped.summary(str(args.data)), file=sys.stderr)
     print(f"training data: {json.dumps(training_examples_summary(examples))}", file=sys.stderr)
     tuned, history = finetune(model, examples, settings, args.checkpoint_dir)
-    pj.save_model(tuned, args.out, overwrite=True)
+    pj.save_model(tuned, args.out, overwrite=args.overwrite)
     if history:
         print(f"loss {history[0]['loss']:.3f} (step {history[0]['step']}) -> "
               f"{history[-1]['loss']:.3f} (step {history[-1]['step']}); wrote {args.out}",
@@ -126,9 +135,10 @@ def _cmd_finetune(args) -> int:
 def _cmd_harm_vector(args) -> int:
     import prosocial_jax as pj
     from prosocial_jax import direg
-    from prosocial_jax.files import atomic_open
+    from prosocial_jax.files import check_output_folder
 
     top_ks, scales = floats(args.top_k, "top-k"), floats(args.scale, "scale")
+    check_output_folder(args.out, "sweep report" if args.sweep else "model", args.overwrite)
     base = pj.load_model(args.base, dtype=args.dtype)
     harmful = pj.load_model(args.harmful, dtype=args.dtype)
     if args.sweep:
@@ -143,16 +153,15 @@ def _cmd_harm_vector(args) -> int:
                   "benign_prompts": f"aplomb ({len(prompts.benign)})",
                   "max_new_tokens": args.max_new_tokens, "rows": rows}
         wrote = write_report(args.out, "sweep", record, direg.plot_sweep,
-                             direg.format_table(rows))
+                             direg.format_table(rows), args.overwrite)
         print(f"{wrote}; generations in {generations}", file=sys.stderr)
         return 0
     if len(top_ks) != 1 or len(scales) != 1:
         raise ValueError("--top-k and --scale take one value each (lists need --sweep)")
     edited, record = direg.edit(base, harmful, top_ks[0], scales[0], args.include,
                                 args.exclude, donate=True)
-    pj.save_model(edited, args.out, overwrite=args.overwrite)
-    with atomic_open(args.out / "harm_vector.json") as handle:
-        json.dump(record, handle, indent=2)
+    pj.save_model(edited, args.out, overwrite=args.overwrite, extra=lambda folder: (
+        folder / "harm_vector.json").write_text(json.dumps(record, indent=2)))
     print(json.dumps({k: v for k, v in record.items() if not k.startswith("per_layer")},
                      indent=2))
     return 0

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from prosocial_jax import prompt_sets
-from prosocial_jax.cli.common import write_report
+from prosocial_jax.cli.common import add_overwrite_arg, write_report
 from prosocial_jax.guidance import DEFAULT_SAFETY_MARGIN
 
 
@@ -33,6 +33,7 @@ def _compare_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", type=Path, required=True, help="report folder")
+    add_overwrite_arg(p, "compare report")
     p.add_argument("--generations", type=Path,
                    help="JSONL of every generation (default: the cache folder)")
 
@@ -42,7 +43,9 @@ def _cmd_compare(args) -> int:
 
     import prosocial_jax as pj
     from prosocial_jax import compare, direg
+    from prosocial_jax.files import check_output_folder
 
+    check_output_folder(args.out, "compare report", args.overwrite)  # before decoding
     started = time.perf_counter()
     base = pj.load_model(args.base)
     models = {"base": base, "direg": pj.load_model(args.direg)}
@@ -63,7 +66,8 @@ def _cmd_compare(args) -> int:
                                  f"({len(prompts.harmful)})",
               "benign_prompts": f"{args.benign_from or 'aplomb'} ({len(prompts.benign)})",
               "max_new_tokens": args.max_new_tokens, "rows": rows}
-    wrote = write_report(args.out, "compare", record, compare.plot, compare.format_table(rows))
+    wrote = write_report(args.out, "compare", record, compare.plot, compare.format_table(rows),
+                         args.overwrite)
     print(f"\n{len(prompts.harmful)} harmful + {len(prompts.benign)} benign prompts, "
           f"{len(settings)} settings in {time.perf_counter() - started:.0f}s; {wrote}; "
           f"generations in {generations}", file=sys.stderr)

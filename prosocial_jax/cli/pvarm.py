@@ -11,7 +11,9 @@ from pathlib import Path
 from prosocial_jax.cli.common import (
     CONFIG_HELP,
     add_model_args,
+    add_overwrite_arg,
     apply_config,
+    check_out_and_checkpoints,
     dataclass_flags,
     require,
 )
@@ -31,6 +33,7 @@ def _preference_set_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--harmful-limit", type=int)
     p.add_argument("--benign-limit", type=int)
+    add_overwrite_arg(p, "preference set")
 
 
 def _train_arm_parser(sub) -> None:
@@ -52,6 +55,7 @@ def _train_arm_parser(sub) -> None:
     p.add_argument("--split", default="train", help="split of a hub data set")
     p.add_argument("--out", type=Path, help="adapter folder (+ evaluation.json, .png)")
     p.add_argument("--checkpoint-dir", type=Path, help="orbax checkpoints + metrics.jsonl")
+    add_overwrite_arg(p, "adapter")
     dataclass_flags(p, ArmSettings)
     dataclass_flags(p, AdapterConfig, prefix="adapter-", skip=("base_model",))
 
@@ -59,13 +63,16 @@ def _train_arm_parser(sub) -> None:
 def _cmd_preference_set(args) -> int:
     import prosocial_jax as pj
     from prosocial_jax import demo_preferences, direg
+    from prosocial_jax.files import check_output_folder
 
     require(args, "model")
     out = args.out or direg.cache_dir() / "pvarm" / "preferences"
+    check_output_folder(out, "preference set", args.overwrite)  # before the generation
     model = pj.load_model(args.model, dtype=args.dtype, mesh=args.mesh)
     summary = demo_preferences.build_preference_set(
         model, out, args.personas_per_prompt, args.max_new_tokens, args.temperature, args.seed,
-        harmful_limit=args.harmful_limit, benign_limit=args.benign_limit)
+        harmful_limit=args.harmful_limit, benign_limit=args.benign_limit,
+        overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -73,7 +80,7 @@ def _cmd_preference_set(args) -> int:
 def _cmd_train_arm(args) -> int:
     import prosocial_jax as pj
     from prosocial_jax import data, pblora, train
-    from prosocial_jax.files import atomic_open
+    from prosocial_jax.files import check_output_folder, write_output_folder
 
     arm_defaults = {f.name: f.default for f in dataclasses.fields(train.ArmSettings)}
     adapter_fields = [f for f in dataclasses.fields(pblora.AdapterConfig)
@@ -96,6 +103,8 @@ def _cmd_train_arm(args) -> int:
                         tuple(float(v) for v in parts) if field.name == "betas" else tuple(parts))
     settings = train.ArmSettings(**{k: getattr(args, k) for k in arm_defaults})
     adapter_config = pblora.AdapterConfig(**vars(adapter_args))
+    check_out_and_checkpoints(args.out, args.checkpoint_dir)
+    check_output_folder(args.out, "adapter", args.overwrite)  # before training, not after
     import jax
 
     if args.distributed:
@@ -128,15 +137,20 @@ def _cmd_train_arm(args) -> int:
                                           settings.max_len, settings.eval_batch_size)
     adapter, _, evaluation = train.train_arm(model, adapter_config, train_examples,
                                              dev_examples, settings, args.checkpoint_dir)
-    pj.save_adapter(adapter, args.out, overwrite=True)
     if evaluation is not None:
         evaluation["backbone_accuracy"] = baseline["accuracy"][0] if baseline else None
         evaluation["settings"] = dataclasses.asdict(settings)
-        with atomic_open(args.out / "evaluation.json") as handle:
-            json.dump(evaluation, handle, indent=2)
-        mode = "PCGrad" if settings.pcgrad else "no PCGrad"
-        train.plot_evaluation(evaluation, args.out / "evaluation.png",
-                              f"Pv-Arm held-out accuracy ({mode})")
+
+    def write(folder: Path) -> None:  # the adapter and its evaluation: one output folder
+        pblora.write_adapter_files(adapter, folder)
+        if evaluation is not None:
+            (folder / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
+            mode = "PCGrad" if settings.pcgrad else "no PCGrad"
+            train.plot_evaluation(evaluation, folder / "evaluation.png",
+                                  f"Pv-Arm held-out accuracy ({mode})")
+
+    write_output_folder(args.out, "adapter", write, args.overwrite)
+    if evaluation is not None:
         print(train.format_evaluation(evaluation))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

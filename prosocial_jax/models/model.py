@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from prosocial_jax import pblora, sharding
-from prosocial_jax.files import atomic_folder
+from prosocial_jax.files import write_output_folder
 from prosocial_jax.models import hf
 from prosocial_jax.models.config import ModelConfig
 from prosocial_jax.models.decoder import forward_logits
@@ -214,10 +215,12 @@ def load_model(path: str | os.PathLike, dtype=None, mesh: Mesh | str | None = No
 
 # ---------------------------------------------------------------------------- saving
 def save_model(model: Model, out_dir: str | os.PathLike, max_shard_size: int | str = "5GB",
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, extra: Callable[[Path], None] | None = None) -> Path:
     """Writes an HF folder (config.json, safetensors, tokenizer) that transformers loads.
 
-    The folder appears atomically: a crash mid-save leaves no half-written `out_dir`. In a
+    The folder appears atomically: a crash mid-save leaves no half-written `out_dir`. An
+    existing `out_dir` is replaced only if it is a model folder written by prosocial_jax and
+    `overwrite` is true (`files.write_output_folder`). `extra(folder)` may add files to it. In a
     multi-host run every process must call this (parameters are gathered); process 0 writes.
     """
     out_dir = Path(out_dir)
@@ -240,6 +243,8 @@ def save_model(model: Model, out_dir: str | os.PathLike, max_shard_size: int | s
                              max_shard_size)
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(folder)
+        if extra is not None:
+            extra(folder)
 
-    atomic_folder(out_dir, write, overwrite)
+    write_output_folder(out_dir, "model", write, overwrite, flag="overwrite=True")
     return out_dir
