@@ -137,9 +137,21 @@ def check_finite(metrics: dict[str, Any], step: int, saved: int | None, folder: 
     if not bad and np.isfinite(losses).all():
         return
     where = f"parameter(s) {', '.join(bad[:3])}" if bad else "the loss"
+    last = (f"the last good checkpoint in {folder} is step {saved}" if saved
+            else f"no checkpoint was saved in {folder} yet")
     raise RunError(f"step {step}: non-finite values (NaN or inf) in {where}; stopped before "
-                   f"saving. The last good checkpoint in {folder} is step {saved or 0}; lower "
-                   "the learning rate or check the data, then rerun to resume from it")
+                   f"saving ({last}). Check the model and data or lower the learning rate, "
+                   "then rerun to resume")
+
+
+def state_out_shardings(state: Any, mesh: Mesh | None) -> Any:
+    """`out_shardings` for a train step returning (state, metrics): the state keeps the layout
+    it was placed with, metrics are replicated. Left to itself, XLA may lay the new state out
+    differently from a restored one, and the two would run different (differently rounded)
+    programs, so a resumed run would not repeat an uninterrupted one bit for bit."""
+    if mesh is None:
+        return None
+    return jax.tree.map(lambda x: x.sharding, state), NamedSharding(mesh, P())
 
 
 def _trim_metrics(folder: Path, step: int) -> None:

@@ -25,7 +25,14 @@ from tqdm.auto import tqdm
 
 from prosocial_jax import data, lora, sharding
 from prosocial_jax import settings as settings_module
-from prosocial_jax.checkpoints import check_finite, fingerprint, log_metrics, start_or_resume
+from prosocial_jax.checkpoints import (
+    check_finite,
+    fingerprint,
+    log_metrics,
+    place_on_mesh,
+    start_or_resume,
+    state_out_shardings,
+)
 from prosocial_jax.models.decoder import forward_logits
 from prosocial_jax.models.model import Model, parse_dtype
 
@@ -105,7 +112,9 @@ class _Run:
                                      model.params)
         self.initial = {"trainable": trainable, "opt_state": self.tx.init(trainable),
                         "step": jnp.zeros((), jnp.int32)}
-        self.train_step = jax.jit(self._train_step, donate_argnums=0)
+        self.initial = place_on_mesh(self.initial, model.mesh)
+        self.train_step = jax.jit(self._train_step, donate_argnums=0,
+                                  out_shardings=state_out_shardings(self.initial, model.mesh))
 
     def effective_params(self, trainable, frozen):
         params = lora.merge(frozen, trainable, self.scale) if self.settings.lora_rank \

@@ -35,7 +35,14 @@ from tqdm.auto import tqdm
 
 from prosocial_jax import data, pblora, reward, sharding
 from prosocial_jax import settings as settings_module
-from prosocial_jax.checkpoints import check_finite, fingerprint, log_metrics, start_or_resume
+from prosocial_jax.checkpoints import (
+    check_finite,
+    fingerprint,
+    log_metrics,
+    place_on_mesh,
+    start_or_resume,
+    state_out_shardings,
+)
 from prosocial_jax.models.model import Model
 from prosocial_jax.pcgrad import pcgrad, per_attribute_gradients
 
@@ -126,7 +133,9 @@ class _Trainer:
         self.initial = {"adapter": adapter.params, "opt_state": self.tx.init(adapter.params),
                         "step": jnp.zeros((), jnp.int32),
                         "rng": jax.random.key_data(jax.random.key(settings.seed + 1))}
-        self.train_step = jax.jit(self._train_step, donate_argnums=0)
+        self.initial = place_on_mesh(self.initial, model.mesh)
+        self.train_step = jax.jit(self._train_step, donate_argnums=0,
+                                  out_shardings=state_out_shardings(self.initial, model.mesh))
 
     def _train_step(self, state, frozen, batch):
         # The frozen backbone is an argument: closed over, XLA would bake it into the
