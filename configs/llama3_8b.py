@@ -3,7 +3,7 @@
     prosocial-jax generate --config configs/llama3_8b.py --prompts prompts.jsonl --out out.jsonl
     prosocial-jax memory --model-config path/to/Meta-Llama-3-8B-Instruct/config.json --mesh 2x4
 
-The model id needs a reachable hub (or a local copy in the hub cache); offline machines pass
+The hf:// model id needs a reachable hub (or a local copy in the hub cache); offline machines pass
 `--config.model=/path/to/folder`. Memory plan: ~4.0 GiB of weights per device, plus 0.5 GiB of
 KV cache per device for batch 8 x 4096 slots.
 """
@@ -13,7 +13,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.model = "meta-llama/Meta-Llama-3-8B-Instruct"
+    config.model = "hf://meta-llama/Meta-Llama-3-8B-Instruct"
     config.dtype = "bfloat16"
     config.mesh = "2x4"
     config.generate = ml_collections.ConfigDict({

@@ -2,7 +2,8 @@
 
     prosocial-jax generate --config configs/qwen2_7b.py --prompts prompts.jsonl --out out.jsonl
 
-Needs a reachable hub or a local folder (`--config.model=/path/to/folder`).
+The hf:// id needs a reachable hub (or the hub cache); or pass a local folder
+(`--config.model=/path/to/folder`).
 """
 
 import ml_collections
@@ -10,7 +11,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.model = "Qwen/Qwen2.5-7B-Instruct"
+    config.model = "hf://Qwen/Qwen2.5-7B-Instruct"
     config.dtype = "bfloat16"
     config.mesh = "2x4"
     config.generate = ml_collections.ConfigDict({

@@ -1,14 +1,17 @@
 """Training data through `datasets`: supervised (prompt, response) pairs and their batches.
 
-Local JSONL / JSON / Parquet / CSV files load offline; any other string is a hub id (needs a hub,
-and fails clearly without one). Rows with missing fields or empty responses are reported (count
-and first line numbers) and skipped; a line that is not valid JSON is an error naming the line.
+Local JSONL / JSON / Parquet / CSV files load offline. A hub data set is named explicitly as
+`hf://owner/name` (or `hf://owner/name@revision`) and needs a hub or the local `datasets` cache;
+a local path that does not exist is an error naming it, never a download. Rows with missing
+fields or empty responses are reported (count and first line numbers) and skipped; a line that
+is not valid JSON is an error naming the line.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -25,6 +28,13 @@ LENGTH_BUCKET = 32  # batches are padded to a multiple of this: few distinct sha
 
 class DataError(ValueError):
     """A data set that cannot be used as given."""
+
+
+class DataFileNotFoundError(DataError, FileNotFoundError):
+    """A local data file that does not exist, or a hub data set that cannot be reached.
+
+    Both a DataError (callers that handle bad data sets keep working) and a FileNotFoundError.
+    """
 
 
 @dataclasses.dataclass
@@ -48,30 +58,60 @@ class SkippedRows:
 
 
 def load_rows(source: str | os.PathLike, split: str = "train") -> list[dict[str, Any]]:
-    """All rows of a local data file or a hub data set, via `datasets`."""
+    """All rows of a local data file, or of a hub data set named `hf://owner/name[@revision]`."""
     import datasets
 
-    path = Path(source).expanduser()
-    if path.exists():
-        builder = LOCAL_FORMATS.get(path.suffix.lower())
-        if builder is None:
-            raise DataError(f"{path}: unsupported data file type {path.suffix!r} (use "
-                            f"{', '.join(LOCAL_FORMATS)})")
-        try:
-            rows = datasets.load_dataset(builder, data_files=str(path), split="train")
-        except Exception as err:  # datasets wraps parse errors in several exception types
-            if builder == "json":
-                _raise_json_line_error(path)
-            raise DataError(f"{path}: could not be read as {builder} ({err})") from err
-        return list(rows)
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise DataError(f"{source}: no such file, and HF_HUB_OFFLINE is set so it cannot be "
-                        "fetched as a hub data set")
+    from prosocial_jax.models.model import HUB_SCHEME, hub_hint
+
+    text = str(source)
+    if text.startswith(HUB_SCHEME):
+        return _load_hub_rows(text, split)
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise DataFileNotFoundError(f"{text}: no such data file{hub_hint(text)}")
+    builder = LOCAL_FORMATS.get(path.suffix.lower())
+    if builder is None:
+        raise DataError(f"{path}: unsupported data file type {path.suffix!r} (use "
+                        f"{', '.join(LOCAL_FORMATS)})")
+    # datasets logs its own ERROR line for a malformed file; ours, naming the line, is enough.
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
     try:
-        return list(datasets.load_dataset(str(source), split=split))
+        rows = datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as err:  # datasets wraps parse errors in several exception types
+        if builder == "json":
+            _raise_json_line_error(path)
+        raise DataError(f"{path}: could not be read as {builder} ({err})") from err
+    finally:
+        logger.setLevel(level)
+    return list(rows)
+
+
+def _load_hub_rows(reference: str, split: str) -> list[dict[str, Any]]:
+    import datasets
+
+    from prosocial_jax.models.model import hub_offline, parse_hub_reference
+
+    try:
+        repo_id, revision = parse_hub_reference(reference)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    try:
+        return list(datasets.load_dataset(repo_id, revision=revision, split=split))
+    except (ConnectionError, FileNotFoundError) as err:
+        # Offline or unreachable with nothing cached, datasets says "Couldn't reach ..."
+        # (ConnectionError); online, a repository that does not exist is a FileNotFoundError.
+        if hub_offline() or isinstance(err, ConnectionError):
+            why = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub could not be reached"
+            raise DataFileNotFoundError(
+                f"{reference}: {why}, and the data set is not in the local datasets cache; "
+                "download it where a hub is reachable, or pass a local JSONL/Parquet/CSV file"
+            ) from err
+        raise DataFileNotFoundError(f"{reference}: no such data set on the hub ({err})") from err
     except Exception as err:
-        raise DataError(f"{source}: not a local file and not loadable from the hub ({err})") \
-            from err
+        raise DataError(f"{reference}: could not be loaded from the hub "
+                        f"({type(err).__name__}: {err})") from err
 
 
 def _raise_json_line_error(path: Path) -> None:

@@ -106,7 +106,7 @@ def test_bad_data(chat_model, tmp_path):
     assert len(examples) == 2 and skipped.count == 3
     assert skipped.reasons == {"missing or empty response": [2, 4],
                                "missing or empty prompt": [3]}
-    with pytest.raises(data.DataError, match="no such file, and HF_HUB_OFFLINE is set"):
+    with pytest.raises(data.DataError, match="nope.jsonl: no such data file"):
         data.load_sft(tmp_path / "nope.jsonl", chat_model.tokenizer, max_len=128)
     with pytest.raises(ValueError, match="steps must be >= 1"):
         FinetuneSettings(steps=0)

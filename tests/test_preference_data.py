@@ -1,6 +1,7 @@
 """Preference data: the native schema and converters from the public sets' own columns."""
 
 import json
+import re
 
 import pytest
 
@@ -118,3 +119,47 @@ def test_native_format_and_encoding(tmp_path, tiny_chat):
     assert batch["tokens"].shape[:2] == (1, 2) and batch["labels"].tolist() == [[0, 1, 0]]
     with pytest.raises(data.DataError, match="cannot tell the preference format"):
         data.load_preference_pairs(_write(tmp_path, "odd.jsonl", [{"text": "x"}]))
+
+
+# ---------------------------------------------------------------------------- hub data sets
+def test_missing_local_data_path_is_not_fetched_from_a_hub(monkeypatch):
+    import datasets
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("datasets was asked for a plain path")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            "Anthropic/hh-rlhf: no such data file; if the Hugging Face Hub repository was meant, "
+            "write hf://Anthropic/hh-rlhf")) as caught:
+        data.load_preference_pairs("Anthropic/hh-rlhf", hh_attribute="harmlessness")
+    assert isinstance(caught.value, data.DataError)  # callers that catch DataError still do
+    with pytest.raises(FileNotFoundError, match=r"^data/train\.jsonl: no such data file$"):
+        data.load_rows("data/train.jsonl")
+
+
+def test_hub_data_set_offline_and_not_cached_fails_clearly():
+    with pytest.raises(data.DataFileNotFoundError, match=re.escape(
+            "hf://someone/not-cached-data: HF_HUB_OFFLINE is set, and the data set is not in the "
+            "local datasets cache")):
+        data.load_rows("hf://someone/not-cached-data")
+    with pytest.raises(data.DataError, match=re.escape(
+            "'hf://someone/a/b' is not of the form hf://owner/name")):
+        data.load_rows("hf://someone/a/b")
+
+
+def test_hub_reference_passes_repo_revision_and_split_to_datasets(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, revision=None, split=None):
+        calls.append((path, revision, split))
+        return PKU[:1]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    pairs, _ = data.load_preference_pairs("hf://PKU-Alignment/PKU-SafeRLHF@v1.0", split="test")
+    assert calls == [("PKU-Alignment/PKU-SafeRLHF", "v1.0", "test")]
+    assert pairs[0].winners == {"harmlessness": "a", "helpfulness": "b"}
+    data.load_rows("hf://PKU-Alignment/PKU-SafeRLHF")
+    assert calls[-1] == ("PKU-Alignment/PKU-SafeRLHF", None, "train")

@@ -15,7 +15,8 @@ CONFIG_HELP = ("Settings may also come from a config file: --config configs/NAME
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model",
-                        help="HF safetensors folder, .gguf file, hub id, or bundled:smollm2")
+                        help="HF safetensors folder, .gguf file, hf://owner/name[@revision] "
+                        "(the only form that reaches a hub), or bundled:smollm2")
     parser.add_argument("--dtype", default=None,
                         help="float32 | bfloat16 | float16 (default: the checkpoint's)")
     parser.add_argument("--mesh", default=None,
@@ -90,6 +91,9 @@ def add_overwrite_arg(parser: argparse.ArgumentParser, what: str) -> None:
 
 def check_out_and_checkpoints(out: Path, checkpoint_dir: Path) -> None:
     """--out is replaced as a whole when written: it must not hold the checkpoint folder."""
+    from prosocial_jax.checkpoints import check_checkpoint_folder
+
+    check_checkpoint_folder(checkpoint_dir)
     out, checkpoints = out.resolve(), checkpoint_dir.resolve()
     if out == checkpoints or out in checkpoints.parents:
         raise ValueError(f"--out {out} would contain the checkpoint folder {checkpoints}; "

@@ -98,16 +98,11 @@ def _cmd_generate(args) -> int:
         errors: list[prompt_sets.RowError] = []
     else:
         if not args.prompts.is_file():
-            print(f"error: {args.prompts}: no such prompt file", file=sys.stderr)
-            return 2
+            raise FileNotFoundError(f"{args.prompts}: no such prompt file")
         rows, errors = prompt_sets.read_prompt_file(args.prompts)
-        for error in errors:
-            print(f"{args.prompts}:{error.line}: skipped: {error.message}", file=sys.stderr)
-        if errors and args.strict:
-            return 2
+        _report_bad_rows(args, errors)
         if not rows:
-            print(f"error: {args.prompts}: no usable prompt rows", file=sys.stderr)
-            return 2
+            raise ValueError(f"{args.prompts}: no usable prompt rows")
     if args.distributed:
         import jax
         jax.distributed.initialize()
@@ -120,10 +115,9 @@ def _cmd_generate(args) -> int:
     if args.adapter is not None:
         rows, guided, row_errors = _guided_settings(args, model, rows)
         errors += row_errors
-        for error in row_errors:
-            print(f"{args.prompts}:{error.line}: skipped: {error.message}", file=sys.stderr)
-        if (row_errors and args.strict) or not rows:
-            return 2
+        _report_bad_rows(args, row_errors)
+        if not rows:
+            raise ValueError(f"{args.prompts}: no usable prompt rows")
     elif any(key in row.extra for row in rows for key in ROW_GUIDANCE):
         print("note: rows carry guidance fields but no --adapter was given; decoding plainly",
               file=sys.stderr)
@@ -170,6 +164,16 @@ def _cmd_generate(args) -> int:
           + (f"; wrote {args.out}" if args.out else "")
           + (f"; skipped {len(errors)} malformed row(s)" if errors else ""), file=sys.stderr)
     return 0
+
+
+def _report_bad_rows(args, errors: list[prompt_sets.RowError]) -> None:
+    """One line per malformed row (skipped), or with --strict, an error at the first one."""
+    if errors and args.strict:
+        first = errors[0]
+        raise ValueError(f"{args.prompts}:{first.line}: {first.message} ({len(errors)} "
+                         "malformed row(s); --strict stops at the first)")
+    for error in errors:
+        print(f"{args.prompts}:{error.line}: skipped: {error.message}", file=sys.stderr)
 
 
 def _load_adapter_and_reward(args, model):

@@ -44,8 +44,8 @@ def _finetune_parser(sub) -> None:
                        epilog=CONFIG_HELP.replace("generate.temperature=0.7",
                                                   "finetune.steps=200"))
     add_model_args(p)
-    p.add_argument("--data", help="local JSONL/Parquet/CSV file or a hub data set id")
-    p.add_argument("--split", default="train", help="split of a hub data set")
+    p.add_argument("--data", help="local JSONL/Parquet/CSV file or hf://owner/name[@revision]")
+    p.add_argument("--split", default="train", help="split of an hf:// data set")
     p.add_argument("--out", type=Path, help="HF folder for the fine-tuned model")
     p.add_argument("--checkpoint-dir", type=Path, help="orbax checkpoints + metrics.jsonl")
     add_overwrite_arg(p, "model")

@@ -47,12 +47,12 @@ def _train_arm_parser(sub) -> None:
                        epilog=CONFIG_HELP.replace("generate.temperature=0.7",
                                                   "arm.steps=200"))
     add_model_args(p)
-    p.add_argument("--train-data", help="preference pairs: local file or hub id")
+    p.add_argument("--train-data", help="preference pairs: local file or hf://owner/name[@revision]")
     p.add_argument("--dev-data", help="held-out pairs (default: 20%% of the training prompts)")
     p.add_argument("--format", help="native | pku_saferlhf | hh_rlhf | ultrafeedback | "
                    "helpsteer2 (default: detected from the columns)")
     p.add_argument("--hh-attribute", help="the attribute HH-RLHF choices judge")
-    p.add_argument("--split", default="train", help="split of a hub data set")
+    p.add_argument("--split", default="train", help="split of an hf:// data set")
     p.add_argument("--out", type=Path, help="adapter folder (+ evaluation.json, .png)")
     p.add_argument("--checkpoint-dir", type=Path, help="orbax checkpoints + metrics.jsonl")
     add_overwrite_arg(p, "adapter")

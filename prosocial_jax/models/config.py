@@ -3,10 +3,15 @@
 One decoder family covers Llama (incl. Llama-3 rope scaling), Mistral (sliding window), Qwen2
 (q/k/v biases) and Gemma (norm offset, embedding scale, GeGLU). The parser is strict on purpose:
 a key it does not know, or a value it cannot honour, is an error naming the key, because a
-silently ignored key gives silently wrong logits.
+silently ignored key gives silently wrong logits. Keys that cannot change the computation are
+accepted: transformers' private metadata (any key starting with `_`, e.g. `_name_or_path`, or the
+`_model_name_or_path` it copies from a GGUF file's `general.name`) and the bookkeeping keys listed
+in `_INERT_KEYS`. A value of the wrong type (`"hidden_size": "64"`) is an error naming the key and
+the value, never a bare TypeError.
 
 Both config dialects are read: transformers 4.x (`rope_theta`, `rope_scaling`) and 5.x
-(`rope_parameters`). `to_hf_dict` writes the 4.x dialect, which every transformers version loads.
+(`rope_parameters`, `dtype`, `layer_types`). `to_hf_dict` writes the 4.x dialect, which every
+transformers version loads.
 """
 
 from __future__ import annotations
@@ -29,19 +34,28 @@ _ARCHITECTURES = {
     "gemma": "GemmaForCausalLM",
 }
 
-# Keys that never change the forward pass at inference time (bookkeeping, training-only knobs,
-# generation defaults that old checkpoints stored in config.json).
+# Keys that never change the forward pass at inference time. Each group says why.
 _INERT_KEYS = frozenset({
-    "_name_or_path", "architectures", "model_type", "transformers_version", "torch_dtype", "dtype",
-    "initializer_range", "use_cache", "attention_dropout", "pretraining_tp", "is_llama_config",
-    "transformers.js_config", "output_attentions", "output_hidden_states", "return_dict",
-    "tie_encoder_decoder", "is_decoder", "is_encoder_decoder", "add_cross_attention",
-    "chunk_size_feed_forward", "tokenizer_class", "prefix", "task_specific_params",
-    "problem_type", "id2label", "label2id", "finetuning_task", "max_length", "min_length",
-    "do_sample", "early_stopping", "num_beams", "temperature", "top_k", "top_p",
-    "repetition_penalty", "length_penalty", "no_repeat_ngram_size", "bad_words_ids",
-    "num_return_sequences", "sep_token_id", "decoder_start_token_id", "torchscript",
-    "pruned_heads", "tf_legacy_loss", "use_bfloat16", "unk_token_id", "quantization_config_skip",
+    # Bookkeeping: which class/library/dtype wrote the file. The dtype the weights are stored in
+    # is read from the tensors themselves; the computation dtype is the caller's `dtype=`.
+    "architectures", "model_type", "transformers_version", "torch_dtype", "dtype",
+    "transformers.js_config", "tokenizer_class", "is_llama_config",
+    # Training-only: weight initialisation, dropout (off at inference), and the tensor-parallel
+    # split of Llama-2's pretraining (transformers slices the same matmuls; same result).
+    "initializer_range", "attention_dropout", "pretraining_tp", "use_cache",
+    # What a transformers model returns, not what it computes.
+    "output_attentions", "output_hidden_states", "return_dict", "torchscript",
+    "chunk_size_feed_forward", "tie_encoder_decoder", "is_decoder", "is_encoder_decoder",
+    "add_cross_attention", "pruned_heads", "tf_legacy_loss", "use_bfloat16",
+    # Task heads and labels for other model classes (sequence classification etc.).
+    "prefix", "task_specific_params", "problem_type", "id2label", "label2id", "finetuning_task",
+    # Generation defaults that old checkpoints stored in config.json: they steer sampling, which
+    # the caller sets explicitly here, and never the logits.
+    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "temperature",
+    "top_k", "top_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
+    "bad_words_ids", "num_return_sequences",
+    # Token ids of special tokens that no decoder-only computation uses.
+    "sep_token_id", "decoder_start_token_id", "unk_token_id", "quantization_config_skip",
 })
 
 # Keys whose value we read; a key missing from both sets is rejected.
@@ -49,19 +63,32 @@ _USED_KEYS = frozenset({
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
     "num_key_value_heads", "head_dim", "rms_norm_eps", "max_position_embeddings",
     "tie_word_embeddings", "hidden_act", "hidden_activation", "rope_theta", "rope_scaling",
-    "rope_parameters", "bos_token_id", "eos_token_id", "pad_token_id",
+    "rope_parameters", "bos_token_id", "eos_token_id", "pad_token_id", "quantization_config",
 })
 
 # Keys that are allowed only with the value that means "feature off" (or a harmless value).
 _FAMILY_KEYS: dict[str, dict[str, Any]] = {
     "llama": {"attention_bias": None, "mlp_bias": False, "rope_interleaved": False},
     "mistral": {"sliding_window": None},
+    # Qwen2's `sliding_window` and `max_window_layers` only take effect with
+    # `use_sliding_window: true` (transformers sets the window to None otherwise), which is
+    # refused below; real configs carry 32768 / 131072 with the feature off.
     "qwen2": {"use_sliding_window": False, "sliding_window": None, "max_window_layers": None,
               "layer_types": None, "attention_bias": None, "use_mrope": False},
     "gemma": {"attention_bias": False, "use_bidirectional_attention": None},
 }
 
 _ROPE_TYPES = ("default", "linear", "llama3")
+
+# transformers' class defaults for a key the file leaves out (LlamaConfig uses the head count).
+_KV_HEADS_DEFAULT = {"mistral": 8, "qwen2": 32, "gemma": 16}
+_HEAD_DIM_DEFAULT = {"gemma": 256}
+
+# `quantization_config` methods whose checkpoints hold ordinary floating tensors. transformers
+# writes {"quant_method": "gguf"} when it saves a model it loaded from a GGUF file: it dequantised
+# every tensor on load, so the safetensors it writes are plain floats and the key only records
+# where they came from. Any other method stores packed integers and scales that would be misread.
+_DEQUANTISED_METHODS = ("gguf",)
 
 
 class ConfigError(ValueError):
@@ -152,97 +179,102 @@ class ModelConfig:
     @classmethod
     def from_hf_dict(cls, raw: Mapping[str, Any], source: str = "config.json") -> ModelConfig:
         """Parses a transformers config dict; raises ConfigError naming any key it can't honour."""
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{source}: a config must be a JSON object, got "
+                              f"{type(raw).__name__} {_short(raw)}")
         model_type = raw.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ConfigError(
-                f"{source}: model_type {model_type!r} is not supported "
+                f"{source}: model_type {_short(model_type)} is not supported "
                 f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
         family_keys = _FAMILY_KEYS[model_type]
         for key in raw:
-            if key in _INERT_KEYS or key in _USED_KEYS or key in family_keys:
+            if not isinstance(key, str):
+                raise ConfigError(f"{source}: key {key!r} is not a string")
+            if (key.startswith("_") or key in _INERT_KEYS or key in _USED_KEYS
+                    or key in family_keys):
                 continue
             raise ConfigError(
-                f"{source}: key {key!r} (= {raw[key]!r}) is not understood for model_type "
+                f"{source}: key {key!r} (= {_short(raw[key])}) is not understood for model_type "
                 f"{model_type!r}; refusing to guess how it changes the model")
+        _check_quantization(raw, source)
 
-        def need(key: str) -> Any:
-            if raw.get(key) is None:
-                raise ConfigError(f"{source}: required key {key!r} is missing")
-            return raw[key]
-
-        hidden = int(need("hidden_size"))
-        heads = int(need("num_attention_heads"))
-        kv_heads = int(raw.get("num_key_value_heads") or heads)
-        head_dim = int(raw.get("head_dim") or hidden // heads)
-        if model_type != "gemma" and raw.get("head_dim") is None and hidden % heads:
+        hidden = _int(raw, "hidden_size", source)
+        heads = _int(raw, "num_attention_heads", source)
+        # An absent key means transformers' class default, which is not always "same as heads".
+        kv_default = _KV_HEADS_DEFAULT.get(model_type, heads) if (
+            "num_key_value_heads" not in raw) else heads
+        kv_heads = _int(raw, "num_key_value_heads", source, default=kv_default)
+        explicit_head_dim = _int(raw, "head_dim", source,
+                                 default=_HEAD_DIM_DEFAULT.get(model_type))
+        if explicit_head_dim is None and hidden % heads:
             raise ConfigError(f"{source}: hidden_size {hidden} is not divisible by "
                               f"num_attention_heads {heads} and no head_dim is given")
+        head_dim = explicit_head_dim or hidden // heads
 
-        act_key = "hidden_activation" if raw.get("hidden_activation") else "hidden_act"
-        act = raw.get(act_key) or ("gelu_pytorch_tanh" if model_type == "gemma" else "silu")
-        if model_type == "gemma" and act == "gelu":
-            act = "gelu_pytorch_tanh"  # transformers maps Gemma's legacy "gelu" to the tanh form
-        activations = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
-        if act not in activations:
-            raise ConfigError(f"{source}: {act_key}={act!r} is not supported "
-                              f"(supported: {', '.join(activations)})")
+        activation = _parse_activation(raw, model_type, source)
 
         qkv_bias, o_bias, window = False, False, None
         if model_type == "llama":
-            qkv_bias = o_bias = bool(raw.get("attention_bias", False))
+            qkv_bias = o_bias = _bool(raw, "attention_bias", source, default=False)
             _require(raw, "mlp_bias", False, source)
             _require(raw, "rope_interleaved", False, source)
         elif model_type == "mistral":
-            window = raw.get("sliding_window")
+            window = _int(raw, "sliding_window", source, default=None)
         elif model_type == "qwen2":
-            qkv_bias = True
+            qkv_bias = True  # transformers' Qwen2 always has q/k/v biases, whatever the config
             _require(raw, "use_sliding_window", False, source)
             _require(raw, "use_mrope", False, source)
             layer_types = raw.get("layer_types")
-            if layer_types is not None and any(t != "full_attention" for t in layer_types):
-                raise ConfigError(f"{source}: layer_types {sorted(set(layer_types))} asks for "
-                                  "sliding-window layers, which are not supported for qwen2")
+            if layer_types is not None:
+                if not isinstance(layer_types, list) or not all(
+                        isinstance(t, str) for t in layer_types):
+                    raise ConfigError(f"{source}: layer_types={_short(layer_types)} is not a "
+                                      "list of strings")
+                if any(t != "full_attention" for t in layer_types):
+                    raise ConfigError(f"{source}: layer_types {sorted(set(layer_types))} asks "
+                                      "for sliding-window layers, which are not supported for "
+                                      "qwen2")
         elif model_type == "gemma":
             _require(raw, "attention_bias", False, source)
-            if raw.get("use_bidirectional_attention"):
+            if _bool(raw, "use_bidirectional_attention", source, default=False):
                 raise ConfigError(f"{source}: use_bidirectional_attention=True is not supported")
 
-        eos = raw.get("eos_token_id")
-        eos_ids = tuple(int(e) for e in (eos if isinstance(eos, list) else [eos])
-                        if e is not None)
         tie_default = model_type == "gemma"
         return cls(
             model_type=model_type,
-            vocab_size=int(need("vocab_size")),
+            vocab_size=_int(raw, "vocab_size", source),
             hidden_size=hidden,
-            intermediate_size=int(need("intermediate_size")),
-            num_layers=int(need("num_hidden_layers")),
+            intermediate_size=_int(raw, "intermediate_size", source),
+            num_layers=_int(raw, "num_hidden_layers", source),
             num_heads=heads,
             num_kv_heads=kv_heads,
             head_dim=head_dim,
-            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            rms_norm_eps=_float(raw, "rms_norm_eps", source, default=1e-6, positive=True),
             rope=_parse_rope(raw, source),
-            max_position_embeddings=int(raw.get("max_position_embeddings") or 4096),
-            tie_word_embeddings=bool(raw.get("tie_word_embeddings", tie_default)),
+            max_position_embeddings=_int(raw, "max_position_embeddings", source, default=4096),
+            tie_word_embeddings=_bool(raw, "tie_word_embeddings", source, default=tie_default),
             qkv_bias=qkv_bias,
             o_bias=o_bias,
-            sliding_window=int(window) if window else None,
-            activation=activations[act],
+            sliding_window=window,
+            activation=activation,
             norm_offset=1.0 if model_type == "gemma" else 0.0,
             scale_embeddings=model_type == "gemma",
-            bos_token_id=raw.get("bos_token_id"),
-            eos_token_ids=eos_ids,
-            pad_token_id=raw.get("pad_token_id"),
-            checkpoint_dtype=raw.get("torch_dtype") or raw.get("dtype"),
+            bos_token_id=_first_token_id(raw, "bos_token_id", source),
+            eos_token_ids=token_ids(raw.get("eos_token_id"), "eos_token_id", source),
+            pad_token_id=_first_token_id(raw, "pad_token_id", source),
+            checkpoint_dtype=_dtype_name(raw, source),
         )
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> ModelConfig:
         path = Path(path)
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: no config.json there") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: not UTF-8 text ({err})") from None
         except json.JSONDecodeError as err:
             raise ConfigError(f"{path}: not valid JSON ({err})") from None
         return cls.from_hf_dict(raw, source=str(path))
@@ -293,51 +325,184 @@ class ModelConfig:
         return out
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """repr() of a config value, cut short: error messages name the value without a wall of text."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_MISSING = object()
+
+
+def _int(raw: Mapping[str, Any], key: str, source: str, default: Any = _MISSING,
+         minimum: int = 1) -> Any:
+    """An integer >= `minimum`; `default` when absent or null (required when no default)."""
+    value = raw.get(key)
+    if value is None:
+        if default is _MISSING:
+            raise ConfigError(f"{source}: required key {key!r} is missing"
+                              + (" (null)" if key in raw else ""))
+        return default
+    # bool is an int subclass in Python, but `"hidden_size": true` is a broken file, not 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{source}: {key}={_short(value)} is not an integer")
+    if value < minimum:
+        raise ConfigError(f"{source}: {key}={value} must be >= {minimum}")
+    return value
+
+
+def _float(raw: Mapping[str, Any], key: str, source: str, default: float,
+           positive: bool = False) -> float:
+    value = raw.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{source}: {key}={_short(value)} is not a finite number")
+    if positive and value <= 0:
+        raise ConfigError(f"{source}: {key}={value} must be > 0")
+    return float(value)
+
+
+def _bool(raw: Mapping[str, Any], key: str, source: str, default: bool) -> bool:
+    value = raw.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(f"{source}: {key}={_short(value)} is not true or false")
+    return value
+
+
+def token_ids(value: Any, key: str, source: str) -> tuple[int, ...]:
+    """Token ids from an int, a list of ints, or null (the forms transformers writes)."""
+    if value is None:
+        return ()
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+            raise ConfigError(f"{source}: {key}={_short(value)} is not a token id or a list "
+                              "of token ids")
+    return tuple(items)
+
+
+def _first_token_id(raw: Mapping[str, Any], key: str, source: str) -> int | None:
+    # A few configs list several BOS/pad ids; only one is ever prepended or padded with, and no
+    # computation here reads them (the tokenizer decides), so the first one is kept.
+    ids = token_ids(raw.get(key), key, source)
+    return ids[0] if ids else None
+
+
+def _dtype_name(raw: Mapping[str, Any], source: str) -> str | None:
+    for key in ("torch_dtype", "dtype"):
+        value = raw.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{source}: {key}={_short(value)} is not a dtype name")
+    return raw.get("torch_dtype") or raw.get("dtype")
+
+
+_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+
+
+def _parse_activation(raw: Mapping[str, Any], model_type: str, source: str) -> str:
+    """Our activation name; Gemma's two activation keys must not disagree."""
+    found = {}
+    for key in ("hidden_activation", "hidden_act"):
+        value = raw.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key}={_short(value)} is not an activation name")
+        if model_type == "gemma" and value == "gelu":
+            value = "gelu_pytorch_tanh"  # transformers maps Gemma's legacy "gelu" to the tanh form
+        if value not in _ACTIVATIONS:
+            raise ConfigError(f"{source}: {key}={value!r} is not supported "
+                              f"(supported: {', '.join(_ACTIVATIONS)})")
+        found[key] = _ACTIVATIONS[value]
+    if len(set(found.values())) > 1:
+        # transformers 4.x reads hidden_activation and 5.x reads hidden_act: which one wins
+        # depends on the version, so a file where they differ has no single meaning.
+        raise ConfigError(f"{source}: hidden_act={raw['hidden_act']!r} and hidden_activation="
+                          f"{raw['hidden_activation']!r} disagree")
+    if found:
+        return next(iter(found.values()))
+    return "gelu_tanh" if model_type == "gemma" else "silu"
+
+
+def _check_quantization(raw: Mapping[str, Any], source: str) -> None:
+    value = raw.get("quantization_config")
+    if value is None:
+        return
+    method = value.get("quant_method") if isinstance(value, Mapping) else None
+    if method not in _DEQUANTISED_METHODS:
+        raise ConfigError(f"{source}: quantization_config={_short(value)} is not supported: "
+                          "only plain floating-point weights can be loaded (dequantise first)")
+
+
 def _require(raw: Mapping[str, Any], key: str, value: Any, source: str) -> None:
-    if key in raw and raw[key] is not None and raw[key] != value:
-        raise ConfigError(f"{source}: {key}={raw[key]!r} is not supported (only {value!r})")
+    current = raw.get(key)
+    # `type(current) is not type(value)`: 0 == False in Python, but `"mlp_bias": 0` is not false.
+    if current is not None and (type(current) is not type(value) or current != value):
+        raise ConfigError(f"{source}: {key}={_short(current)} is not supported "
+                          f"(only {value!r})")
+
+
+def _number(params: Mapping[str, Any], key: str, where: str, source: str) -> float:
+    value = params[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{source}: {where}.{key}={_short(value)} is not a finite number")
+    if value <= 0:
+        raise ConfigError(f"{source}: {where}.{key}={value} must be > 0")
+    return float(value)
 
 
 def _parse_rope(raw: Mapping[str, Any], source: str) -> RopeConfig:
     """Reads rope settings from the 4.x keys or the 5.x `rope_parameters` dict."""
+    for key in ("rope_parameters", "rope_scaling"):
+        if raw.get(key) is not None and not isinstance(raw[key], Mapping):
+            raise ConfigError(f"{source}: {key}={_short(raw[key])} is not an object or null")
     params = raw.get("rope_parameters")
+    where = "rope_parameters"
     if params is not None and "rope_theta" not in params and any(
             isinstance(v, Mapping) for v in params.values()):
         raise ConfigError(f"{source}: per-layer-type rope_parameters are not supported")
     if params is None:
+        where = "rope_scaling"
         params = dict(raw.get("rope_scaling") or {})
-        if "rope_theta" in raw:
-            params["rope_theta"] = raw["rope_theta"]
+        if raw.get("rope_theta") is not None:
+            params["rope_theta"] = _float(raw, "rope_theta", source, 10000.0, positive=True)
     else:
         params = dict(params)
-    rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
-    params.pop("type", None)
+    names = {params.pop("rope_type", None), params.pop("type", None)} - {None}
+    if len(names) > 1:
+        raise ConfigError(f"{source}: {where} gives two rope types {sorted(map(str, names))}")
+    rope_type = names.pop() if names else "default"
     if rope_type not in _ROPE_TYPES:
-        raise ConfigError(f"{source}: rope type {rope_type!r} is not supported "
+        raise ConfigError(f"{source}: {where}: rope type {_short(rope_type)} is not supported "
                           f"(supported: {', '.join(_ROPE_TYPES)})")
-    theta = float(params.pop("rope_theta", 10000.0))
+    theta = _number(params, "rope_theta", where, source) if "rope_theta" in params else 10000.0
+    params.pop("rope_theta", None)
     allowed = {"default": set(), "linear": {"factor"},
                "llama3": {"factor", "low_freq_factor", "high_freq_factor",
                           "original_max_position_embeddings"}}[rope_type]
     # partial_rotary_factor == 1.0 is the default everywhere; anything else changes the math.
-    if params.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ConfigError(f"{source}: partial_rotary_factor={params['partial_rotary_factor']} "
-                          "is not supported")
-    params.pop("partial_rotary_factor", None)
+    if "partial_rotary_factor" in params:
+        if _number(params, "partial_rotary_factor", where, source) != 1.0:
+            raise ConfigError(f"{source}: partial_rotary_factor="
+                              f"{params['partial_rotary_factor']} is not supported")
+        params.pop("partial_rotary_factor")
     unknown = set(params) - allowed
     if unknown:
-        raise ConfigError(f"{source}: rope setting(s) {sorted(unknown)} are not understood "
+        raise ConfigError(f"{source}: {where}: setting(s) {sorted(unknown)} are not understood "
                           f"for rope type {rope_type!r}")
     kwargs: dict[str, Any] = {"theta": theta, "rope_type": rope_type}
-    if "factor" in params:
-        kwargs["factor"] = float(params["factor"])
-    for key in ("low_freq_factor", "high_freq_factor"):
+    for key in ("factor", "low_freq_factor", "high_freq_factor"):
         if key in params:
-            kwargs[key] = float(params[key])
+            kwargs[key] = _number(params, key, where, source)
+    if rope_type != "default" and "factor" not in params:
+        raise ConfigError(f"{source}: {where} of type {rope_type!r} has no 'factor'")
     if "original_max_position_embeddings" in params:
-        kwargs["original_max_position_embeddings"] = int(
-            params["original_max_position_embeddings"])
+        kwargs["original_max_position_embeddings"] = _int(
+            params, "original_max_position_embeddings", f"{source}: {where}")
     if rope_type == "llama3" and "original_max_position_embeddings" not in params:
-        kwargs["original_max_position_embeddings"] = int(
-            raw.get("max_position_embeddings") or 8192)
+        kwargs["original_max_position_embeddings"] = _int(
+            raw, "max_position_embeddings", source, default=8192)
     return RopeConfig(**kwargs)

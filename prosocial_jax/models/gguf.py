@@ -6,10 +6,15 @@ are permuted back here so the rest of prosocial_jax sees ordinary HF weights. Ge
 RMSNorm weights with the +1 already added; it is removed. The tokenizer is rebuilt from the
 file's `tokenizer.ggml.*` metadata with transformers' own GGUF tokenizer converters, which need
 only `tokenizers`.
+
+Every failure while reading is a CheckpointError naming the file and, where known, the tensor or
+metadata key: a bad magic, metadata cut short or corrupted, tensor data past the end of the file,
+a tensor type the file cannot hold, NaN or +-inf in a dequantised weight.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +23,7 @@ from typing import Any
 import gguf
 import numpy as np
 
-from prosocial_jax.models.hf import CheckpointError
+from prosocial_jax.models.hf import CheckpointError, check_finite
 
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -38,6 +43,7 @@ _LAYER_NAMES = {
 }
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 _ARCH_TO_MODEL_TYPE = {"llama": "llama", "qwen2": "qwen2", "gemma": "gemma"}
+_REQUIRED = object()
 
 
 def hf_tensor_name(gguf_name: str) -> str:
@@ -65,6 +71,47 @@ def permute_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weight.shape))
 
 
+class _TruncatedError(Exception):
+    """Raised inside the reader when a read runs past the end of the file."""
+
+
+class _CheckedReader(gguf.GGUFReader):
+    """gguf's reader, made to fail fast and by name on a file that is cut short or corrupt.
+
+    The stock reader slices its memory map without checking the length: a read past the end
+    returns a short array, which surfaces later as an unrelated IndexError or reshape error, or
+    (an array length corrupted to 2**40 over empty reads) as a loop that never ends. `_get` and
+    `_build_tensors` are internal to gguf 0.19 (pinned in pyproject.toml); both overrides only
+    add checks and then defer to the original.
+    """
+
+    def _get(self, offset, dtype, count=1, override_order=None):
+        if offset + np.dtype(dtype).itemsize * int(count) > len(self.data):
+            raise _TruncatedError(f"the file ends at byte {len(self.data)}, but its header "
+                                  f"needs {int(count)} x {np.dtype(dtype).name} at byte {offset}")
+        return super()._get(offset, dtype, count, override_order)
+
+    def _build_tensors(self, start_offs, fields):
+        size = len(self.data)
+        for field in fields:
+            name = bytes(field.parts[1]).decode("utf-8", errors="replace")
+            dims, raw_type, offset = field.parts[3], field.parts[4], field.parts[5]
+            try:
+                qtype = gguf.GGMLQuantizationType(int(raw_type[0]))
+            except ValueError:
+                raise CheckpointError(f"tensor {name!r} has unknown type code "
+                                      f"{int(raw_type[0])}") from None
+            block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+            elements = math.prod(int(d) for d in dims)
+            start = start_offs + int(offset[0])
+            end = start + elements * type_size // block
+            if end > size:
+                raise CheckpointError(
+                    f"tensor {name!r} ({qtype.name}, shape {[int(d) for d in dims]}) needs bytes "
+                    f"{start}..{end}, but the file ends at byte {size} (truncated?)")
+        super()._build_tensors(start_offs, fields)
+
+
 class GGUFFile:
     """A parsed GGUF file: its metadata as plain Python values and lazily dequantised tensors."""
 
@@ -73,12 +120,18 @@ class GGUFFile:
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such GGUF file")
         try:
-            self.reader = gguf.GGUFReader(self.path)
-        except Exception as err:  # the reader raises bare ValueError/struct errors
-            raise CheckpointError(f"{self.path}: not a readable GGUF file ({err})") from err
-        self.metadata: dict[str, Any] = {
-            name: field.contents() for name, field in self.reader.fields.items()
-            if not name.startswith("GGUF.")}
+            self.reader = _CheckedReader(self.path)
+            self.metadata: dict[str, Any] = {
+                name: field.contents() for name, field in self.reader.fields.items()
+                if not name.startswith("GGUF.")}
+        except CheckpointError as err:
+            raise CheckpointError(f"{self.path}: {err}") from err
+        except _TruncatedError as err:
+            raise CheckpointError(f"{self.path}: not a readable GGUF file: truncated or "
+                                  f"corrupted header ({err})") from err
+        except Exception as err:  # the reader raises bare ValueError/KeyError/IndexError
+            raise CheckpointError(f"{self.path}: not a readable GGUF file "
+                                  f"({type(err).__name__}: {err})") from err
         self.tensors = {t.name: t for t in self.reader.tensors}
         self.architecture = self.metadata.get("general.architecture")
         if self.architecture not in _ARCH_TO_MODEL_TYPE:
@@ -88,6 +141,21 @@ class GGUFFile:
 
     def meta(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(f"{self.architecture}.{key}", default)
+
+    def _number(self, key: str, kind: type, default: Any = _REQUIRED, arch: bool = True) -> Any:
+        """A scalar metadata value of `kind` (int or float), or a CheckpointError naming it."""
+        full = f"{self.architecture}.{key}" if arch else key
+        value = self.metadata.get(full)
+        if value is None:
+            if default is _REQUIRED:
+                raise CheckpointError(f"{self.path}: GGUF metadata {full!r} is missing")
+            return default
+        ok = (isinstance(value, int | float) and not isinstance(value, bool)
+              and (kind is float or isinstance(value, int)) and math.isfinite(value))
+        if not ok or (kind is int and value < 0):
+            raise CheckpointError(f"{self.path}: GGUF metadata {full}={value!r:.80} is not "
+                                  f"a{'n integer' if kind is int else ' number'}")
+        return kind(value)
 
     # ------------------------------------------------------------------ config
     def hf_config(self) -> dict[str, Any]:
@@ -101,8 +169,8 @@ class GGUFFile:
             raise CheckpointError(f"{self.path}: tensor 'rope_freqs.weight' (Llama-3.1 rope "
                                   "frequency factors in GGUF form) is not supported; load the "
                                   "HF safetensors checkpoint instead")
-        heads = int(self.meta("attention.head_count"))
-        hidden = int(self.meta("embedding_length"))
+        heads = self._number("attention.head_count", int)
+        hidden = self._number("embedding_length", int)
         rope_scaling = None
         scaling_type = self.meta("rope.scaling.type")
         if scaling_type not in (None, "none"):
@@ -110,28 +178,32 @@ class GGUFFile:
                 raise CheckpointError(f"{self.path}: GGUF rope.scaling.type {scaling_type!r} "
                                       "is not supported")
             rope_scaling = {"rope_type": "linear",
-                            "factor": float(self.meta("rope.scaling.factor"))}
+                            "factor": self._number("rope.scaling.factor", float)}
         tokens = self.metadata.get("tokenizer.ggml.tokens")
-        vocab = int(self.meta("vocab_size") or (len(tokens) if tokens else 0)
-                    or self.tensors["token_embd.weight"].shape[-1])
-        key_length = self.meta("attention.key_length")
+        vocab = (self._number("vocab_size", int, default=0)
+                 or (len(tokens) if isinstance(tokens, list) else 0)
+                 or (int(self.tensors["token_embd.weight"].shape[-1])
+                     if "token_embd.weight" in self.tensors else 0))
+        key_length = self._number("attention.key_length", int, default=None)
         config: dict[str, Any] = {
             "model_type": _ARCH_TO_MODEL_TYPE[self.architecture],
             "vocab_size": vocab,
             "hidden_size": hidden,
-            "intermediate_size": int(self.meta("feed_forward_length")),
-            "num_hidden_layers": int(self.meta("block_count")),
+            "intermediate_size": self._number("feed_forward_length", int),
+            "num_hidden_layers": self._number("block_count", int),
             "num_attention_heads": heads,
-            "num_key_value_heads": int(self.meta("attention.head_count_kv", heads)),
-            "head_dim": int(key_length) if key_length else hidden // heads,
-            "rms_norm_eps": float(self.meta("attention.layer_norm_rms_epsilon", 1e-6)),
-            "rope_theta": float(self.meta("rope.freq_base", 10000.0)),
+            "num_key_value_heads": self._number("attention.head_count_kv", int, default=heads),
+            "head_dim": key_length or (hidden // heads if heads else 0),
+            "rms_norm_eps": self._number("attention.layer_norm_rms_epsilon", float,
+                                         default=1e-6),
+            "rope_theta": self._number("rope.freq_base", float, default=10000.0),
             "rope_scaling": rope_scaling,
-            "max_position_embeddings": int(self.meta("context_length", 4096)),
+            "max_position_embeddings": self._number("context_length", int, default=4096),
             "tie_word_embeddings": "output.weight" not in self.tensors,
-            "bos_token_id": self.metadata.get("tokenizer.ggml.bos_token_id"),
-            "eos_token_id": self.metadata.get("tokenizer.ggml.eos_token_id"),
-            "pad_token_id": self.metadata.get("tokenizer.ggml.padding_token_id"),
+            "bos_token_id": self._number("tokenizer.ggml.bos_token_id", int, None, arch=False),
+            "eos_token_id": self._number("tokenizer.ggml.eos_token_id", int, None, arch=False),
+            "pad_token_id": self._number("tokenizer.ggml.padding_token_id", int, None,
+                                         arch=False),
             "torch_dtype": "float32",
         }
         if config["model_type"] == "qwen2":
@@ -141,20 +213,34 @@ class GGUFFile:
     # ------------------------------------------------------------------ tensors
     def hf_tensors(self) -> tuple[set[str], Callable[[str], np.ndarray]]:
         """HF names and a getter returning dequantised float32 tensors in HF layout."""
-        by_hf_name = {hf_tensor_name(name): name for name in self.tensors}
-        heads = int(self.meta("attention.head_count"))
-        kv_heads = int(self.meta("attention.head_count_kv", heads))
+        by_hf_name: dict[str, str] = {}
+        for name in self.tensors:
+            try:
+                by_hf_name[hf_tensor_name(name)] = name
+            except CheckpointError as err:
+                raise CheckpointError(f"{self.path}: {err}") from None
+        heads = self._number("attention.head_count", int)
+        kv_heads = self._number("attention.head_count_kv", int, default=heads)
 
         def get(hf_name: str) -> np.ndarray:
             tensor = self.tensors[by_hf_name[hf_name]]
-            value = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-            value = np.asarray(value, dtype=np.float32).reshape(
-                tuple(int(d) for d in reversed(tensor.shape)))
-            if self.architecture == "llama":
-                if ".q_proj." in hf_name:
-                    value = unpermute_rows(value, heads)
-                elif ".k_proj." in hf_name:
-                    value = unpermute_rows(value, kv_heads)
+            shape = tuple(int(d) for d in reversed(tensor.shape))
+            try:
+                value = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+                value = np.asarray(value, dtype=np.float32).reshape(shape)
+            except Exception as err:  # gguf raises bare NotImplementedError/ValueError
+                raise CheckpointError(
+                    f"{self.path}: tensor {tensor.name!r} ({tensor.tensor_type.name}, shape "
+                    f"{list(shape)}) could not be dequantised ({type(err).__name__}: {err})"
+                ) from err
+            check_finite(value, str(self.path), tensor.name, hf_name)
+            if self.architecture == "llama" and (".q_proj." in hf_name or ".k_proj." in hf_name):
+                count = heads if ".q_proj." in hf_name else kv_heads
+                if value.shape[0] % (2 * count):
+                    raise CheckpointError(
+                        f"{self.path}: tensor {tensor.name!r} has {value.shape[0]} rows, which "
+                        f"do not split into {count} heads of rotary pairs")
+                value = unpermute_rows(value, count)
             if self.architecture == "gemma" and hf_name.endswith("norm.weight"):
                 value = value - 1.0
             return value
@@ -182,7 +268,14 @@ class GGUFFile:
         tokens = tokenizer_dict["tokens"]
         for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
                           ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
-            token_id = self.metadata.get(f"tokenizer.ggml.{key}")
+            token_id = self._number(f"tokenizer.ggml.{key}", int, None, arch=False)
+            if token_id is not None and token_id >= len(tokens):
+                raise CheckpointError(f"{self.path}: GGUF metadata tokenizer.ggml.{key}="
+                                      f"{token_id} is outside the {len(tokens)}-token vocabulary")
             tokenizer_config[name] = tokens[token_id] if token_id is not None else None
-        backend, extra = convert_gguf_tokenizer(self.architecture, tokenizer_dict)
-        return PreTrainedTokenizerFast(tokenizer_object=backend, **tokenizer_config, **extra)
+        try:
+            backend, extra = convert_gguf_tokenizer(self.architecture, tokenizer_dict)
+            return PreTrainedTokenizerFast(tokenizer_object=backend, **tokenizer_config, **extra)
+        except Exception as err:  # tokenizers/transformers raise many kinds on bad metadata
+            raise CheckpointError(f"{self.path}: the tokenizer in the GGUF metadata could not "
+                                  f"be built ({type(err).__name__}: {err})") from err

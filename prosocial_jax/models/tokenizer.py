@@ -16,13 +16,24 @@ Messages = list[dict[str, Any]]
 
 
 def load_tokenizer(folder: str | Path):
-    """The folder's tokenizer, or None when the checkpoint ships no tokenizer files."""
+    """The folder's tokenizer, or None when the checkpoint ships no tokenizer files.
+
+    Files that are there but cannot be read (corrupt JSON, a truncated tokenizer.model) are a
+    CheckpointError naming the folder, not whatever transformers or tokenizers raised.
+    """
     from transformers import AutoTokenizer
 
+    from prosocial_jax.models.hf import CheckpointError
+
     folder = Path(folder)
-    if not any((folder / name).exists() for name in _TOKENIZER_FILES):
+    present = [name for name in _TOKENIZER_FILES if (folder / name).exists()]
+    if not present:
         return None
-    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as err:  # json, tokenizers, sentencepiece and transformers errors alike
+        raise CheckpointError(f"{folder}: the tokenizer ({', '.join(present)}) could not be "
+                              f"loaded ({type(err).__name__}: {err})") from err
 
 
 def has_chat_template(tokenizer) -> bool:
