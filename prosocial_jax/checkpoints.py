@@ -74,6 +74,20 @@ def read_record(folder: Path) -> dict[str, Any] | None:
     return record
 
 
+def check_checkpoint_folder(folder: str | Path) -> None:
+    """Refuses a folder that exists and holds anything but a run of ours (call it before long
+    work); reads its run record if it has one."""
+    folder = Path(folder)
+    if read_record(folder) is not None or not folder.exists():
+        return
+    if not folder.is_dir():
+        raise RunError(f"{folder} exists and is not a folder")
+    foreign = sorted(set(p.name for p in folder.iterdir()) - _OURS)
+    if foreign:
+        raise RunError(f"{folder} exists and holds files that are not a prosocial-jax "
+                       f"training run (e.g. {foreign[0]!r}); choose a new checkpoint folder")
+
+
 def check_run_record(folder: Path, record: dict[str, Any]) -> None:
     """Remembers a resumable run's record in `folder/run.json`; refuses a different one later
     (naming the first dotted field that differs). A larger `settings.steps` extends the run."""
@@ -81,10 +95,7 @@ def check_run_record(folder: Path, record: dict[str, Any]) -> None:
     record = json.loads(json.dumps(record))  # as it reads back (tuples: lists)
     previous = read_record(folder)
     if previous is None:
-        if folder.exists() and set(p.name for p in folder.iterdir()) - _OURS:
-            example = sorted(set(p.name for p in folder.iterdir()) - _OURS)[0]
-            raise RunError(f"{folder} exists and holds files that are not a prosocial-jax "
-                           f"training run (e.g. {example!r}); choose a new checkpoint folder")
+        check_checkpoint_folder(folder)
         folder.mkdir(parents=True, exist_ok=True)
     else:
         old, new = _flatten(previous), _flatten(record)

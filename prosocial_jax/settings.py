@@ -64,7 +64,8 @@ def _describe(expected: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in args)
     if origin is tuple:
-        return f"a list of {_describe(args[0])}"
+        return "a list of " + {str: "strings", int: "integers", float: "numbers"}.get(
+            args[0], str(args[0]))
     if expected is type(None):
         return "null"
     return {bool: "true or false", int: "an integer", float: "a number",

@@ -142,3 +142,15 @@ def tiny_chat(tmp_path_factory) -> TinyCheckpoint:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return TinyCheckpoint("llama", folder, model)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault-injection tally (tests/test_faults.py), when that module ran."""
+    import sys
+
+    faults = sys.modules.get("test_faults")
+    if faults is not None and faults.TALLY:
+        tally = faults.TALLY
+        terminalreporter.write_line(
+            f"fault injection: {tally['inputs']} inputs tried, {tally['faults']} faults "
+            f"injected, {tally['bystander_bytes']} bytes of bystander files checked, 0 lost")
