@@ -113,3 +113,28 @@ def test_sharded_equals_unsharded():
     for name in ("a", "b"):
         np.testing.assert_allclose(np.asarray(split[name]), np.asarray(plain[name]), atol=1e-5)
     assert int(split_state.conflicts) == int(plain_state.conflicts)
+
+
+def test_every_product_asks_for_full_float32_precision():
+    """TPUs run float32 matmuls in bfloat16 passes by default; the sign of a Gram entry decides
+    whether two attributes conflict, so PCGrad's products must ask for HIGHEST."""
+    tx = pcgrad(3)
+    grads = {"w": jnp.ones((3, 4, 5)), "b": jnp.ones((3, 5))}
+    params = {"w": jnp.ones((4, 5)), "b": jnp.ones(5)}
+    state = tx.init(params)
+    jaxpr = jax.make_jaxpr(lambda g, s: tx.update(g, s, params, preference=jnp.ones(3) / 3))(
+        grads, state)
+    dots = [e for e in _all_equations(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
+    assert len(dots) >= 4  # Gram matrix per leaf, projections, preference mix, weighted sum
+    for eqn in dots:
+        assert eqn.params["precision"] == (jax.lax.Precision.HIGHEST,) * 2, eqn
+
+
+def _all_equations(jaxpr):
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                inner = getattr(sub, "jaxpr", sub)  # ClosedJaxpr or Jaxpr
+                if hasattr(inner, "eqns"):
+                    yield from _all_equations(inner)
