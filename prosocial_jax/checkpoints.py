@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -155,14 +155,15 @@ def check_finite(metrics: dict[str, Any], step: int, saved: int | None, folder: 
                    "then rerun to resume")
 
 
-def state_out_shardings(state: Any, mesh: Mesh | None) -> Any:
-    """`out_shardings` for a train step returning (state, metrics): the state keeps the layout
-    it was placed with, metrics are replicated. Left to itself, XLA may lay the new state out
-    differently from a restored one, and the two would run different (differently rounded)
-    programs, so a resumed run would not repeat an uninterrupted one bit for bit."""
+def jit_train_step(step: Callable, state: Any, mesh: Mesh | None) -> Callable:
+    """jit of `step(state, ...) -> (state, metrics)`, donating the state. On a mesh the new
+    state keeps the layout `state` was placed with (metrics replicated): left to itself, XLA may
+    lay it out differently from a restored state, and the two would run different (differently
+    rounded) programs, so a resumed run would not repeat an uninterrupted one bit for bit."""
     if mesh is None:
-        return None
-    return jax.tree.map(lambda x: x.sharding, state), NamedSharding(mesh, P())
+        return jax.jit(step, donate_argnums=0)
+    shardings = jax.tree.map(lambda x: x.sharding, state), NamedSharding(mesh, P())
+    return jax.jit(step, donate_argnums=0, out_shardings=shardings)
 
 
 def _trim_metrics(folder: Path, step: int) -> None:

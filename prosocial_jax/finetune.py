@@ -28,10 +28,10 @@ from prosocial_jax import settings as settings_module
 from prosocial_jax.checkpoints import (
     check_finite,
     fingerprint,
+    jit_train_step,
     log_metrics,
     place_on_mesh,
     start_or_resume,
-    state_out_shardings,
 )
 from prosocial_jax.models.decoder import forward_logits
 from prosocial_jax.models.model import Model, parse_dtype
@@ -113,8 +113,7 @@ class _Run:
         self.initial = {"trainable": trainable, "opt_state": self.tx.init(trainable),
                         "step": jnp.zeros((), jnp.int32)}
         self.initial = place_on_mesh(self.initial, model.mesh)
-        self.train_step = jax.jit(self._train_step, donate_argnums=0,
-                                  out_shardings=state_out_shardings(self.initial, model.mesh))
+        self.train_step = jit_train_step(self._train_step, self.initial, model.mesh)
 
     def effective_params(self, trainable, frozen):
         params = lora.merge(frozen, trainable, self.scale) if self.settings.lora_rank \

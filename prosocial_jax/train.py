@@ -38,10 +38,10 @@ from prosocial_jax import settings as settings_module
 from prosocial_jax.checkpoints import (
     check_finite,
     fingerprint,
+    jit_train_step,
     log_metrics,
     place_on_mesh,
     start_or_resume,
-    state_out_shardings,
 )
 from prosocial_jax.models.model import Model
 from prosocial_jax.pcgrad import pcgrad, per_attribute_gradients
@@ -134,8 +134,7 @@ class _Trainer:
                         "step": jnp.zeros((), jnp.int32),
                         "rng": jax.random.key_data(jax.random.key(settings.seed + 1))}
         self.initial = place_on_mesh(self.initial, model.mesh)
-        self.train_step = jax.jit(self._train_step, donate_argnums=0,
-                                  out_shardings=state_out_shardings(self.initial, model.mesh))
+        self.train_step = jit_train_step(self._train_step, self.initial, model.mesh)
 
     def _train_step(self, state, frozen, batch):
         # The frozen backbone is an argument: closed over, XLA would bake it into the
