@@ -11,7 +11,7 @@ Public API (see README):
     tx = optax.chain(pj.pcgrad(num_attributes=6), optax.adamw(1e-3))
 """
 
-from prosocial_jax.decode import Generation, generate
+from prosocial_jax.decode import Generation, NonFiniteError, generate
 from prosocial_jax.guidance import GuidanceError
 from prosocial_jax.models.config import ConfigError, ModelConfig
 from prosocial_jax.models.hf import CheckpointError
@@ -28,6 +28,7 @@ __all__ = [
     "GuidanceError",
     "Model",
     "ModelConfig",
+    "NonFiniteError",
     "generate",
     "load_adapter",
     "load_model",

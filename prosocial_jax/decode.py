@@ -1,10 +1,18 @@
 """Batched, KV-cached decoding: a jitted `lax.scan` over chunks of steps, driven by a host loop.
 
-The host loop only reads one boolean per chunk ("is every row done?"), and it reads the flag of the
-chunk *before* the one it just dispatched, so the device never waits for the host. Sampling
-settings (temperature, top-k, top-p) are per-row traced arrays: changing them never recompiles.
-Prompts are left-padded; each row keeps its own rotary position while all rows share cache slots.
-Batch size and prompt length are bucketed so that new prompts rarely trigger a compile.
+The host loop only reads two booleans per chunk ("is every row done?", "has any row failed?"),
+and it reads the flags of the chunk *before* the one it just dispatched, so the device never waits
+for the host. Sampling settings (temperature, top-k, top-p) are per-row traced arrays: changing
+them never recompiles. Prompts are left-padded; each row keeps its own rotary position while all
+rows share cache slots. Batch size (powers of two up to 32) and prompt length (multiples of 32)
+are bucketed so that new prompts rarely trigger a compile.
+
+Non-finite numbers are caught where they enter: at every step each active row's next-token
+distributions (base logits; with guidance also the Pv-Arm's two sets of logits and the guided
+score) must have a finite maximum, i.e. no NaN, no +inf, and not -inf everywhere. Otherwise the
+argmax silently picks token 0. The first failing step and model are kept per row in the decode
+state (one [B, V] max per distribution, no extra host sync) and `generate` raises
+`NonFiniteError` naming the prompt, the step and the model.
 """
 
 from __future__ import annotations
@@ -41,6 +49,28 @@ from prosocial_jax.models.tokenizer import Messages, decode, encode_prompt
 from prosocial_jax.pblora import Adapter, check_compatible
 
 PROMPT_BUCKET = 32  # prompt lengths are padded up to a multiple of this
+# Default batch sizes: a batch of n prompts is padded (rows that start done) up to the next of
+# these, so 3 and 4 prompts share one compiled program and 5 to 8 another.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
+
+# What produced a row's unusable next-token distribution (DecodeState.fault_source_B).
+FAULT_SOURCES = ("the base model's logits",
+                 "the Pv-Arm's logits under the row's preference (prosocial stage)",
+                 "the Pv-Arm's logits under the safety one-hot (safety stage)",
+                 "the guided score")
+_FAULT_HINTS = ("are the base model's weights finite?",
+                "are the adapter's factors and the Pv-Arm backbone's weights finite?",
+                "are the adapter's factors and the Pv-Arm backbone's weights finite?",
+                "no allowed token has a finite base + w x Pv-Arm score; check the guidance "
+                "weights")
+
+
+class NonFiniteError(ValueError):
+    """A model produced NaN / inf next-token scores while decoding (names prompt, step, model)."""
+
+    def __init__(self, message: str, prompt: int, step: int, source: str):
+        super().__init__(message)
+        self.prompt, self.step, self.source = prompt, step, source
 
 
 @struct.dataclass
@@ -91,6 +121,11 @@ class DecodeState:
     recent_BxH: jax.Array | None = None
     overrides_B: jax.Array | None = None
     allowed_total_B: jax.Array | None = None
+    # Per row: the first step whose next-token scores were unusable (-1: none yet), which of
+    # FAULT_SOURCES produced them, and that distribution's maximum (NaN, +inf or -inf).
+    fault_step_B: jax.Array | None = None
+    fault_source_B: jax.Array | None = None
+    fault_value_B: jax.Array | None = None
 
 
 def sample_tokens(logits_BxV: jax.Array, key: jax.Array, sampling: SamplingParams) -> jax.Array:
@@ -189,8 +224,32 @@ def prefill(config: ModelConfig, params, tokens_BxT, mask_BxT, rng, max_new_toke
         done_B=no_prompt,
         stopped_B=jnp.zeros((batch,), bool),
         rng=rng,
+        fault_step_B=jnp.full((batch,), -1, jnp.int32),
+        fault_source_B=jnp.zeros((batch,), jnp.int32),
+        fault_value_B=jnp.zeros((batch,), jnp.float32),
         **guided,
     )
+
+
+def _row_max(scores_NxV: jax.Array) -> jax.Array:
+    """Per-row maximum: not finite exactly when the row is unusable (max propagates NaN; a +inf
+    or an all -inf row breaks softmax and argmax too). One [N, V] reduction."""
+    return jnp.max(scores_NxV, axis=-1).astype(jnp.float32)
+
+
+def _record_faults(state: DecodeState, checked: Sequence[tuple[int, jax.Array]]) -> dict:
+    """Fault fields updated with this step's checks: (FAULT_SOURCES index, per-row maxima [B]
+    of that distribution, from `_row_max`). Rows already done are not checked (their scores
+    are never used; padding rows have none)."""
+    maxima = jnp.stack([m for _, m in checked])  # [C, B]
+    bad = ~jnp.isfinite(maxima)
+    first = jnp.argmax(bad, axis=0)  # the first failing distribution, in FAULT_SOURCES order
+    sources = jnp.asarray([source for source, _ in checked], jnp.int32)
+    new = jnp.any(bad, axis=0) & ~state.done_B & (state.fault_step_B < 0)
+    value = jnp.take_along_axis(maxima, first[None], axis=0)[0]
+    return dict(fault_step_B=jnp.where(new, state.step, state.fault_step_B),
+                fault_source_B=jnp.where(new, sources[first], state.fault_source_B),
+                fault_value_B=jnp.where(new, value, state.fault_value_B))
 
 
 def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: SamplingParams,
@@ -199,10 +258,18 @@ def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: Samp
     key = jax.random.fold_in(state.rng, state.step)
     if spec is None:
         scores = state.logits_BxV
+        checked = [(0, _row_max(scores))]
     else:
         scores, overridden, allowed = guided_scores(
             state.logits_BxV, state.reward_logits_RxV, guide.guidance, state.recent_BxH,
             spec.vocab)
+        # Raw logits, not log-probs: their maximum tells NaN, +inf and all -inf apart.
+        batch, reward = scores.shape[0], _row_max(state.reward_logits_RxV[:, :spec.vocab])
+        checked = [(0, _row_max(state.logits_BxV[:, :spec.vocab])), (1, reward[:batch])]
+        if spec.safety_stage:
+            checked.append((2, reward[batch:]))
+        checked.append((3, _row_max(scores)))
+    faults = _record_faults(state, checked)
     token = sample_tokens(scores, key, sampling)
     token = jnp.where(state.done_B, pad_id, token)
     stopped = ~state.done_B & jnp.isin(token, stop_ids)
@@ -237,7 +304,7 @@ def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: Samp
     (logits, (k, v)), reward = jax.lax.cond(jnp.all(done), skip, advance, None)
     new = dict(cache=state.cache.append(k, v, token_mask), logits_BxV=logits,
                positions_B=state.positions_B + 1, tokens_BxN=tokens, step=state.step + 1,
-               done_B=done, stopped_B=state.stopped_B | stopped)
+               done_B=done, stopped_B=state.stopped_B | stopped, **faults)
     if spec is not None:
         reward_logits, (rk, rv) = reward
         active = ~state.done_B
@@ -256,12 +323,13 @@ def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: Samp
 def decode_chunk(config: ModelConfig, params, state: DecodeState, sampling: SamplingParams,
                  stop_ids, pad_id, guide: GuideInputs | None = None, *, num_steps: int,
                  spec: GuideSpec | None = None) -> tuple[DecodeState, jax.Array]:
-    """`num_steps` decode steps in one compiled scan; returns the state and "all rows done"."""
+    """`num_steps` decode steps in one compiled scan; returns the state and the host's flags
+    [all rows done, some row's scores turned non-finite]."""
     def body(carry, _):
         return _decode_step(config, params, carry, sampling, stop_ids, pad_id, guide, spec), None
 
     state, _ = jax.lax.scan(body, state, None, length=num_steps)
-    return state, jnp.all(state.done_B)
+    return state, jnp.stack([jnp.all(state.done_B), jnp.any(state.fault_step_B >= 0)])
 
 
 @dataclasses.dataclass
@@ -311,6 +379,10 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
     Greedy by default (temperature 0). Per-row sampling settings may be sequences, one per prompt.
     With an instruct model the chat template is applied (`use_chat_template=None` decides by
     whether the tokenizer has one). Same seed, same prompts and batch size: same output.
+    `batch_size=None` pads each batch to the next of BATCH_BUCKETS (at most 32 prompts per
+    batch; padding rows cost compute, and greedy tokens do not depend on them), rounded up to a
+    multiple of the mesh's "data" axis. A NaN / inf next-token distribution raises
+    `NonFiniteError` naming the prompt, the step and the model.
 
     Guided decoding (ProSocialAlign, see `prosocial_jax.guidance`): pass a Pv-Arm `adapter`
     (its backbone is `reward`, by default `model` itself; both must share the tokenizer), a
@@ -334,7 +406,10 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
         if not ids:
             raise ValueError(f"prompt {i} is empty after tokenisation")
     n = len(encoded)
-    batch_size = batch_size or min(n, 32)
+    if batch_size is None:  # a bucket, so that a new number of prompts rarely compiles
+        batch_size = next(b for b in BATCH_BUCKETS if b >= min(n, BATCH_BUCKETS[-1]))
+    elif batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if model.mesh is not None:  # rows must split evenly over the "data" axis
         batch_size = _round_up(batch_size, model.mesh.shape["data"])
     sampling_rows = SamplingParams.create(n, temperature, top_k, top_p)  # validates per row
@@ -362,7 +437,7 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
         guide = None if spec is None else guide_rows.replace(
             guidance=guide_rows.guidance.map_rows(take))
         batch = _generate_batch(
-            model, [prompts[i] for i in rows], [encoded[i] for i in rows], batch_size,
+            model, rows, [prompts[i] for i in rows], [encoded[i] for i in rows], batch_size,
             jax.tree.map(take, sampling_rows), stops, pad_id, max_new_tokens, num_new,
             chunk_size, jax.random.fold_in(jax.random.key(seed), start), bar, guide, spec)
         if spec is not None:
@@ -401,9 +476,10 @@ def _guide(model: Model, reward: Model, adapter: Adapter, rows: int, preference,
     return spec, GuideInputs(reward.params, adapter.params, settings), normalised
 
 
-def _generate_batch(model, prompts, encoded, batch_size, sampling, stops, pad_id,
+def _generate_batch(model, rows, prompts, encoded, batch_size, sampling, stops, pad_id,
                     max_new_tokens, num_new, chunk_size, rng, bar, guide=None,
                     spec=None) -> list[Generation]:
+    """Decodes one batch; `rows` are the prompts' indices in the whole call (for errors)."""
     config = model.config
     longest = max(len(ids) for ids in encoded)
     prompt_len = _round_up(longest, PROMPT_BUCKET)
@@ -422,16 +498,17 @@ def _generate_batch(model, prompts, encoded, batch_size, sampling, stops, pad_id
         mask_j = jax.device_put(mask_j, sharding.batch_sharding(model.mesh, mask.shape))
     state = prefill(config, model.params, tokens_j, mask_j, rng, max_new_tokens, guide,
                     max_len=max_len, num_new=num_new, mesh=model.mesh, spec=spec)
-    previous_all_done = None
+    previous_flags = None
     for chunk in range(num_new // chunk_size):
-        state, all_done = decode_chunk(config, model.params, state, sampling, stops, pad_id,
-                                       guide, num_steps=chunk_size, spec=spec)
-        # Look one chunk behind: reading this chunk's flag now would stall the dispatch queue.
-        if previous_all_done is not None and bool(previous_all_done):
-            break
-        previous_all_done = all_done
+        state, flags = decode_chunk(config, model.params, state, sampling, stops, pad_id,
+                                    guide, num_steps=chunk_size, spec=spec)
+        # Look one chunk behind: reading this chunk's flags now would stall the dispatch queue.
+        if previous_flags is not None and np.asarray(previous_flags).any():
+            break  # all rows done, or a fault (raised below)
+        previous_flags = flags
         bar.update(len(prompts) * min(chunk_size, max_new_tokens - chunk * chunk_size))
 
+    _raise_on_fault(state, rows)
     generated = np.asarray(state.tokens_BxN)
     stopped = np.asarray(state.stopped_B)
     if spec is not None:
@@ -451,6 +528,25 @@ def _generate_batch(model, prompts, encoded, batch_size, sampling, stops, pad_id
             result.mean_safe_set = float(allowed_total[row]) / max(len(row_tokens), 1)
         out.append(result)
     return out
+
+
+def _raise_on_fault(state: DecodeState, rows: Sequence[int]) -> None:
+    """NonFiniteError for the first row (in prompt order) whose scores turned non-finite."""
+    steps = np.asarray(state.fault_step_B)[:len(rows)]
+    faulty = np.flatnonzero(steps >= 0)
+    if not faulty.size:
+        return
+    row = int(faulty[0])
+    source = int(np.asarray(state.fault_source_B)[row])
+    value = float(np.asarray(state.fault_value_B)[row])
+    what = ("contain NaN" if math.isnan(value) else "contain +inf" if value > 0
+            else "are -inf for every token")
+    step = int(steps[row])
+    others = (f" (and {faulty.size - 1} later row{'s' if faulty.size > 2 else ''} of this batch)"
+              if faulty.size > 1 else "")
+    raise NonFiniteError(
+        f"prompt {rows[row]}: {FAULT_SOURCES[source]} {what} at decode step {step} (new token "
+        f"{step + 1}){others}; {_FAULT_HINTS[source]}", rows[row], step, FAULT_SOURCES[source])
 
 
 def _is_token_ids(prompt) -> bool:

@@ -63,16 +63,18 @@ def edit(base: Model, harmful: Model, top_k: float, scale: float,
     if base.config != harmful.config:
         raise harm.HarmVectorError("base and harmful checkpoints have different architectures: "
                                    f"{_config_difference(base.config, harmful.config)}")
-    tau = harm.task_vector(base.params, harmful.params, donate_harmful=donate)
+    tau = harm.task_vector(base.params, harmful.params, donate_harmful=donate,
+                           config=base.config)
     mask = harm.selection_mask(base.config, tau, include, exclude)
     full_norm = harm.global_norm(tau)
-    trimmed, result = harm.trim(tau, top_k, mask, donate=True)
+    trimmed, result = harm.trim(tau, top_k, mask, donate=True, config=base.config)
     record = {"base": base.source, "harmful": harmful.source, "top_k": top_k, "scale": scale,
               "include": list(include) if include else None,
               "exclude": list(exclude) if exclude else None,
               **harm.statistics(base.config, None, trimmed, result), "norm_full": full_norm}
     edited = dataclasses.replace(
-        base, params=harm.apply(base.params, trimmed, scale, donate_base=donate),
+        base, params=harm.apply(base.params, trimmed, scale, donate_base=donate,
+                                config=base.config),
         source=f"DiReg({base.source}, k={top_k}, lambda={scale})")
     return edited, record
 
@@ -129,7 +131,7 @@ def sweep(base: Model, harmful: Model, top_ks: Sequence[float], scales: Sequence
     settings: list[tuple[str, float | None, float | None]] = [("base", None, 0.0),
                                                                ("harmful fine-tune", None, None)]
     settings += [("DiReg", k, s) for k in top_ks for s in scales if s != 0]
-    tau = harm.task_vector(base.params, harmful.params)
+    tau = harm.task_vector(base.params, harmful.params, config=base.config)
     mask = harm.selection_mask(base.config, tau, include, exclude)
     trimmed_by_k: dict[float, Any] = {}
     rows = []
@@ -140,9 +142,9 @@ def sweep(base: Model, harmful: Model, top_ks: Sequence[float], scales: Sequence
             model = harmful
         else:
             if top_k not in trimmed_by_k:
-                trimmed_by_k[top_k] = harm.trim(tau, top_k, mask)[0]
-            model = dataclasses.replace(base, params=harm.apply(base.params,
-                                                                trimmed_by_k[top_k], scale))
+                trimmed_by_k[top_k] = harm.trim(tau, top_k, mask, config=base.config)[0]
+            model = dataclasses.replace(base, params=harm.apply(
+                base.params, trimmed_by_k[top_k], scale, config=base.config))
         metrics, harmful_out, benign_out = _evaluate_setting(model, prompts, references,
                                                              max_new_tokens, batch_size)
         row = {"setting": name, "top_k": top_k, "scale": scale, **metrics}

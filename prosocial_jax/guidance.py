@@ -19,6 +19,7 @@ keeps w = 0, tau = inf bit-identical to plain decoding.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -106,30 +107,48 @@ def row_preferences(adapter: Adapter, preference, rows: int,
     return out, normalised
 
 
-def per_row_values(value, rows: int, name: str, minimum: float | None = None) -> np.ndarray:
-    """A scalar or one value per row, as float32 [rows]; checked against `minimum`."""
-    array = np.asarray(value, np.float32)
+# Per-row settings for which +inf means something: tau = inf switches the safety stage off for
+# the row. Anywhere else an infinity turns the row's scores into inf - inf = NaN (guidance = inf
+# made every step pick token 0), so it is refused at entry.
+INFINITY_ALLOWED = frozenset({"safety_margin"})
+
+
+def per_row_values(value, rows: int, name: str, minimum: float | None = None,
+                   maximum: float | None = None, allow_inf: bool | None = None) -> np.ndarray:
+    """A scalar or one value per row, as float32 [rows], checked per row: not NaN, finite
+    (unless `allow_inf`; None: only for the settings in INFINITY_ALLOWED), within
+    [minimum, maximum]. Errors name the row and the value."""
+    array = np.asarray(value, np.float64)
     if array.shape not in ((), (rows,)):
         raise GuidanceError(f"{name}: expected a scalar or {rows} values, got shape {array.shape}")
-    array = np.broadcast_to(array, (rows,)).copy()
-    if np.isnan(array).any():
-        raise GuidanceError(f"{name} must not be NaN")
-    if minimum is not None and (array < minimum).any():
-        row = int(np.argmax(array < minimum))
-        raise GuidanceError(f"row {row}: {name} must be >= {minimum}, got {array[row]}")
-    return array
+    array = np.broadcast_to(array, (rows,))
+    allow_inf = name in INFINITY_ALLOWED if allow_inf is None else allow_inf
+    with np.errstate(over="ignore"):
+        narrow = array.astype(np.float32)
+    for row, (wide, value32) in enumerate(zip(array.tolist(), narrow.tolist())):
+        if math.isnan(wide):
+            raise GuidanceError(f"row {row}: {name} must be a number, got nan")
+        if math.isinf(wide) and not allow_inf:
+            raise GuidanceError(f"row {row}: {name} must be finite, got {wide}")
+        if minimum is not None and wide < minimum:
+            raise GuidanceError(f"row {row}: {name} must be >= {minimum}, got {wide}")
+        if maximum is not None and wide > maximum:
+            raise GuidanceError(f"row {row}: {name} must be <= {maximum}, got {wide}")
+        if math.isinf(value32) and not math.isinf(wide):
+            raise GuidanceError(f"row {row}: {name} = {wide} does not fit in float32")
+    return narrow.copy()
 
 
 def create(adapter: Adapter, preference_BxK: np.ndarray, weight, safety_margin,
            plausibility=0.0, banned: Sequence[Sequence[int]] | None = None) -> Guidance:
-    """Validated per-row guidance. `plausibility` p in [0, 1) keeps tokens whose base
-    probability is at least p times the base's most likely token's (0 = off)."""
+    """Validated per-row guidance. `plausibility` p in [0, 1] keeps tokens whose base
+    probability is at least p times the base's most likely token's (0 = off, 1 = only the
+    base's favourite). Guidance w must be finite and >= 0; tau >= 0, inf allowed (no safety
+    stage for the row)."""
     rows = preference_BxK.shape[0]
     weight_B = per_row_values(weight, rows, "guidance", minimum=0.0)
     margin_B = per_row_values(safety_margin, rows, "safety_margin", minimum=0.0)
-    floor_B = per_row_values(plausibility, rows, "plausibility", minimum=0.0)
-    if (floor_B >= 1).any():
-        raise GuidanceError(f"plausibility must be in [0, 1), got {plausibility}")
+    floor_B = per_row_values(plausibility, rows, "plausibility", minimum=0.0, maximum=1.0)
     with np.errstate(divide="ignore"):
         log_floor_B = np.log(floor_B)  # log 0 = -inf: no floor
     guidance = Guidance(jnp.asarray(preference_BxK), jnp.asarray(weight_B),

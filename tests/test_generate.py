@@ -1,6 +1,10 @@
-"""pj.generate: greedy parity with transformers, sampling semantics, stopping, no recompiles."""
+"""pj.generate: greedy parity with transformers, sampling semantics, stopping, no recompiles,
+batch buckets, non-finite logits."""
+
+import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import VOCAB
@@ -122,4 +126,60 @@ def test_bad_arguments(tiny_checkpoints):
         pj.generate(model, PROMPTS, temperature=[0.1, 0.2])
     with pytest.raises(ValueError, match="no tokenizer"):
         pj.generate(model, ["text needs a tokenizer"])
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        pj.generate(model, PROMPTS, batch_size=0)
     assert jax.device_count() == 8  # conftest's simulated devices are active
+
+
+def test_prompt_counts_share_bucketed_programs_and_padding_changes_nothing(tiny_checkpoints):
+    """3 and 4 prompts run as one batch of 4, 5 to 7 as one of 8 (padding rows start done): two
+    programs each for prefill and the decode chunk, and every row as transformers decodes the
+    prompt alone."""
+    tiny = tiny_checkpoints["llama"]
+    model = pj.load_model(tiny.path)
+    rng = np.random.RandomState(5)
+    prompts = [rng.randint(3, VOCAB, rng.randint(2, 12)).tolist() for _ in range(7)]
+    # 7 steps in one 7-step chunk: a program shape no other test compiles.
+    kwargs = dict(max_new_tokens=7, chunk_size=7, stop_tokens=[])
+    before = decode.decode_chunk._cache_size(), decode.prefill._cache_size()
+    results = {n: pj.generate(model, prompts[:n], **kwargs) for n in (3, 4, 5, 6, 7)}
+    after = decode.decode_chunk._cache_size(), decode.prefill._cache_size()
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 2)
+    alone = [_hf_greedy(tiny.torch_model, p, 7, eos_token_id=VOCAB + 1) for p in prompts]
+    for n, rows in results.items():
+        assert [r.tokens for r in rows] == alone[:n], n
+
+
+def _poisoned(model, token):
+    """The model with a NaN embedding row for `token` (an untied head stays finite): the step
+    after a row feeds `token` its logits are NaN."""
+    embed = model.params["embed"]["embedding"]
+    params = {**model.params, "embed": {"embedding": embed.at[token].set(jnp.nan)}}
+    return dataclasses.replace(model, params=params)
+
+
+def test_nan_logits_fail_naming_prompt_and_step(tiny_checkpoints):
+    tiny = tiny_checkpoints["llama"]  # untied embeddings
+    model = pj.load_model(tiny.path)
+    steps = 16
+    clean = [_hf_greedy(tiny.torch_model, p, steps, eos_token_id=VOCAB + 1) for p in PROMPTS]
+    # A token that row 1 produces at step i >= 2, that rows 0 and 1 never saw before: feeding it
+    # makes row 1's logits NaN at step i + 1; row 0 stays finite.
+    index, token = next((i, t) for i, t in enumerate(clean[1][:steps - 1]) if i >= 2
+                        and t not in PROMPTS[0] + clean[0] + PROMPTS[1] + clean[1][:i]
+                        and t != model.pad_id)
+    poisoned = _poisoned(model, token)
+    with pytest.raises(decode.NonFiniteError, match=(
+            f"prompt 1: the base model's logits contain NaN at decode step {index + 1} ")) as info:
+        pj.generate(poisoned, PROMPTS, max_new_tokens=steps, chunk_size=4, stop_tokens=[])
+    assert (info.value.prompt, info.value.step) == (1, index + 1)
+    # Found on the very last step too (after the host loop has ended).
+    with pytest.raises(decode.NonFiniteError, match=f"prompt 1: .* step {index + 1} "):
+        pj.generate(poisoned, PROMPTS, max_new_tokens=index + 2, chunk_size=4, stop_tokens=[])
+    # A prompt holding the token fails at step 0, in whichever batch it lands.
+    prompts = [*PROMPTS, [9, token, 9]]
+    with pytest.raises(decode.NonFiniteError, match="prompt 3: .* NaN at decode step 0 "):
+        pj.generate(poisoned, prompts, max_new_tokens=index, batch_size=2, stop_tokens=[])
+    # The rows that never meet the token decode as before.
+    assert pj.generate(poisoned, PROMPTS[:1], max_new_tokens=steps, stop_tokens=[])[0].tokens \
+        == clean[0]

@@ -4,16 +4,21 @@ import copy
 import dataclasses
 import json
 import math
+import re
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
+from conftest import VOCAB
+from test_generate import _hf_greedy, _poisoned
 
 import prosocial_jax as pj
-from prosocial_jax import decode, pblora
+from prosocial_jax import decode, guidance, pblora
 from prosocial_jax.guidance import GuidanceError, banned_arrays
+from prosocial_jax.models.tokenizer import encode_prompt
 
 PROMPTS = [[5, 17, 33, 8, 9, 60], [7, 3], [11, 12, 13, 14]]
 STEPS = 10
@@ -41,9 +46,11 @@ def _log_softmax(x):
                                                                                          keepdims=True))
 
 
-def _reference(base, reward, adapter, prompt, alpha, weight, tau, steps):
-    """Full forwards of both models on the whole sequence every step, the rule applied literally."""
-    ids, overrides, safe_sizes = list(prompt), 0, []
+def _reference_steps(base, reward, adapter, prompt, alpha, weight, tau, steps):
+    """Full forwards of both models on the whole sequence every step, the rule applied literally.
+    Per step: the token, whether the safety stage overrode the prosocial choice, the safe set's
+    size."""
+    ids, overridden, safe_sizes = list(prompt), [], []
     safety = pblora.one_hot(adapter.config, adapter.config.safety_attribute)
     for _ in range(steps):
         lp_b = _log_softmax(base.logits([ids])[0, -1])
@@ -51,10 +58,16 @@ def _reference(base, reward, adapter, prompt, alpha, weight, tau, steps):
         lp_s = _log_softmax(reward.logits([ids], adapter=adapter, preference=safety)[0, -1])
         safe = lp_s >= lp_s.max() - tau
         score = lp_b + weight * lp_r
-        overrides += int(not safe[np.argmax(score)])
+        overridden.append(not safe[np.argmax(score)])
         safe_sizes.append(int(safe.sum()))
         ids.append(int(np.argmax(np.where(safe, score, -np.inf))))
-    return ids[len(prompt):], overrides, float(np.mean(safe_sizes))
+    return ids[len(prompt):], overridden, safe_sizes
+
+
+def _reference(base, reward, adapter, prompt, alpha, weight, tau, steps):
+    tokens, overridden, safe_sizes = _reference_steps(base, reward, adapter, prompt, alpha,
+                                                      weight, tau, steps)
+    return tokens, sum(overridden), float(np.mean(safe_sizes))
 
 
 def test_zero_guidance_and_no_safety_equals_plain_decoding(models):
@@ -218,7 +231,8 @@ def test_generate_command_with_adapter_and_per_row_settings(tiny_chat, tmp_path,
              "guidance": 2.5, "safety_margin": 1.0},
             {"prompt": "Too short.", "preference": [1, 0]},
             {"prompt": "Negative.", "preference": "empathy=-1"},
-            {"prompt": "Zero.", "guidance": -2}]
+            {"prompt": "Zero.", "guidance": -2},
+            {"prompt": "Infinite.", "guidance": math.inf}]
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out.jsonl"
     code = cli.main(["generate", "--model", str(tiny_chat.path), "--prompts", str(prompts),
@@ -229,6 +243,7 @@ def test_generate_command_with_adapter_and_per_row_settings(tiny_chat, tmp_path,
     assert f"{prompts}:3: skipped: a preference needs 6 entries" in err
     assert f"{prompts}:4: skipped: preference entries must be finite and >= 0" in err
     assert f"{prompts}:5: skipped: guidance must be >= 0" in err
+    assert f"{prompts}:6: skipped: guidance must be finite, got inf" in err
     assert f"{prompts}:2: note: preference normalised to sum 1" in err
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["line"] for r in written] == [1, 2]
@@ -239,7 +254,125 @@ def test_generate_command_with_adapter_and_per_row_settings(tiny_chat, tmp_path,
     assert second["preference"]["empathy"] == second["preference"]["helpfulness"] == 0.5
     assert second["guidance"] == 2.5 and second["safety_margin"] == 1.0
     assert second["preference_normalised"]
-    assert all(r["safety_overrides"] >= 0 and r["mean_safe_set"] >= 1 for r in written)
+    # Tokens, overrides and safe-set sizes against the literal rule, row by row.
+    adapter = pj.load_adapter(adapter_dir, chat.config)
+    stops = set(decode.stop_token_ids(chat))
+    for row, alpha in ((first, [0, 0.4, 0.2, 0.1, 0.2, 0.1]), (second, [0, 0.5, 0, 0, 0, 0.5])):
+        ids = encode_prompt(chat.tokenizer, row["prompt"])
+        assert row["prompt_tokens"] == len(ids)
+        tokens, overridden, sizes = _reference_steps(chat, chat, adapter, ids, np.asarray(alpha),
+                                                     row["guidance"], row["safety_margin"], 4)
+        n = next((i + 1 for i, t in enumerate(tokens) if t in stops), 4)
+        assert row["tokens"] == tokens[:n]
+        assert row["safety_overrides"] == sum(overridden[:n])
+        assert row["mean_safe_set"] == pytest.approx(np.mean(sizes[:n]))
     assert cli.main(["generate", "--model", str(tiny_chat.path), "--prompts", str(prompts),
                      "--adapter", str(adapter_dir), "--preference", "empathy=1",
                      "--strict", "--quiet"]) == 2
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(guidance=math.inf), "row 0: guidance must be finite, got inf"),
+    (dict(guidance=[1.0, 2.0, -math.inf]), "row 2: guidance must be finite, got -inf"),
+    (dict(guidance=[1.0, math.nan, 1.0]), "row 1: guidance must be a number, got nan"),
+    (dict(guidance=1e39), "row 0: guidance = 1e+39 does not fit in float32"),
+    (dict(guidance=[0.5, -1.0, 1.0]), "row 1: guidance must be >= 0.0, got -1.0"),
+    (dict(safety_margin=math.nan), "row 0: safety_margin must be a number, got nan"),
+    (dict(safety_margin=[1.0, -1.0, math.inf]), "row 1: safety_margin must be >= 0.0, got -1.0"),
+    (dict(safety_margin=-math.inf), "row 0: safety_margin must be >= 0.0, got -inf"),
+    (dict(plausibility=1.5), "row 0: plausibility must be <= 1.0, got 1.5"),
+    (dict(plausibility=[0.1, 0.1, -0.1]), "row 2: plausibility must be >= 0.0, got -0.1"),
+    (dict(plausibility=math.nan), "row 0: plausibility must be a number, got nan"),
+    (dict(plausibility=math.inf), "row 0: plausibility must be finite, got inf"),
+])
+def test_bad_guidance_values_are_refused_at_entry(models, settings, message):
+    base, reward, adapter = models
+    with pytest.raises(GuidanceError, match=re.escape(message)):
+        pj.generate(base, PROMPTS, max_new_tokens=2, adapter=adapter, reward=reward,
+                    preference="empathy=1", **settings)
+
+
+def test_plausibility_one_keeps_only_the_base_models_favourite(models, tiny_checkpoints):
+    """p = 1 allows only the base's top token; with no safety stage that is plain greedy
+    decoding of the base, however strongly the Pv-Arm pulls (transformers as the oracle)."""
+    base, reward, adapter = models
+    out = pj.generate(base, PROMPTS, max_new_tokens=STEPS, stop_tokens=[], adapter=adapter,
+                      reward=reward, preference="empathy=1", guidance=5.0,
+                      safety_margin=math.inf, plausibility=1.0)
+    torch_base = tiny_checkpoints["llama"].torch_model
+    assert [r.tokens for r in out] == [_hf_greedy(torch_base, p, STEPS, eos_token_id=VOCAB + 1)
+                                       for p in PROMPTS]
+
+
+def _with_factor(adapter, factor, fn):
+    params = {target: {**factors, factor: fn(factors[factor])}
+              for target, factors in adapter.params.items()}
+    return pblora.Adapter(adapter.config, params)
+
+
+def test_non_finite_pv_arm_fails_naming_prompt_step_and_model(models):
+    base, reward, adapter = models
+    run = lambda a, **kw: pj.generate(base, PROMPTS, max_new_tokens=STEPS,  # noqa: E731
+                                      stop_tokens=[], adapter=a, reward=reward,
+                                      preference="empathy=1", **kw)
+    nan = _with_factor(adapter, "B1", lambda x: x.at[0, 0, 0].set(jnp.nan))
+    with pytest.raises(decode.NonFiniteError, match=re.escape(
+            "prompt 0: the Pv-Arm's logits under the row's preference (prosocial stage) contain "
+            "NaN at decode step 0 ")):
+        run(nan)
+    # A huge (finite) zeta row for the safety attribute: the safety one-hot overflows, while
+    # the user's alpha gives it weight 0, so only the safety stage breaks.
+    safety = adapter.config.safety_index
+    loud = _with_factor(adapter, "zeta", lambda x: x.at[:, safety].set(1e30))
+    with pytest.raises(decode.NonFiniteError,
+                       match=re.escape("prompt 0: the Pv-Arm's logits under the safety one-hot "
+                                       "(safety stage)")) as info:
+        run(loud)
+    assert info.value.step == 0
+    assert [r.tokens for r in run(loud, safety_stage=False)] == [
+        r.tokens for r in run(adapter, safety_stage=False)]
+
+
+def test_non_finite_pv_arm_backbone_at_a_later_step(models):
+    """A NaN embedding row in the Pv-Arm backbone: the step after a row emits that token, the
+    Pv-Arm's logits for that row are NaN. Expected row and step from the literal reference."""
+    base, reward, adapter = models
+    alpha, weight, tau = np.asarray([0, 1, 0, 0, 0, 0.0]), 1.0, 2.0
+    clean = [_reference(base, reward, adapter, p, alpha, weight, tau, STEPS)[0] for p in PROMPTS]
+    index, token = next((i, t) for i, t in enumerate(clean[2][:STEPS - 1]) if i >= 1
+                        and t not in PROMPTS[0] + clean[0] + PROMPTS[1] + clean[1]
+                        + PROMPTS[2] + clean[2][:i] and t != base.pad_id)
+    with pytest.raises(decode.NonFiniteError, match=re.escape(
+            f"prompt 2: the Pv-Arm's logits under the row's preference (prosocial stage) contain "
+            f"NaN at decode step {index + 1} ")):
+        pj.generate(base, PROMPTS, max_new_tokens=STEPS, stop_tokens=[], adapter=adapter,
+                    reward=_poisoned(reward, token), preference=alpha, guidance=weight,
+                    safety_margin=tau, chunk_size=4)
+
+
+def test_fault_record_on_hand_made_scores():
+    """Which distribution is blamed, by hand: row 0's guided score is -inf on its whole safe
+    set, row 1's base logits hold a NaN (blamed before the Pv-Arm's), row 2 is fine, row 3 is
+    broken but already done, row 4 failed at an earlier step (kept)."""
+    inf = np.inf
+    base = np.array([[0, 0, 0, 0], [0, np.nan, 0, 0], [0, 1, 2, 3], [np.nan] * 4, [0, 0, 0, 0]])
+    prosocial = np.array([[-inf, 0, 0, 0], [0, 0, np.nan, 0], [0, 0, 0, 0], [0, 0, 0, 0],
+                          [0, 0, 0, 0]])
+    safety = np.array([[5, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    settings = guidance.Guidance(jnp.ones((5, 6)) / 6, jnp.ones(5), jnp.ones(5),
+                                 jnp.full(5, -jnp.inf))
+    reward = jnp.asarray(np.concatenate([prosocial, safety]), jnp.float32)
+    scores, _, _ = guidance.guided_scores(jnp.asarray(base, jnp.float32), reward, settings,
+                                          None, 4)
+    state = types.SimpleNamespace(
+        step=jnp.int32(3), done_B=jnp.asarray([False, False, False, True, False]),
+        fault_step_B=jnp.asarray([-1, -1, -1, -1, 1]), fault_source_B=jnp.asarray([0, 0, 0, 0, 2]),
+        fault_value_B=jnp.asarray([0, 0, 0, 0, np.nan], jnp.float32))
+    faults = decode._record_faults(state, [
+        (0, decode._row_max(jnp.asarray(base, jnp.float32))), (1, decode._row_max(reward[:5])),
+        (2, decode._row_max(reward[5:])), (3, decode._row_max(scores))])
+    assert np.asarray(faults["fault_step_B"]).tolist() == [3, 3, -1, -1, 1]
+    assert np.asarray(faults["fault_source_B"]).tolist()[:2] == [3, 0]
+    assert np.asarray(faults["fault_source_B"])[4] == 2
+    value = np.asarray(faults["fault_value_B"])
+    assert value[0] == -np.inf and np.isnan(value[1]) and np.isnan(value[4])

@@ -73,14 +73,26 @@ def test_saved_smollm2_loads_in_transformers(smollm2, smollm2_torch, tmp_path):
     np.testing.assert_array_equal(np.asarray(again.logits(ids)), np.asarray(smollm2.logits(ids)))
 
 
-def test_gguf_loads_and_generates_without_torch():
+def test_gguf_loads_and_generates_without_torch(smollm2_torch):
+    import json
     import subprocess
     import sys
 
+    import torch
+
     script = ("import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
-              "import prosocial_jax as pj\n"
+              "import json, prosocial_jax as pj\n"
               "m = pj.load_model('bundled:smollm2')\n"
-              "print(pj.generate(m, ['Say hello.'], max_new_tokens=6)[0].completion_tokens)\n")
+              "messages = [{'role': 'user', 'content': 'Say hello.'}]\n"
+              "print(json.dumps(pj.generate(m, [messages], max_new_tokens=6)[0].tokens))\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True)
-    assert 0 < int(out.stdout.strip()) <= 6
+    # The same 6 greedy tokens as transformers' own GGUF loading produces.
+    torch_model, tokenizer = smollm2_torch
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Say hello."}],
+                                         add_generation_prompt=True, tokenize=False)
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        reference = torch_model.generate(ids, max_new_tokens=6, do_sample=False,
+                                         eos_token_id=2, pad_token_id=2)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == reference[0, ids.shape[1]:].tolist()
