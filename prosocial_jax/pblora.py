@@ -1,4 +1,4 @@
-"""PBLoRA: one preference-conditioned low-rank adapter for K attributes (DESIGN.md section 1.2).
+"""PBLoRA: one preference-conditioned low-rank adapter for K attributes (the paper's Pv-Arm).
 
 For every targeted linear layer W0 (out x in), stacked over layers:
 
@@ -127,7 +127,7 @@ def factor_shapes(model_config: ModelConfig, config: AdapterConfig,
 
 
 def init(model_config: ModelConfig, config: AdapterConfig, key: jax.Array) -> Adapter:
-    """Factors as DESIGN.md specifies: uniform A1, A2, W, zeta; B1 = B2 = 0 (float32)."""
+    """The reference initialisation: uniform A1, A2, W, zeta; B1 = B2 = 0 (float32)."""
     params = {}
     layers = model_config.num_layers
     for target, target_key in zip(config.target_modules,

@@ -1,4 +1,4 @@
-"""The autoregressive reward model (ARM) objective of Pv-Arm (DESIGN.md section 1.2).
+"""The autoregressive reward model (ARM) objective of Pv-Arm.
 
     r(x, y) = sum over response tokens t of log pi_r(y_t | x, y_<t)      (prompt, padding masked;
                                                                           the final EOS scored)

@@ -1,4 +1,4 @@
-"""Guided decoding: the DESIGN.md 1.3 rule, against a literal no-cache reference."""
+"""Guided decoding: the lexicographic safety rule, against a literal no-cache reference."""
 
 import copy
 import dataclasses
