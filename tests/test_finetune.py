@@ -1,4 +1,4 @@
-"""Supervised fine-tuning: the loss goes down, LoRA merges back, resumes are exact."""
+"""Supervised fine-tuning: the loss goes down, LoRA merges back (resume: test_training_runs.py)."""
 
 import dataclasses
 import json
@@ -75,22 +75,6 @@ def test_lora_finetune_merges_back(chat_model, sft_file, tmp_path):
                                   base_layers["attn"]["k_proj"]["weight"])
     np.testing.assert_array_equal(tuned.params["embed"]["embedding"],
                                   chat_model.params["embed"]["embedding"])
-
-
-def test_resume_after_interruption_is_exact(chat_model, sft_file, tmp_path):
-    examples, _ = data.load_sft(sft_file, chat_model.tokenizer, max_len=128)
-    settings = FinetuneSettings(steps=6, batch_size=4, learning_rate=1e-3, warmup_steps=2,
-                                checkpoint_every=2)
-    straight, _ = finetune(chat_model, examples, settings, tmp_path / "a", progress=False)
-    # Interrupted after step 3 (last checkpoint: step 2), then resumed to the end.
-    finetune(chat_model, examples, settings, tmp_path / "b", stop_after=3, progress=False)
-    resumed, history = finetune(chat_model, examples, settings, tmp_path / "b", progress=False)
-    assert [h["step"] for h in history] == [3, 4, 5, 6]
-    for a, b in zip(_leaves(straight.params), _leaves(resumed.params)):
-        np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="holds a run with different settings"):
-        finetune(chat_model, examples, FinetuneSettings(steps=7, batch_size=4), tmp_path / "b",
-                 progress=False)
 
 
 def test_bad_data(chat_model, tmp_path):
