@@ -252,16 +252,19 @@ def test_every_output_command_refuses_a_folder_of_other_files(work, tmp_path, ca
     assert _contents(target) == before
 
 
-@pytest.mark.parametrize("command", ["generate", "prompts", "harmful-data"])
+@pytest.mark.parametrize("command", ["generate", "prompts", "harmful-data", "compare"])
 def test_file_outputs_are_not_replaced_without_overwrite(work, tmp_path, capsys, command):
     target = tmp_path / "rows.jsonl"
     target.write_text("somebody's rows\n")
     TALLY["inputs"] += 1
     TALLY["bystander_bytes"] += target.stat().st_size
-    args = {"generate": ["generate", "--model", work["model"], "--prompt", "hi"],
-            "prompts": ["prompts"],
-            "harmful-data": ["harmful-data", "--model", work["model"]]}[command]
-    assert cli.main([*args, "--out", str(target)]) == 2
+    args = {"generate": ["generate", "--model", work["model"], "--prompt", "hi", "--out"],
+            "prompts": ["prompts", "--out"],
+            "harmful-data": ["harmful-data", "--model", work["model"], "--out"],
+            "compare": ["compare", "--direg", work["model"], "--adapter",
+                        _adapter(work, work["root"]), "--out", str(tmp_path / "report"),
+                        "--generations"]}[command]
+    assert cli.main([*args, str(target)]) == 2
     assert "pass --overwrite to replace it" in capsys.readouterr().err
     assert target.read_text() == "somebody's rows\n"
 

@@ -53,7 +53,7 @@ def test_preference_set_and_train_arm_commands(tiny_chat, tmp_path, capsys):
     assert (out / "evaluation.png").read_bytes()[:4] == b"\x89PNG"
     adapter = pj.load_adapter(out, pj.load_model(tiny_chat.path).config)
     assert adapter.config.r1 == 2 and adapter.config.safety_attribute == "harmlessness"
-    assert np.isfinite(np.asarray(adapter.params["q_proj"]["B1"])).all()
+    assert np.abs(np.asarray(adapter.params["q_proj"]["B1"])).max() > 0  # trained from B1 = 0
     before = (out / "adapter.safetensors").read_bytes()
     # Rerun into the same --out: refused without --overwrite, before any work.
     assert cli.main(args) == 2

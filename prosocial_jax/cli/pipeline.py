@@ -43,9 +43,11 @@ def _cmd_compare(args) -> int:
 
     import prosocial_jax as pj
     from prosocial_jax import compare, direg
-    from prosocial_jax.files import check_output_folder
+    from prosocial_jax.files import check_output_file, check_output_folder
 
     check_output_folder(args.out, "compare report", args.overwrite)  # before decoding
+    if args.generations is not None:  # the default, in the cache folder, is ours to replace
+        check_output_file(args.generations, args.overwrite)
     started = time.perf_counter()
     base = pj.load_model(args.base)
     models = {"base": base, "direg": pj.load_model(args.direg)}
