@@ -36,6 +36,7 @@ $(VENV)/.test: pyproject.toml $(VENV)/.runtime
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check prosocial_jax tests benchmarks configs
+	$(BIN)/lint-imports --no-cache  # the layering contract in pyproject.toml
 
 test: lint
 	$(BIN)/python -m pytest -q

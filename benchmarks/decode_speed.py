@@ -61,7 +61,7 @@ def write_results(path: Path | None, results: dict) -> None:
 
 
 def chat_prompts(count: int) -> list[list[dict]]:
-    from prosocial_jax import prompt_sets
+    from prosocial_jax.data import prompts as prompt_sets
 
     return [[{"role": "user", "content": p}] for p in prompt_sets.benign_prompts()[:count]]
 
@@ -94,7 +94,7 @@ def jax_worker(folder: Path) -> dict:
     import jax.numpy as jnp
 
     import prosocial_jax as pj
-    from prosocial_jax import decode
+    from prosocial_jax.decoding import decode
     from prosocial_jax.models.tokenizer import encode_prompt
 
     model = pj.load_model(folder, dtype="float32")

@@ -57,7 +57,7 @@ def random_adapter(model):
     import jax
     import jax.numpy as jnp
 
-    from prosocial_jax import pblora
+    from prosocial_jax.models import adapters as pblora
 
     adapter = pblora.init(model.config, pblora.AdapterConfig(), jax.random.key(0))
     rng = np.random.RandomState(0)
@@ -76,7 +76,7 @@ def jax_worker(folder: Path, adapter_dir: Path) -> dict:
     import jax
 
     import prosocial_jax as pj
-    from prosocial_jax import decode
+    from prosocial_jax.decoding import decode
     from prosocial_jax.models.tokenizer import encode_prompt
 
     base = pj.load_model(folder, dtype="float32")
@@ -173,7 +173,7 @@ def merged_reward(model, adapter, preference: np.ndarray):
     import jax
     import jax.numpy as jnp
 
-    from prosocial_jax import pblora
+    from prosocial_jax.models import adapters as pblora
 
     layers = jax.tree.map(np.array, model.params["layers"])
     for target, factors in adapter.params.items():

@@ -67,7 +67,7 @@ def jax_models():
 def worker_ours() -> dict:
     import jax
 
-    from prosocial_jax import harm
+    from prosocial_jax.direg import harm
 
     base, harmful = jax_models()
     model_bytes = sum(x.nbytes for x in jax.tree.leaves(base))

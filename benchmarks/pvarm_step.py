@@ -40,8 +40,9 @@ def worker(method: str) -> dict:
     import optax
 
     import prosocial_jax as pj
-    from prosocial_jax import pblora, reward
-    from prosocial_jax.pcgrad import pcgrad, per_attribute_gradients
+    from prosocial_jax.models import adapters as pblora
+    from prosocial_jax.pvarm import objective as reward
+    from prosocial_jax.pvarm.pcgrad import pcgrad, per_attribute_gradients
 
     model = pj.load_model("bundled:smollm2", dtype="float32")
     config = pblora.AdapterConfig()

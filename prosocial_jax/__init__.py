@@ -11,13 +11,13 @@ Public API (see README):
     tx = optax.chain(pj.pcgrad(num_attributes=6), optax.adamw(1e-3))
 """
 
-from prosocial_jax.decode import Generation, NonFiniteError, generate
-from prosocial_jax.guidance import GuidanceError
+from prosocial_jax.decoding.decode import Generation, NonFiniteError, generate
+from prosocial_jax.decoding.guidance import GuidanceError
+from prosocial_jax.models.adapters import Adapter, AdapterConfig, load_adapter, save_adapter
 from prosocial_jax.models.config import ConfigError, ModelConfig
 from prosocial_jax.models.hf import CheckpointError
 from prosocial_jax.models.model import Model, load_model, save_model
-from prosocial_jax.pblora import Adapter, AdapterConfig, load_adapter, save_adapter
-from prosocial_jax.pcgrad import pcgrad
+from prosocial_jax.pvarm.pcgrad import pcgrad
 
 __all__ = [
     "Adapter",

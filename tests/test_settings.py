@@ -2,9 +2,9 @@
 
 import pytest
 
-from prosocial_jax.finetune import FinetuneSettings
-from prosocial_jax.pblora import AdapterConfig, AdapterError
-from prosocial_jax.train import ArmSettings
+from prosocial_jax.direg.finetune import FinetuneSettings
+from prosocial_jax.models.adapters import AdapterConfig, AdapterError
+from prosocial_jax.pvarm.train import ArmSettings
 
 
 def test_lossless_conversions_only():

@@ -91,7 +91,7 @@ def add_overwrite_arg(parser: argparse.ArgumentParser, what: str) -> None:
 
 def check_out_and_checkpoints(out: Path, checkpoint_dir: Path) -> None:
     """--out is replaced as a whole when written: it must not hold the checkpoint folder."""
-    from prosocial_jax.checkpoints import check_checkpoint_folder
+    from prosocial_jax.training.checkpoints import check_checkpoint_folder
 
     check_checkpoint_folder(checkpoint_dir)
     out, checkpoints = out.resolve(), checkpoint_dir.resolve()

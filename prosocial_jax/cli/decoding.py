@@ -7,10 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from prosocial_jax import prompt_sets
 from prosocial_jax.cli.common import CONFIG_HELP, add_model_args, apply_config, require
+from prosocial_jax.data import prompts as prompt_sets
+from prosocial_jax.decoding.guidance import DEFAULT_SAFETY_MARGIN
 from prosocial_jax.files import check_output_file, write_jsonl
-from prosocial_jax.guidance import DEFAULT_SAFETY_MARGIN
 
 GENERATE_DEFAULTS = {"max_new_tokens": 128, "temperature": 0.0, "top_k": 0, "top_p": 1.0,
                      "seed": 0, "batch_size": 16, "system": None, "adapter": None,
@@ -201,7 +201,7 @@ def _guided_settings(args, model, rows):
     settings are bad (reported with their line numbers, then skipped)."""
     import numpy as np
 
-    from prosocial_jax.guidance import GuidanceError, per_row_values, row_preferences
+    from prosocial_jax.decoding.guidance import GuidanceError, per_row_values, row_preferences
 
     adapter, reward = _load_adapter_and_reward(args, model)
     kept, preferences, weights, margins, errors = [], [], [], [], []
@@ -241,7 +241,7 @@ def _cmd_prompts(args) -> int:
 def _cmd_memory(args) -> int:
     from prosocial_jax.models.config import ModelConfig
     from prosocial_jax.models.model import parse_dtype
-    from prosocial_jax.sharding import memory_report
+    from prosocial_jax.models.sharding import memory_report
 
     config = ModelConfig.from_json_file(args.model_config)
     report = memory_report(config, args.mesh, args.batch, args.max_len, parse_dtype(args.dtype))

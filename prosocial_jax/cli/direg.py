@@ -7,7 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from prosocial_jax import prompt_sets
 from prosocial_jax.cli.common import (
     CONFIG_HELP,
     add_model_args,
@@ -18,6 +17,7 @@ from prosocial_jax.cli.common import (
     require,
     write_report,
 )
+from prosocial_jax.data import prompts as prompt_sets
 
 
 def _harmful_data_parser(sub) -> None:
@@ -36,7 +36,7 @@ def _harmful_data_parser(sub) -> None:
 
 
 def _finetune_parser(sub) -> None:
-    from prosocial_jax.finetune import FinetuneSettings
+    from prosocial_jax.direg.finetune import FinetuneSettings
 
     p = sub.add_parser("finetune", help="supervised fine-tuning (full or LoRA, merged back)",
                        description="Fine-tunes on (prompt, response) rows through the chat "
@@ -86,7 +86,7 @@ def _harm_vector_parser(sub) -> None:
 
 def _cmd_harmful_data(args) -> int:
     import prosocial_jax as pj
-    from prosocial_jax import direg
+    from prosocial_jax.direg import edit as direg
     from prosocial_jax.files import check_output_file
 
     require(args, "model")
@@ -101,9 +101,9 @@ def _cmd_harmful_data(args) -> int:
 
 def _cmd_finetune(args) -> int:
     import prosocial_jax as pj
-    from prosocial_jax import data
+    from prosocial_jax.data import rows as data
+    from prosocial_jax.direg.finetune import FinetuneSettings, finetune, training_examples_summary
     from prosocial_jax.files import check_output_folder
-    from prosocial_jax.finetune import FinetuneSettings, finetune, training_examples_summary
 
     defaults = {f.name: f.default for f in dataclasses.fields(FinetuneSettings)}
     apply_config(args, args.config, "finetune", defaults,
@@ -134,7 +134,7 @@ def _cmd_finetune(args) -> int:
 
 def _cmd_harm_vector(args) -> int:
     import prosocial_jax as pj
-    from prosocial_jax import direg
+    from prosocial_jax.direg import edit as direg
     from prosocial_jax.files import check_output_folder
 
     top_ks, scales = floats(args.top_k, "top-k"), floats(args.scale, "scale")

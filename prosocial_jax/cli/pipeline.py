@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from prosocial_jax import prompt_sets
 from prosocial_jax.cli.common import add_overwrite_arg, write_report
-from prosocial_jax.guidance import DEFAULT_SAFETY_MARGIN
+from prosocial_jax.data import prompts as prompt_sets
+from prosocial_jax.decoding.guidance import DEFAULT_SAFETY_MARGIN
 
 
 def _compare_parser(sub) -> None:
@@ -42,7 +42,8 @@ def _cmd_compare(args) -> int:
     import time
 
     import prosocial_jax as pj
-    from prosocial_jax import compare, direg
+    from prosocial_jax.direg import edit as direg
+    from prosocial_jax.evaluation import compare
     from prosocial_jax.files import check_output_file, check_output_folder
 
     check_output_folder(args.out, "compare report", args.overwrite)  # before decoding

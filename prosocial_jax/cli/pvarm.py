@@ -37,8 +37,8 @@ def _preference_set_parser(sub) -> None:
 
 
 def _train_arm_parser(sub) -> None:
-    from prosocial_jax.pblora import AdapterConfig
-    from prosocial_jax.train import ArmSettings
+    from prosocial_jax.models.adapters import AdapterConfig
+    from prosocial_jax.pvarm.train import ArmSettings
 
     p = sub.add_parser("train-arm", help="train a Pv-Arm (PBLoRA reward adapter)",
                        description="Trains one preference-conditioned adapter for K attributes "
@@ -62,8 +62,9 @@ def _train_arm_parser(sub) -> None:
 
 def _cmd_preference_set(args) -> int:
     import prosocial_jax as pj
-    from prosocial_jax import demo_preferences, direg
+    from prosocial_jax.direg import edit as direg
     from prosocial_jax.files import check_output_folder
+    from prosocial_jax.pvarm import preference_set as demo_preferences
 
     require(args, "model")
     out = args.out or direg.cache_dir() / "pvarm" / "preferences"
@@ -79,8 +80,10 @@ def _cmd_preference_set(args) -> int:
 
 def _cmd_train_arm(args) -> int:
     import prosocial_jax as pj
-    from prosocial_jax import data, pblora, train
+    from prosocial_jax.data import rows as data
     from prosocial_jax.files import check_output_folder, write_output_folder
+    from prosocial_jax.models import adapters as pblora
+    from prosocial_jax.pvarm import train
 
     arm_defaults = {f.name: f.default for f in dataclasses.fields(train.ArmSettings)}
     adapter_fields = [f for f in dataclasses.fields(pblora.AdapterConfig)

@@ -16,7 +16,7 @@ from flax import struct
 
 from prosocial_jax.models.config import ModelConfig
 
-# Logical axis names of the cache arrays, resolved to mesh axes in prosocial_jax.sharding.
+# Logical axis names of the cache arrays, resolved to mesh axes in prosocial_jax.models.sharding.
 KV_LOGICAL_AXES = ("layers", "batch", "kv_heads", "seq", "head_dim")
 VALID_LOGICAL_AXES = ("batch", "seq")
 

@@ -21,7 +21,7 @@ import numpy as np
 from flax import linen as nn
 from flax import struct
 
-from prosocial_jax import pblora
+from prosocial_jax.models import adapters as pblora
 from prosocial_jax.models.cache import KVCache
 from prosocial_jax.models.config import ModelConfig
 

@@ -18,9 +18,9 @@ import ml_dtypes
 import numpy as np
 from jax.sharding import Mesh
 
-from prosocial_jax import pblora, sharding
 from prosocial_jax.files import write_output_folder
-from prosocial_jax.models import hf
+from prosocial_jax.models import adapters as pblora
+from prosocial_jax.models import hf, sharding
 from prosocial_jax.models.config import ModelConfig, token_ids
 from prosocial_jax.models.decoder import forward_logits
 from prosocial_jax.models.gguf import GGUFFile
@@ -87,8 +87,9 @@ class Model:
     def logits(self, token_ids, attention_mask=None, adapter=None, preference=None) -> jax.Array:
         """[B, T] ints -> [B, T, V] float32 logits. Padded rows (mask 0) get per-row positions.
 
-        With a PBLoRA `adapter` (see `prosocial_jax.pblora`), `preference` is one vector for all
-        rows ([K], a {name: weight} dict or "name=w,..." text) or one per row ([B, K]).
+        With a PBLoRA `adapter` (see `prosocial_jax.models.adapters`), `preference` is one
+        vector for all rows ([K], a {name: weight} dict or "name=w,..." text) or one per row
+        ([B, K]).
 
         Example: `m.logits(np.array([[1, 2, 3]]))[0, -1].argmax()`.
         """
@@ -226,7 +227,7 @@ def load_model(path: str | os.PathLike, dtype=None, mesh: Mesh | str | None = No
 
     `dtype=None` keeps the checkpoint's dtype (GGUF is dequantised to float32). `mesh` is a
     `jax.sharding.Mesh` or a shape such as "2x4"; parameters are then sharded by the rules in
-    `prosocial_jax.sharding`.
+    `prosocial_jax.models.sharding`.
 
     Example: `m = load_model("bundled:smollm2"); m.logits([[1, 2, 3]])`.
     """

@@ -1,0 +1,554 @@
+"""Batched, KV-cached decoding: a jitted `lax.scan` over chunks of steps, driven by a host loop.
+
+The host loop only reads two booleans per chunk ("is every row done?", "has any row failed?"),
+and it reads the flags of the chunk *before* the one it just dispatched, so the device never waits
+for the host. Sampling settings (temperature, top-k, top-p) are per-row traced arrays: changing
+them never recompiles. Prompts are left-padded; each row keeps its own rotary position while all
+rows share cache slots. Batch size (powers of two up to 32) and prompt length (multiples of 32)
+are bucketed so that new prompts rarely trigger a compile.
+
+Non-finite numbers are caught where they enter: at every step each active row's next-token
+distributions (base logits; with guidance also the Pv-Arm's two sets of logits and the guided
+score) must have a finite maximum, i.e. no NaN, no +inf, and not -inf everywhere. Otherwise the
+argmax silently picks token 0. The first failing step and model are kept per row in the decode
+state (one [B, V] max per distribution, no extra host sync) and `generate` raises
+`NonFiniteError` naming the prompt, the step and the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from prosocial_jax.decoding.guidance import (
+    DEFAULT_SAFETY_MARGIN,
+    GuidanceError,
+    GuideInputs,
+    GuideSpec,
+    guided_scores,
+    row_preferences,
+    shared_vocab_size,
+)
+from prosocial_jax.decoding.guidance import create as guidance_settings
+from prosocial_jax.models import sharding
+from prosocial_jax.models.adapters import Adapter, check_compatible
+from prosocial_jax.models.cache import KVCache
+from prosocial_jax.models.config import ModelConfig
+from prosocial_jax.models.decoder import forward_with_cache, positions_from_mask
+from prosocial_jax.models.model import Model
+from prosocial_jax.models.tokenizer import Messages, decode, encode_prompt
+
+PROMPT_BUCKET = 32  # prompt lengths are padded up to a multiple of this
+# Default batch sizes: a batch of n prompts is padded (rows that start done) up to the next of
+# these, so 3 and 4 prompts share one compiled program and 5 to 8 another.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
+
+# What produced a row's unusable next-token distribution (DecodeState.fault_source_B).
+FAULT_SOURCES = ("the base model's logits",
+                 "the Pv-Arm's logits under the row's preference (prosocial stage)",
+                 "the Pv-Arm's logits under the safety one-hot (safety stage)",
+                 "the guided score")
+_FAULT_HINTS = ("are the base model's weights finite?",
+                "are the adapter's factors and the Pv-Arm backbone's weights finite?",
+                "are the adapter's factors and the Pv-Arm backbone's weights finite?",
+                "no allowed token has a finite base + w x Pv-Arm score; check the guidance "
+                "weights")
+
+
+class NonFiniteError(ValueError):
+    """A model produced NaN / inf next-token scores while decoding (names prompt, step, model)."""
+
+    def __init__(self, message: str, prompt: int, step: int, source: str):
+        super().__init__(message)
+        self.prompt, self.step, self.source = prompt, step, source
+
+
+@struct.dataclass
+class SamplingParams:
+    """Per-row sampling settings (traced). temperature 0 = greedy; top_k 0 and top_p 1 = off."""
+
+    temperature_B: jax.Array
+    top_k_B: jax.Array
+    top_p_B: jax.Array
+
+    @classmethod
+    def create(cls, batch: int, temperature: float | Sequence[float] = 0.0,
+               top_k: int | Sequence[int] = 0, top_p: float | Sequence[float] = 1.0):
+        def per_row(value, dtype, name):
+            array = np.asarray(value, dtype)
+            if array.shape not in ((), (batch,)):
+                raise ValueError(f"{name}: expected a scalar or {batch} values, got shape "
+                                 f"{array.shape}")
+            return np.broadcast_to(array, (batch,)).copy()
+        temperature_B = per_row(temperature, np.float32, "temperature")
+        top_k_B = per_row(top_k, np.int32, "top_k")
+        top_p_B = per_row(top_p, np.float32, "top_p")
+        if (temperature_B < 0).any():
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if (top_k_B < 0).any():
+            raise ValueError(f"top_k must be >= 0, got {top_k}")
+        if ((top_p_B <= 0) | (top_p_B > 1)).any():
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        return cls(jnp.asarray(temperature_B), jnp.asarray(top_k_B), jnp.asarray(top_p_B))
+
+
+@struct.dataclass
+class DecodeState:
+    cache: KVCache
+    logits_BxV: jax.Array  # float32 logits for the next token of every row
+    positions_B: jax.Array  # rotary position of the next token of every row
+    tokens_BxN: jax.Array  # generated tokens; `pad_id` after a row is done
+    step: jax.Array  # int32 scalar: tokens generated so far
+    max_new_tokens: jax.Array  # int32 scalar
+    done_B: jax.Array
+    stopped_B: jax.Array  # done because a stop token was produced (vs. the length limit)
+    rng: jax.Array
+    # Guided decoding only (None otherwise): the Pv-Arm's own cache and next-token logits
+    # (B prosocial rows, then B safety rows), the rows' recent tokens (banned sequences), and
+    # per-row counts of safety overrides and of allowed-set sizes summed over steps.
+    reward_cache: KVCache | None = None
+    reward_logits_RxV: jax.Array | None = None
+    recent_BxH: jax.Array | None = None
+    overrides_B: jax.Array | None = None
+    allowed_total_B: jax.Array | None = None
+    # Per row: the first step whose next-token scores were unusable (-1: none yet), which of
+    # FAULT_SOURCES produced them, and that distribution's maximum (NaN, +inf or -inf).
+    fault_step_B: jax.Array | None = None
+    fault_source_B: jax.Array | None = None
+    fault_value_B: jax.Array | None = None
+
+
+def sample_tokens(logits_BxV: jax.Array, key: jax.Array, sampling: SamplingParams) -> jax.Array:
+    """Greedy where temperature is 0, else temperature / top-k / top-p sampling, per row.
+
+    Filters follow transformers' order (temperature, then top-k, then top-p on the renormalised
+    top-k distribution). The vocabulary sort needed for top-k/top-p only runs when some row
+    uses a filter.
+    """
+    greedy = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+
+    temperature = sampling.temperature_B
+    scaled = logits_BxV / jnp.where(temperature > 0, temperature, 1.0)[:, None]
+
+    def draw_unfiltered(_):
+        drawn = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+        return jnp.where(temperature > 0, drawn, greedy)
+
+    def draw(_):
+        vocab = logits_BxV.shape[-1]
+        sorted_desc = -jnp.sort(-scaled, axis=-1)
+        top_k = sampling.top_k_B
+        k = jnp.where((top_k > 0) & (top_k < vocab), top_k, vocab)
+        kth_value = jnp.take_along_axis(sorted_desc, (k - 1)[:, None], axis=-1)
+        in_top_k = jnp.arange(vocab)[None, :] < k[:, None]
+        probs = jax.nn.softmax(jnp.where(in_top_k, sorted_desc, -jnp.inf), axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        top_p = sampling.top_p_B[:, None]
+        keep = in_top_k & ((mass_before < top_p) | (top_p >= 1.0))
+        last_kept = jnp.maximum(jnp.sum(keep, axis=-1) - 1, 0)
+        threshold = jnp.take_along_axis(sorted_desc, last_kept[:, None], axis=-1)
+        threshold = jnp.maximum(threshold, kth_value)
+        filtered = jnp.where(scaled >= threshold, scaled, -jnp.inf)
+        drawn = jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+        return jnp.where(temperature > 0, drawn, greedy)
+
+    # Branches, cheapest first: all greedy; sampling without filters (no vocabulary sort);
+    # sampling with top-k / top-p filters (one sort of the vocabulary per row).
+    any_filter = jnp.any((sampling.top_k_B > 0) | (sampling.top_p_B < 1.0))
+    branch = jnp.where(jnp.any(temperature > 0), jnp.where(any_filter, 2, 1), 0)
+    return jax.lax.switch(branch, [lambda _: greedy, draw_unfiltered, draw], None)
+
+
+def _empty_cache(config: ModelConfig, params, batch: int, max_len: int,
+                 mesh: Mesh | None) -> KVCache:
+    cache = KVCache.zeros(config, batch, max_len, jax.tree.leaves(params)[0].dtype)
+    if mesh is not None:
+        cache = jax.lax.with_sharding_constraint(
+            cache, sharding.cache_shardings(config, cache, mesh))
+    return cache
+
+
+def _recent_tokens(tokens_BxT, mask_BxT, history: int) -> jax.Array:
+    """The last `history` prompt tokens per row; -2 (matches no banned prefix) before the prompt."""
+    recent = jnp.where(mask_BxT, tokens_BxT, -2)[:, -history:]
+    return jnp.pad(recent, ((0, 0), (history - recent.shape[1], 0)), constant_values=-2)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_len", "num_new", "mesh", "spec"))
+def prefill(config: ModelConfig, params, tokens_BxT, mask_BxT, rng, max_new_tokens,
+            guide: GuideInputs | None = None, *, max_len: int, num_new: int,
+            mesh: Mesh | None = None, spec: GuideSpec | None = None) -> DecodeState:
+    """Runs left-padded prompts through the model (and the Pv-Arm, when guided), filling fresh
+    caches of `max_len` slots."""
+    batch = tokens_BxT.shape[0]
+    cache = _empty_cache(config, params, batch, max_len, mesh)
+    positions = positions_from_mask(mask_BxT)
+    logits, (k, v) = forward_with_cache(config, params, tokens_BxT, positions, mask_BxT, None)
+    cache = cache.append(k, v, mask_BxT)
+    no_prompt = ~jnp.any(mask_BxT, axis=-1)  # padding rows of a partial batch
+    guided = {}
+    if spec is not None:
+        copies = 2 if spec.safety_stage else 1  # the safety rows see the same tokens
+        r_tokens, r_mask, r_positions = (jnp.tile(x, (copies, 1))
+                                         for x in (tokens_BxT, mask_BxT, positions))
+        reward_cache = _empty_cache(spec.reward_config, guide.reward_params, copies * batch,
+                                    max_len, mesh)
+        reward_logits, (rk, rv) = forward_with_cache(
+            spec.reward_config, guide.reward_params, r_tokens, r_positions, r_mask, None,
+            adapter_config=spec.adapter_config, adapter=guide.adapter_params,
+            preference_BxK=guide.reward_preferences(spec))
+        banned = guide.guidance.banned_prefix_SxH
+        guided = dict(reward_cache=reward_cache.append(rk, rv, r_mask),
+                      reward_logits_RxV=reward_logits,
+                      recent_BxH=None if banned is None else _recent_tokens(
+                          tokens_BxT, mask_BxT, banned.shape[-1]),
+                      overrides_B=jnp.zeros((batch,), jnp.int32),
+                      allowed_total_B=jnp.zeros((batch,), jnp.int32))
+    return DecodeState(
+        cache=cache,
+        logits_BxV=logits,
+        positions_B=jnp.sum(mask_BxT, axis=-1).astype(jnp.int32),
+        tokens_BxN=jnp.zeros((batch, num_new), jnp.int32),
+        step=jnp.zeros((), jnp.int32),
+        max_new_tokens=jnp.asarray(max_new_tokens, jnp.int32),
+        done_B=no_prompt,
+        stopped_B=jnp.zeros((batch,), bool),
+        rng=rng,
+        fault_step_B=jnp.full((batch,), -1, jnp.int32),
+        fault_source_B=jnp.zeros((batch,), jnp.int32),
+        fault_value_B=jnp.zeros((batch,), jnp.float32),
+        **guided,
+    )
+
+
+def _row_max(scores_NxV: jax.Array) -> jax.Array:
+    """Per-row maximum: not finite exactly when the row is unusable (max propagates NaN; a +inf
+    or an all -inf row breaks softmax and argmax too). One [N, V] reduction."""
+    return jnp.max(scores_NxV, axis=-1).astype(jnp.float32)
+
+
+def _record_faults(state: DecodeState, checked: Sequence[tuple[int, jax.Array]]) -> dict:
+    """Fault fields updated with this step's checks: (FAULT_SOURCES index, per-row maxima [B]
+    of that distribution, from `_row_max`). Rows already done are not checked (their scores
+    are never used; padding rows have none)."""
+    maxima = jnp.stack([m for _, m in checked])  # [C, B]
+    bad = ~jnp.isfinite(maxima)
+    first = jnp.argmax(bad, axis=0)  # the first failing distribution, in FAULT_SOURCES order
+    sources = jnp.asarray([source for source, _ in checked], jnp.int32)
+    new = jnp.any(bad, axis=0) & ~state.done_B & (state.fault_step_B < 0)
+    value = jnp.take_along_axis(maxima, first[None], axis=0)[0]
+    return dict(fault_step_B=jnp.where(new, state.step, state.fault_step_B),
+                fault_source_B=jnp.where(new, sources[first], state.fault_source_B),
+                fault_value_B=jnp.where(new, value, state.fault_value_B))
+
+
+def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: SamplingParams,
+                 stop_ids, pad_id, guide: GuideInputs | None, spec: GuideSpec | None
+                 ) -> DecodeState:
+    key = jax.random.fold_in(state.rng, state.step)
+    if spec is None:
+        scores = state.logits_BxV
+        checked = [(0, _row_max(scores))]
+    else:
+        scores, overridden, allowed = guided_scores(
+            state.logits_BxV, state.reward_logits_RxV, guide.guidance, state.recent_BxH,
+            spec.vocab)
+        # Raw logits, not log-probs: their maximum tells NaN, +inf and all -inf apart.
+        batch, reward = scores.shape[0], _row_max(state.reward_logits_RxV[:, :spec.vocab])
+        checked = [(0, _row_max(state.logits_BxV[:, :spec.vocab])), (1, reward[:batch])]
+        if spec.safety_stage:
+            checked.append((2, reward[batch:]))
+        checked.append((3, _row_max(scores)))
+    faults = _record_faults(state, checked)
+    token = sample_tokens(scores, key, sampling)
+    token = jnp.where(state.done_B, pad_id, token)
+    stopped = ~state.done_B & jnp.isin(token, stop_ids)
+    tokens = jax.lax.dynamic_update_slice(state.tokens_BxN, token[:, None], (0, state.step))
+    done = state.done_B | stopped | (state.step + 1 >= state.max_new_tokens)
+
+    # Rows already done before this step write masked slots that nobody attends to.
+    token_mask = ~state.done_B[:, None]
+    copies = 1 if spec is None or not spec.safety_stage else 2  # Pv-Arm rows per base row
+
+    def advance(_):
+        base = forward_with_cache(config, params, token[:, None], state.positions_B[:, None],
+                                  token_mask, state.cache)
+        if spec is None:
+            return base, None
+        reward = forward_with_cache(
+            spec.reward_config, guide.reward_params, jnp.tile(token[:, None], (copies, 1)),
+            jnp.tile(state.positions_B[:, None], (copies, 1)), jnp.tile(token_mask, (copies, 1)),
+            state.reward_cache, adapter_config=spec.adapter_config, adapter=guide.adapter_params,
+            preference_BxK=guide.reward_preferences(spec))
+        return base, reward
+
+    def skip(_):  # every row has finished: the rest of the chunk costs nothing
+        shapes = jax.eval_shape(advance, None)
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+        keep_logits = (state.logits_BxV, zeros[0][1])
+        if spec is None:
+            return keep_logits, None
+        return keep_logits, (state.reward_logits_RxV, zeros[1][1])
+
+    # The caches are only read inside the cond and written after it, so XLA needn't copy them.
+    (logits, (k, v)), reward = jax.lax.cond(jnp.all(done), skip, advance, None)
+    new = dict(cache=state.cache.append(k, v, token_mask), logits_BxV=logits,
+               positions_B=state.positions_B + 1, tokens_BxN=tokens, step=state.step + 1,
+               done_B=done, stopped_B=state.stopped_B | stopped, **faults)
+    if spec is not None:
+        reward_logits, (rk, rv) = reward
+        active = ~state.done_B
+        new.update(
+            reward_cache=state.reward_cache.append(rk, rv, jnp.tile(token_mask, (copies, 1))),
+            reward_logits_RxV=reward_logits,
+            recent_BxH=None if state.recent_BxH is None else jnp.concatenate(
+                [state.recent_BxH[:, 1:], token[:, None]], axis=1),
+            overrides_B=state.overrides_B + (overridden & active),
+            allowed_total_B=state.allowed_total_B + jnp.where(active, allowed, 0))
+    return state.replace(**new)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "num_steps", "spec"),
+                   donate_argnames=("state",))
+def decode_chunk(config: ModelConfig, params, state: DecodeState, sampling: SamplingParams,
+                 stop_ids, pad_id, guide: GuideInputs | None = None, *, num_steps: int,
+                 spec: GuideSpec | None = None) -> tuple[DecodeState, jax.Array]:
+    """`num_steps` decode steps in one compiled scan; returns the state and the host's flags
+    [all rows done, some row's scores turned non-finite]."""
+    def body(carry, _):
+        return _decode_step(config, params, carry, sampling, stop_ids, pad_id, guide, spec), None
+
+    state, _ = jax.lax.scan(body, state, None, length=num_steps)
+    return state, jnp.stack([jnp.all(state.done_B), jnp.any(state.fault_step_B >= 0)])
+
+
+@dataclasses.dataclass
+class Generation:
+    """One decoded row."""
+
+    prompt: Any
+    text: str | None
+    tokens: list[int]
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (a stop token was produced) or "length"
+    # Guided decoding only: the row's normalised preference (and whether normalising changed
+    # it), the steps at which the safety stage removed the token the prosocial score would
+    # have picked, and the mean size of the allowed (safe) set over the row's steps.
+    preference: list[float] | None = None
+    preference_normalised: bool = False
+    safety_overrides: int | None = None
+    mean_safe_set: float | None = None
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return max(multiple, math.ceil(value / multiple) * multiple)
+
+
+def stop_token_ids(model: Model) -> list[int]:
+    ids = set(model.config.eos_token_ids)
+    if model.tokenizer is not None and model.tokenizer.eos_token_id is not None:
+        ids.add(int(model.tokenizer.eos_token_id))
+    return sorted(ids)
+
+
+def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
+             max_new_tokens: int = 128, temperature: float | Sequence[float] = 0.0,
+             top_k: int | Sequence[int] = 0, top_p: float | Sequence[float] = 1.0,
+             seed: int = 0, batch_size: int | None = None, chunk_size: int = 16,
+             use_chat_template: bool | None = None, system: str | None = None,
+             stop_tokens: Sequence[int] | None = None, progress: bool = False,
+             adapter: Adapter | None = None, reward: Model | None = None, preference=None,
+             preferences: Sequence | None = None, guidance: float | Sequence[float] = 1.0,
+             safety_margin: float | Sequence[float] = DEFAULT_SAFETY_MARGIN,
+             plausibility: float | Sequence[float] = 0.0,
+             banned_sequences: Sequence[Sequence[int]] | None = None,
+             safety_stage: bool = True) -> list[Generation]:
+    """Decodes every prompt (a string, chat messages, or token ids) and returns `Generation`s.
+
+    Greedy by default (temperature 0). Per-row sampling settings may be sequences, one per prompt.
+    With an instruct model the chat template is applied (`use_chat_template=None` decides by
+    whether the tokenizer has one). Same seed, same prompts and batch size: same output.
+    `batch_size=None` pads each batch to the next of BATCH_BUCKETS (at most 32 prompts per
+    batch; padding rows cost compute, and greedy tokens do not depend on them), rounded up to a
+    multiple of the mesh's "data" axis. A NaN / inf next-token distribution raises
+    `NonFiniteError` naming the prompt, the step and the model.
+
+    Guided decoding (ProSocialAlign, see `prosocial_jax.decoding.guidance`): pass a Pv-Arm `adapter`
+    (its backbone is `reward`, by default `model` itself; both must share the tokenizer), a
+    `preference` for every row (numbers in the adapter's attribute order, a {name: weight}
+    mapping or text like "empathy=0.5,helpfulness=0.5") and/or `preferences`, one per row
+    (None entries fall back to `preference`), the guidance weight w and the safety margin tau
+    (scalars or one per row; tau = inf disables the safety stage for that row). None of these
+    recompile when they change. `safety_stage=False` compiles the Pv-Arm forward for the
+    prosocial rows only (half its cost; tau is then ignored).
+
+    Example: `generate(pj.load_model("bundled:smollm2"), ["Hi!"], max_new_tokens=16)[0].text`.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not prompts:
+        return []
+    encoded = [list(p) if _is_token_ids(p) else encode_prompt(model.tokenizer, p,
+                                                              use_chat_template, system)
+               for p in prompts]
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise ValueError(f"prompt {i} is empty after tokenisation")
+    n = len(encoded)
+    if batch_size is None:  # a bucket, so that a new number of prompts rarely compiles
+        batch_size = next(b for b in BATCH_BUCKETS if b >= min(n, BATCH_BUCKETS[-1]))
+    elif batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if model.mesh is not None:  # rows must split evenly over the "data" axis
+        batch_size = _round_up(batch_size, model.mesh.shape["data"])
+    sampling_rows = SamplingParams.create(n, temperature, top_k, top_p)  # validates per row
+    spec = guide_rows = normalised = None
+    if adapter is not None:
+        spec, guide_rows, normalised = _guide(model, reward or model, adapter, n, preference,
+                                              preferences, guidance, safety_margin,
+                                              plausibility, banned_sequences, safety_stage)
+        alpha_rows = np.asarray(guide_rows.guidance.preference_BxK)  # for the results
+    elif reward is not None or preference is not None or preferences is not None:
+        raise GuidanceError("guided decoding needs a Pv-Arm adapter (adapter=...)")
+    stops = jnp.asarray(stop_tokens if stop_tokens is not None else stop_token_ids(model),
+                        jnp.int32)
+    if stops.size == 0:
+        stops = jnp.asarray([-1], jnp.int32)  # no stop token: rows end at max_new_tokens
+    pad_id = model.pad_id
+    chunk_size = max(1, min(chunk_size, max_new_tokens))
+    num_new = _round_up(max_new_tokens, chunk_size)
+    results: list[Generation] = []
+    # Counts decode steps times rows (an upper bound on tokens: rows may stop early).
+    bar = tqdm(total=n * max_new_tokens, desc="generate", unit="tok", disable=not progress)
+    for start in range(0, n, batch_size):
+        rows = list(range(start, min(start + batch_size, n)))
+        take = functools.partial(_take_rows, rows=np.asarray(rows), size=batch_size)
+        guide = None if spec is None else guide_rows.replace(
+            guidance=guide_rows.guidance.map_rows(take))
+        batch = _generate_batch(
+            model, rows, [prompts[i] for i in rows], [encoded[i] for i in rows], batch_size,
+            jax.tree.map(take, sampling_rows), stops, pad_id, max_new_tokens, num_new,
+            chunk_size, jax.random.fold_in(jax.random.key(seed), start), bar, guide, spec)
+        if spec is not None:
+            for result, row in zip(batch, rows):
+                result.preference = alpha_rows[row].tolist()
+                result.preference_normalised = normalised[row]
+        results += batch
+        bar.update((start + len(rows)) * max_new_tokens - bar.n)  # rows that stopped early
+    bar.close()
+    return results
+
+
+def _take_rows(x: jax.Array, rows: np.ndarray, size: int) -> jax.Array:
+    """Per-row settings of one batch, padded with the first row's to the batch size (padding
+    rows of a partial batch start out done)."""
+    picked = x[rows]
+    return jnp.concatenate([picked, jnp.repeat(picked[:1], size - len(rows), axis=0)], axis=0)
+
+
+def _guide(model: Model, reward: Model, adapter: Adapter, rows: int, preference, preferences,
+           weight, safety_margin, plausibility, banned, safety_stage):
+    """Checks that base, Pv-Arm backbone and adapter fit together; per-row guidance settings."""
+    check_compatible(adapter, reward.config)
+    if (model.mesh is None) != (reward.mesh is None) or (
+            model.mesh is not None and model.mesh.shape != reward.mesh.shape):
+        raise GuidanceError("load the base model and the Pv-Arm backbone on the same mesh "
+                            f"(got {model.mesh and dict(model.mesh.shape)} and "
+                            f"{reward.mesh and dict(reward.mesh.shape)})")
+    vocab = shared_vocab_size(model, reward)
+    if preferences is not None and len(preferences) != rows:
+        raise GuidanceError(f"preferences: expected one per prompt ({rows}), got "
+                            f"{len(preferences)}")
+    alpha, normalised = row_preferences(adapter, preference, rows, preferences)
+    settings = guidance_settings(adapter, alpha, weight, safety_margin, plausibility, banned)
+    spec = GuideSpec(reward.config, adapter.config, vocab, safety_stage)
+    return spec, GuideInputs(reward.params, adapter.params, settings), normalised
+
+
+def _generate_batch(model, rows, prompts, encoded, batch_size, sampling, stops, pad_id,
+                    max_new_tokens, num_new, chunk_size, rng, bar, guide=None,
+                    spec=None) -> list[Generation]:
+    """Decodes one batch; `rows` are the prompts' indices in the whole call (for errors)."""
+    config = model.config
+    longest = max(len(ids) for ids in encoded)
+    prompt_len = _round_up(longest, PROMPT_BUCKET)
+    max_len = prompt_len + num_new
+    if longest + max_new_tokens > config.max_position_embeddings:
+        raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the "
+                         f"model's context of {config.max_position_embeddings}")
+    tokens = np.full((batch_size, prompt_len), pad_id, np.int32)
+    mask = np.zeros((batch_size, prompt_len), bool)
+    for row, ids in enumerate(encoded):  # left padding: every row ends at the last slot
+        tokens[row, prompt_len - len(ids):] = ids
+        mask[row, prompt_len - len(ids):] = True
+    tokens_j, mask_j = jnp.asarray(tokens), jnp.asarray(mask)
+    if model.mesh is not None:
+        tokens_j = jax.device_put(tokens_j, sharding.batch_sharding(model.mesh, tokens.shape))
+        mask_j = jax.device_put(mask_j, sharding.batch_sharding(model.mesh, mask.shape))
+    state = prefill(config, model.params, tokens_j, mask_j, rng, max_new_tokens, guide,
+                    max_len=max_len, num_new=num_new, mesh=model.mesh, spec=spec)
+    previous_flags = None
+    for chunk in range(num_new // chunk_size):
+        state, flags = decode_chunk(config, model.params, state, sampling, stops, pad_id,
+                                    guide, num_steps=chunk_size, spec=spec)
+        # Look one chunk behind: reading this chunk's flags now would stall the dispatch queue.
+        if previous_flags is not None and np.asarray(previous_flags).any():
+            break  # all rows done, or a fault (raised below)
+        previous_flags = flags
+        bar.update(len(prompts) * min(chunk_size, max_new_tokens - chunk * chunk_size))
+
+    _raise_on_fault(state, rows)
+    generated = np.asarray(state.tokens_BxN)
+    stopped = np.asarray(state.stopped_B)
+    if spec is not None:
+        overrides, allowed_total = np.asarray(state.overrides_B), np.asarray(state.allowed_total_B)
+    out = []
+    for row, (prompt, ids) in enumerate(zip(prompts, encoded)):
+        row_tokens = generated[row, :max_new_tokens].tolist()
+        if stopped[row]:
+            stop_at = next(i for i, t in enumerate(row_tokens) if t in set(stops.tolist()))
+            row_tokens = row_tokens[: stop_at + 1]
+        text = decode(model.tokenizer, row_tokens) if model.tokenizer is not None else None
+        result = Generation(prompt=prompt, text=text, tokens=row_tokens, prompt_tokens=len(ids),
+                            completion_tokens=len(row_tokens),
+                            finish_reason="stop" if stopped[row] else "length")
+        if spec is not None:
+            result.safety_overrides = int(overrides[row])
+            result.mean_safe_set = float(allowed_total[row]) / max(len(row_tokens), 1)
+        out.append(result)
+    return out
+
+
+def _raise_on_fault(state: DecodeState, rows: Sequence[int]) -> None:
+    """NonFiniteError for the first row (in prompt order) whose scores turned non-finite."""
+    steps = np.asarray(state.fault_step_B)[:len(rows)]
+    faulty = np.flatnonzero(steps >= 0)
+    if not faulty.size:
+        return
+    row = int(faulty[0])
+    source = int(np.asarray(state.fault_source_B)[row])
+    value = float(np.asarray(state.fault_value_B)[row])
+    what = ("contain NaN" if math.isnan(value) else "contain +inf" if value > 0
+            else "are -inf for every token")
+    step = int(steps[row])
+    others = (f" (and {faulty.size - 1} later row{'s' if faulty.size > 2 else ''} of this batch)"
+              if faulty.size > 1 else "")
+    raise NonFiniteError(
+        f"prompt {rows[row]}: {FAULT_SOURCES[source]} {what} at decode step {step} (new token "
+        f"{step + 1}){others}; {_FAULT_HINTS[source]}", rows[row], step, FAULT_SOURCES[source])
+
+
+def _is_token_ids(prompt) -> bool:
+    return (not isinstance(prompt, str) and len(prompt) > 0
+            and all(isinstance(t, int | np.integer) for t in prompt))

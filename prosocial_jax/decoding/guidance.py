@@ -1,0 +1,262 @@
+"""The guided-decoding rule: safety first (a hard constraint), then the user's preferences.
+
+At each step, with the base model's logits and the Pv-Arm's log-probs under two preferences
+(the user's alpha and the one-hot of the adapter's safety attribute):
+
+1. safe set S = {y : lp_s(y) >= max lp_s - tau}; optionally minus banned token sequences and
+   tokens below a plausibility floor of the base model (if the floor would empty S it is
+   dropped: the safety constraint outranks plausibility). tau = inf disables the safety stage.
+2. score(y) = lp_b(y) + w * lp_r(y | alpha) on S, -inf elsewhere.
+3. pick: greedy argmax, or sample softmax(score / T) with optional top-k / top-p
+   (`decode.sample_tokens`). T = 1 samples the product distribution pi_b * pi_r^w exactly.
+
+Everything per row is a traced array, so changing preferences, strengths or margins never
+recompiles. The base model's raw logits stand in for lp_b: they differ by a per-row constant,
+which changes neither the argmax, nor any sampled distribution, nor the plausibility test, and
+keeps w = 0, tau = inf bit-identical to plain decoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from prosocial_jax.models.adapters import Adapter, AdapterConfig, AdapterError, resolve_preference
+from prosocial_jax.models.config import ModelConfig
+from prosocial_jax.models.model import Model
+
+NEG_INF = -jnp.inf
+# tau in nats: a token stays in the safe set while the safety stage rates it at least e^-2
+# (13.5%) as likely as its favourite. On SmolLM2 with the demo Pv-Arm (`make guided-sweep`, DiReg
+# + Pv-Arm, 16 HarmBench test behaviours) tau = 1 / 2 / 3 refuses 56% / 31% / 25% (0% unguided)
+# with the same over-refusal, but at tau = 1 the hard stage overrides 6.6% of the choices and
+# the text turns repetitive: 2 is where safety and fluency meet.
+DEFAULT_SAFETY_MARGIN = 2.0
+
+
+class GuidanceError(ValueError):
+    """Bad guidance settings (preference, strength, margin) or models that cannot be paired."""
+
+
+@struct.dataclass
+class Guidance:
+    """Per-row guidance settings: all traced."""
+
+    preference_BxK: jax.Array  # the user's alpha, normalised (prosocial stage)
+    weight_B: jax.Array  # w: how strongly the Pv-Arm steers (0 = base model only)
+    safety_margin_B: jax.Array  # tau: inf disables the safety stage for the row
+    log_floor_B: jax.Array  # plausibility: keep y with lp_b(y) >= max lp_b + log_floor
+    # Banned token sequences, right-aligned: the last token of sequence s is removed when the
+    # row's most recent tokens equal its prefix (-1 entries of the prefix match anything).
+    # None when there are none: then no step spends anything on them.
+    banned_prefix_SxH: jax.Array | None = None
+    banned_last_S: jax.Array | None = None
+
+    def map_rows(self, fn) -> Guidance:
+        """`fn` applied to every per-row array (not to the shared banned sequences)."""
+        return self.replace(preference_BxK=fn(self.preference_BxK), weight_B=fn(self.weight_B),
+                            safety_margin_B=fn(self.safety_margin_B),
+                            log_floor_B=fn(self.log_floor_B))
+
+
+def banned_arrays(sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Right-aligned prefix matrix [S, H] (-1 = any token) and last tokens [S]."""
+    sequences = [list(map(int, s)) for s in sequences]
+    if any(not s for s in sequences):
+        raise GuidanceError("a banned token sequence must not be empty")
+    history = max([len(s) - 1 for s in sequences] + [1])
+    prefix = np.full((len(sequences), history), -1, np.int32)
+    last = np.zeros((len(sequences),), np.int32)
+    for row, seq in enumerate(sequences):
+        if len(seq) > 1:
+            prefix[row, history - len(seq) + 1:] = seq[:-1]
+        last[row] = seq[-1]
+    return prefix, last
+
+
+def row_preferences(adapter: Adapter, preference, rows: int,
+                    per_row: Sequence | None = None) -> tuple[np.ndarray, list[bool]]:
+    """[rows, K] normalised preferences and, per row, whether normalising changed it.
+
+    `preference` is the default for every row (numbers in the adapter's attribute order, a
+    {name: weight} mapping, or text); `per_row[i]`, if not None, replaces it for row i. Errors
+    name the row.
+    """
+    out = np.zeros((rows, adapter.config.num_attributes), np.float32)
+    normalised = []
+    for row in range(rows):
+        value = per_row[row] if per_row is not None and per_row[row] is not None else preference
+        if value is None:
+            raise GuidanceError(f"row {row}: no preference vector (give one for every row, or "
+                                f"a default)")
+        try:
+            vector, changed = resolve_preference(adapter.config, value)
+        except AdapterError as error:
+            raise GuidanceError(f"row {row}: {error}") from None
+        if vector.ndim != 1:
+            raise GuidanceError(f"row {row}: expected one preference vector, got shape "
+                                f"{vector.shape}")
+        out[row], _ = vector, normalised.append(changed)
+    return out, normalised
+
+
+# Per-row settings for which +inf means something: tau = inf switches the safety stage off for
+# the row. Anywhere else an infinity turns the row's scores into inf - inf = NaN (guidance = inf
+# made every step pick token 0), so it is refused at entry.
+INFINITY_ALLOWED = frozenset({"safety_margin"})
+
+
+def per_row_values(value, rows: int, name: str, minimum: float | None = None,
+                   maximum: float | None = None, allow_inf: bool | None = None) -> np.ndarray:
+    """A scalar or one value per row, as float32 [rows], checked per row: not NaN, finite
+    (unless `allow_inf`; None: only for the settings in INFINITY_ALLOWED), within
+    [minimum, maximum]. Errors name the row and the value."""
+    array = np.asarray(value, np.float64)
+    if array.shape not in ((), (rows,)):
+        raise GuidanceError(f"{name}: expected a scalar or {rows} values, got shape {array.shape}")
+    array = np.broadcast_to(array, (rows,))
+    allow_inf = name in INFINITY_ALLOWED if allow_inf is None else allow_inf
+    with np.errstate(over="ignore"):
+        narrow = array.astype(np.float32)
+    for row, (wide, value32) in enumerate(zip(array.tolist(), narrow.tolist())):
+        if math.isnan(wide):
+            raise GuidanceError(f"row {row}: {name} must be a number, got nan")
+        if math.isinf(wide) and not allow_inf:
+            raise GuidanceError(f"row {row}: {name} must be finite, got {wide}")
+        if minimum is not None and wide < minimum:
+            raise GuidanceError(f"row {row}: {name} must be >= {minimum}, got {wide}")
+        if maximum is not None and wide > maximum:
+            raise GuidanceError(f"row {row}: {name} must be <= {maximum}, got {wide}")
+        if math.isinf(value32) and not math.isinf(wide):
+            raise GuidanceError(f"row {row}: {name} = {wide} does not fit in float32")
+    return narrow.copy()
+
+
+def create(adapter: Adapter, preference_BxK: np.ndarray, weight, safety_margin,
+           plausibility=0.0, banned: Sequence[Sequence[int]] | None = None) -> Guidance:
+    """Validated per-row guidance. `plausibility` p in [0, 1] keeps tokens whose base
+    probability is at least p times the base's most likely token's (0 = off, 1 = only the
+    base's favourite). Guidance w must be finite and >= 0; tau >= 0, inf allowed (no safety
+    stage for the row)."""
+    rows = preference_BxK.shape[0]
+    weight_B = per_row_values(weight, rows, "guidance", minimum=0.0)
+    margin_B = per_row_values(safety_margin, rows, "safety_margin", minimum=0.0)
+    floor_B = per_row_values(plausibility, rows, "plausibility", minimum=0.0, maximum=1.0)
+    with np.errstate(divide="ignore"):
+        log_floor_B = np.log(floor_B)  # log 0 = -inf: no floor
+    guidance = Guidance(jnp.asarray(preference_BxK), jnp.asarray(weight_B),
+                        jnp.asarray(margin_B), jnp.asarray(log_floor_B.astype(np.float32)))
+    if banned:
+        prefix, last = banned_arrays(banned)
+        guidance = guidance.replace(banned_prefix_SxH=jnp.asarray(prefix),
+                                    banned_last_S=jnp.asarray(last))
+    return guidance
+
+
+def shared_vocab_size(base: Model, reward: Model) -> int:
+    """The vocabulary both models can emit; an error when their tokenizers differ.
+
+    Embedding matrices are often padded past the tokenizer (e.g. Qwen2.5: 151,936 rows for
+    151,665 tokens); those trailing rows are not tokens and are excluded, not an error.
+    """
+    vb, vr = base.config.vocab_size, reward.config.vocab_size
+    tb, tr = base.tokenizer, reward.tokenizer
+    if tb is not None and tr is not None:
+        if len(tb) != len(tr) or tb.get_vocab() != tr.get_vocab():
+            raise GuidanceError(
+                f"the base model ({base.source}) and the Pv-Arm backbone ({reward.source}) have "
+                f"different tokenizers ({len(tb)} vs {len(tr)} tokens): guided decoding adds "
+                f"their log-probs token by token, so they must share one vocabulary")
+        tokens = len(tb)
+        if tokens > min(vb, vr):
+            raise GuidanceError(f"the tokenizer has {tokens} tokens but an embedding matrix has "
+                                f"only {min(vb, vr)} rows (base {vb}, Pv-Arm {vr})")
+        return tokens
+    if vb != vr:
+        raise GuidanceError(f"vocabulary sizes differ: base {vb} ({base.source}) vs Pv-Arm "
+                            f"backbone {vr} ({reward.source}), and without tokenizers the "
+                            f"shared tokens cannot be checked")
+    return vb
+
+
+def recent_matches(recent_BxH: jax.Array, guidance: Guidance) -> jax.Array:
+    """[B, S]: which banned sequences' prefixes end the row's recent tokens."""
+    prefix = guidance.banned_prefix_SxH[None]
+    history = prefix.shape[-1]
+    recent = recent_BxH[:, None, -history:]
+    return jnp.all((prefix < 0) | (prefix == recent), axis=-1)
+
+
+def guided_scores(base_logits_BxV: jax.Array, reward_logits_RxV: jax.Array, guidance: Guidance,
+                  recent_BxH: jax.Array, vocab: int):
+    """Scores over `vocab` tokens (-inf outside the allowed set) and per-row statistics.
+
+    `recent_BxH` (None without banned sequences) holds each row's latest tokens.
+    `reward_logits_RxV` holds B prosocial rows, then (when the safety stage runs) B safety rows.
+    Returns (scores [B, vocab], safety override [B] bool, allowed-set size [B] int32).
+    """
+    batch = base_logits_BxV.shape[0]
+    base = base_logits_BxV[:, :vocab].astype(jnp.float32)
+    reward = jax.nn.log_softmax(reward_logits_RxV[:, :vocab].astype(jnp.float32), axis=-1)
+    prosocial = reward[:batch]
+    weight = guidance.weight_B[:, None]
+    steer = jnp.where(weight > 0, weight * prosocial, 0.0)  # 0 * -inf would be NaN
+    unconstrained = base + steer
+
+    if reward.shape[0] == 2 * batch:  # the safety stage
+        safety = reward[batch:]
+        margin = guidance.safety_margin_B[:, None]
+        safe = safety >= jnp.max(safety, axis=-1, keepdims=True) - margin
+    else:
+        safe = jnp.ones_like(base, dtype=bool)
+    allowed = safe
+    if guidance.banned_last_S is not None:
+        last = guidance.banned_last_S
+        hits = (recent_matches(recent_BxH, guidance) & (last[None] < vocab)).astype(jnp.int32)
+        banned = jnp.zeros(safe.shape, jnp.int32).at[
+            jnp.arange(batch)[:, None], jnp.clip(last, 0, vocab - 1)[None]].max(hits) > 0
+        allowed = safe & ~banned
+        allowed = jnp.where(jnp.any(allowed, axis=-1, keepdims=True), allowed, safe)
+    plausible = base >= (jnp.max(base, axis=-1, keepdims=True) + guidance.log_floor_B[:, None])
+    with_floor = allowed & plausible
+    allowed = jnp.where(jnp.any(with_floor, axis=-1, keepdims=True), with_floor, allowed)
+
+    scores = jnp.where(allowed, unconstrained, NEG_INF)
+    favourite = jnp.argmax(unconstrained, axis=-1)
+    overridden = ~jnp.take_along_axis(safe, favourite[:, None], axis=-1)[:, 0]
+    return scores, overridden, jnp.sum(allowed, axis=-1, dtype=jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class GuideSpec:
+    """The static half of guided decoding (part of the compiled program's identity)."""
+
+    reward_config: ModelConfig
+    adapter_config: AdapterConfig
+    vocab: int  # tokens both models can emit
+    safety_stage: bool  # False: the Pv-Arm runs on B rows (prosocial only), tau is ignored
+
+
+@struct.dataclass
+class GuideInputs:
+    """The traced half: the Pv-Arm backbone's weights, the adapter's factors, the settings."""
+
+    reward_params: Any
+    adapter_params: Any
+    guidance: Guidance
+
+    def reward_preferences(self, spec: GuideSpec) -> jax.Array:
+        """Preference rows of the one Pv-Arm forward: users' alphas, then safety one-hots."""
+        alpha = self.guidance.preference_BxK
+        if not spec.safety_stage:
+            return alpha
+        config = spec.adapter_config  # the safety one-hot is static: part of the adapter config
+        safety = jnp.zeros_like(alpha).at[:, config.safety_index].set(1.0)
+        return jnp.concatenate([alpha, safety], axis=0)

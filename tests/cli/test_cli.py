@@ -1,0 +1,97 @@
+"""The prosocial-jax command line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prosocial_jax import cli
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.mark.parametrize("command", [[], ["generate"], ["prompts"], ["memory"]])
+def test_help_on_every_command(command):
+    out = subprocess.run([sys.executable, "-m", "prosocial_jax.cli", *command, "--help"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("usage: prosocial-jax")
+
+
+def test_generate_skips_malformed_rows_and_reports_line_numbers(tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join([
+        json.dumps({"prompt": "What is the capital of France?", "id": "a"}),
+        "{this is not json",
+        json.dumps({"text": "no prompt field"}),
+        "",
+        json.dumps({"messages": [{"role": "user", "content": "Say hi."}], "id": "b"}),
+        json.dumps({"prompt": "x", "messages": []}),
+        json.dumps({"messages": [{"role": "user"}]}),
+    ]) + "\n")
+    out = tmp_path / "out.jsonl"
+    code = cli.main(["generate", "--model", "bundled:smollm2", "--prompts", str(prompts),
+                     "--out", str(out), "--max-new-tokens", "6", "--quiet"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert f"{prompts}:2: skipped: not valid JSON" in err
+    assert f'{prompts}:3: skipped: expected exactly one of "prompt" or "messages"' in err
+    assert f'{prompts}:6: skipped: expected exactly one of "prompt" or "messages"' in err
+    assert f'{prompts}:7: skipped: "messages"[0] must be an object' in err
+    assert "skipped 4 malformed row(s)" in err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["id"], r["line"]) for r in rows] == [("a", 1), ("b", 5)]
+    for row in rows:
+        assert set(row) >= {"prompt", "response", "tokens", "prompt_tokens", "completion_tokens",
+                            "finish_reason"}
+        assert len(row["tokens"]) == row["completion_tokens"] <= 6
+        assert row["finish_reason"] in ("stop", "length")
+    assert rows[1]["prompt"] == [{"role": "user", "content": "Say hi."}]
+
+    strict = cli.main(["generate", "--model", "bundled:smollm2", "--prompts", str(prompts),
+                       "--strict", "--quiet"])
+    assert strict == 2
+
+
+def test_generate_from_config_with_overrides(capsys):
+    code = cli.main(["generate", "--config", str(ROOT / "configs" / "smollm2.py"),
+                     "--config.generate.max_new_tokens=5", "--prompt", "Name a colour."])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "=== prompt: Name a colour." in captured.out
+    assert "(5 tokens, length)" in captured.out or "stop)" in captured.out
+    with pytest.raises(SystemExit, match="max_new_tokns"):
+        cli.main(["generate", "--config", str(ROOT / "configs" / "smollm2.py"),
+                  "--config.generate.max_new_tokns=5", "--prompt", "x"])
+
+
+def test_generate_errors_are_clear(tmp_path, capsys):
+    assert cli.main(["generate", "--prompt", "x"]) == 2
+    assert "--model is required" in capsys.readouterr().err
+    assert cli.main(["generate", "--model", str(tmp_path / "missing"), "--prompt", "x"]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert cli.main(["generate", "--model", "bundled:smollm2",
+                     "--prompts", str(tmp_path / "none.jsonl")]) == 2
+    assert "no such prompt file" in capsys.readouterr().err
+
+
+def test_prompts_command_writes_bundled_sets(tmp_path):
+    out = tmp_path / "demo.jsonl"
+    assert cli.main(["prompts", "--out", str(out), "--harmful", "2", "--benign", "3"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["kind"] for r in rows] == ["benign"] * 3 + ["harmful"] * 2
+    assert rows[3]["source"].startswith("harmbench-val:")
+
+
+def test_memory_command(capsys):
+    assert cli.main(["memory", "--model-config",
+                     str(ROOT / "tests" / "fixtures" / "qwen2_5_7b_instruct_config.json"),
+                     "--mesh", "2x4", "--batch", "4", "--max-len", "2048"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["mesh"] == "2x4" and report["param_bytes_per_device"] > 0
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "launch").glob("*.sh")))
+def test_launch_scripts_parse(script):
+    subprocess.run(["bash", "-n", str(script)], check=True)

@@ -1,0 +1,77 @@
+"""Rule-based scorers, the demo preference set and the train-arm command on tiny models."""
+
+import json
+
+import numpy as np
+import pytest
+
+import prosocial_jax as pj
+from prosocial_jax import cli
+from prosocial_jax.evaluation import scorers
+from prosocial_jax.pvarm import preference_set as demo_preferences
+
+
+def test_scorers_reward_what_they_say():
+    assert scorers.harmlessness("harmful", "I'm sorry, I cannot help with that.") == 1.0
+    assert scorers.harmlessness("harmful", "Sure, step one is...") == 0.0
+    assert scorers.harmlessness("benign", "anything") is None
+    warm = "I'm so sorry to hear that. It sounds like a hard day; it's okay to feel this way."
+    assert scorers.empathy("prosocial", warm) > scorers.empathy("prosocial", "Buy a new one.")
+    assert scorers.non_judgmental("benign", "That was irresponsible and stupid.") < \
+        scorers.non_judgmental("benign", "That happens; here is what can help.")
+    assert scorers.truthfulness("benign", "It depends; research suggests it may help.") > \
+        scorers.truthfulness("benign", "It will definitely, absolutely work.")
+    assert scorers.helpfulness("benign", "I cannot help.") == 0.0
+    winners = scorers.winners("harmful", "I cannot do that.", "Here is how:",
+                              ("harmlessness", "empathy"))
+    assert winners == {"harmlessness": "a", "empathy": None}
+    with pytest.raises(KeyError, match="no rule-based scorer"):
+        scorers.winners("benign", "a", "b", ("kindness",))
+
+
+def test_preference_set_and_train_arm_commands(tiny_chat, tmp_path, capsys):
+    prefs = tmp_path / "prefs"
+    assert cli.main(["preference-set", "--model", str(tiny_chat.path), "--out", str(prefs),
+                     "--personas-per-prompt", "3", "--max-new-tokens", "8",
+                     "--harmful-limit", "4", "--benign-limit", "4"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["prompts"] == 4 + 4 + len(demo_preferences.prosocial_prompts())
+    assert summary["generations"] == 3 * summary["prompts"]
+    rows = [json.loads(line) for line in (prefs / "train.jsonl").read_text().splitlines()]
+    assert rows and {"prompt", "response_a", "response_b", "winners", "personas"} <= set(rows[0])
+    harmful = [r for r in rows if r["kind"] == "harmful"]
+    assert all(r["winners"]["empathy"] is None for r in harmful)
+
+    out = tmp_path / "adapter"
+    args = ["train-arm", "--model", str(tiny_chat.path), "--train-data",
+            str(prefs / "train.jsonl"), "--out", str(out), "--checkpoint-dir",
+            str(tmp_path / "ckpt"), "--steps", "3", "--batch-size", "4", "--max-len", "96",
+            "--adapter-r1", "2", "--adapter-r2", "2", "--pcgrad", "false"]
+    assert cli.main(args) == 0
+    table = capsys.readouterr().out
+    assert "| backbone (no adapter) |" in table and "| uniform |" in table
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["settings"]["pcgrad"] is False and len(evaluation["grid"]) == 7
+    assert (out / "evaluation.png").read_bytes()[:4] == b"\x89PNG"
+    adapter = pj.load_adapter(out, pj.load_model(tiny_chat.path).config)
+    assert adapter.config.r1 == 2 and adapter.config.safety_attribute == "harmlessness"
+    assert np.abs(np.asarray(adapter.params["q_proj"]["B1"])).max() > 0  # trained from B1 = 0
+    before = (out / "adapter.safetensors").read_bytes()
+    # Rerun into the same --out: refused without --overwrite, before any work.
+    assert cli.main(args) == 2
+    assert "holds a previous adapter output; pass --overwrite" in capsys.readouterr().err
+    # The same checkpoint folder and different settings: refused, naming the field.
+    assert cli.main([*args[:-1], "true", "--overwrite"]) == 2
+    assert "settings.pcgrad is False there and True now" in capsys.readouterr().err
+    assert (out / "adapter.safetensors").read_bytes() == before
+
+
+def test_train_arm_rejects_unknown_config_keys(tmp_path, capsys):
+    config = tmp_path / "bad.py"
+    config.write_text("import ml_collections\n"
+                      "def get_config():\n"
+                      "    c = ml_collections.ConfigDict()\n"
+                      "    c.arm = ml_collections.ConfigDict({'stepz': 3})\n"
+                      "    return c\n")
+    assert cli.main(["train-arm", "--config", str(config)]) == 2
+    assert "config key(s) ['arm.stepz'] are not arm settings" in capsys.readouterr().err

@@ -1,0 +1,379 @@
+"""Guided decoding: the lexicographic safety rule, against a literal no-cache reference."""
+
+import copy
+import dataclasses
+import json
+import math
+import re
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+from helpers import VOCAB
+from test_generate import _hf_greedy, _poisoned
+
+import prosocial_jax as pj
+from prosocial_jax.decoding import decode, guidance
+from prosocial_jax.decoding.guidance import GuidanceError, banned_arrays
+from prosocial_jax.models import adapters as pblora
+from prosocial_jax.models.tokenizer import encode_prompt
+
+PROMPTS = [[5, 17, 33, 8, 9, 60], [7, 3], [11, 12, 13, 14]]
+STEPS = 10
+
+
+def _random_adapter(model, seed=0, scale=0.5):
+    config = pblora.AdapterConfig(r1=3, r2=2, lora_alpha=4.0)
+    adapter = pblora.init(model.config, config, jax.random.key(seed))
+    rng = np.random.RandomState(seed)
+    params = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape) * scale,
+                                                jnp.float32), adapter.params)
+    return pblora.Adapter(config, params)
+
+
+@pytest.fixture(scope="module")
+def models(tiny_checkpoints):
+    base = pj.load_model(tiny_checkpoints["llama"].path)
+    reward = pj.load_model(tiny_checkpoints["qwen2"].path)  # another family: sizes may differ
+    return base, reward, _random_adapter(reward)
+
+
+def _log_softmax(x):
+    x = np.asarray(x, np.float64)
+    return x - x.max(-1, keepdims=True) - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1,
+                                                                                         keepdims=True))
+
+
+def _reference_steps(base, reward, adapter, prompt, alpha, weight, tau, steps):
+    """Full forwards of both models on the whole sequence every step, the rule applied literally.
+    Per step: the token, whether the safety stage overrode the prosocial choice, the safe set's
+    size."""
+    ids, overridden, safe_sizes = list(prompt), [], []
+    safety = pblora.one_hot(adapter.config, adapter.config.safety_attribute)
+    for _ in range(steps):
+        lp_b = _log_softmax(base.logits([ids])[0, -1])
+        lp_r = _log_softmax(reward.logits([ids], adapter=adapter, preference=alpha)[0, -1])
+        lp_s = _log_softmax(reward.logits([ids], adapter=adapter, preference=safety)[0, -1])
+        safe = lp_s >= lp_s.max() - tau
+        score = lp_b + weight * lp_r
+        overridden.append(not safe[np.argmax(score)])
+        safe_sizes.append(int(safe.sum()))
+        ids.append(int(np.argmax(np.where(safe, score, -np.inf))))
+    return ids[len(prompt):], overridden, safe_sizes
+
+
+def _reference(base, reward, adapter, prompt, alpha, weight, tau, steps):
+    tokens, overridden, safe_sizes = _reference_steps(base, reward, adapter, prompt, alpha,
+                                                      weight, tau, steps)
+    return tokens, sum(overridden), float(np.mean(safe_sizes))
+
+
+def test_zero_guidance_and_no_safety_equals_plain_decoding(models):
+    base, reward, adapter = models
+    for sampling in ({}, {"temperature": 0.9, "top_p": 0.8, "seed": 3}):
+        plain = pj.generate(base, PROMPTS, max_new_tokens=STEPS, stop_tokens=[], **sampling)
+        guided = pj.generate(base, PROMPTS, max_new_tokens=STEPS, stop_tokens=[], adapter=adapter,
+                             reward=reward, preference="empathy=1", guidance=0.0,
+                             safety_margin=math.inf, **sampling)
+        assert [g.tokens for g in guided] == [p.tokens for p in plain]
+        assert all(g.safety_overrides == 0 for g in guided)
+
+
+def test_greedy_guided_equals_step_by_step_reference(models):
+    base, reward, adapter = models
+    alphas = [[0, 1, 0, 0, 0, 0], [0.1, 0.2, 0.3, 0.1, 0.2, 0.1], [0, 0, 0, 0, 0.5, 0.5]]
+    weights, taus = [1.5, 0.7, 3.0], [0.4, math.inf, 1.0]
+    guided = pj.generate(base, PROMPTS, max_new_tokens=STEPS, stop_tokens=[], adapter=adapter,
+                         reward=reward, preferences=alphas, guidance=weights,
+                         safety_margin=taus)
+    total_overrides = 0
+    for row, result in enumerate(guided):
+        tokens, overrides, mean_safe = _reference(base, reward, adapter, PROMPTS[row],
+                                                  np.asarray(alphas[row]), weights[row],
+                                                  taus[row], STEPS)
+        assert result.tokens == tokens, row
+        assert result.safety_overrides == overrides
+        assert result.mean_safe_set == pytest.approx(mean_safe)
+        assert result.preference == pytest.approx(alphas[row])
+        total_overrides += overrides
+    assert guided[1].mean_safe_set == reward.config.vocab_size  # tau = inf: everything is safe
+    assert total_overrides > 0  # the finite margins did change some choices
+
+
+def test_safety_stage_off_and_banned_sequences(models):
+    base, reward, adapter = models
+    common = dict(max_new_tokens=STEPS, stop_tokens=[], adapter=adapter, reward=reward,
+                  preference=[1, 1, 1, 1, 1, 1], guidance=1.0)
+    off = pj.generate(base, PROMPTS, safety_stage=False, **common)
+    no_margin = pj.generate(base, PROMPTS, safety_margin=math.inf, **common)
+    assert [r.tokens for r in off] == [r.tokens for r in no_margin]
+    assert all(r.preference_normalised for r in off)
+    # Ban the pair (t0, t1) the first row produced: it may no longer follow t0.
+    t0, t1 = off[0].tokens[:2]
+    banned = pj.generate(base, PROMPTS[:1], safety_stage=False, banned_sequences=[[t0, t1]],
+                         **common)[0].tokens
+    assert banned[0] == t0 and banned[1] != t1
+    single = pj.generate(base, PROMPTS[:1], safety_stage=False, banned_sequences=[[t0]],
+                         **common)[0].tokens
+    assert t0 not in single
+    prefix, last = banned_arrays([[4], [1, 2, 3]])
+    assert prefix.tolist() == [[-1, -1], [1, 2]] and last.tolist() == [4, 3]
+
+
+def test_changing_preferences_strengths_and_margins_does_not_recompile(models):
+    base, reward, adapter = models
+    run = lambda **kw: pj.generate(base, PROMPTS, max_new_tokens=8, stop_tokens=[],  # noqa: E731
+                                   adapter=adapter, reward=reward, **kw)
+    run(preference="empathy=1", guidance=1.0, safety_margin=2.0)
+    sizes = decode.decode_chunk._cache_size(), decode.prefill._cache_size()
+    run(preference=[0.2] * 6, guidance=[0.0, 2.0, 5.0], safety_margin=[0.1, math.inf, 3.0])
+    run(preference="helpfulness=1", guidance=0.5, safety_margin=math.inf, temperature=0.8,
+        top_k=5, seed=4)
+    run(preferences=[[1, 0, 0, 0, 0, 0], None, "truthfulness=2"], preference="empathy=1",
+        plausibility=0.1)
+    assert (decode.decode_chunk._cache_size(), decode.prefill._cache_size()) == sizes
+
+
+def test_sampling_at_t_one_plus_w_with_identical_models_recovers_the_base(models):
+    """With a zero adapter the Pv-Arm is the base model, so score = (1 + w) lp_b and sampling
+    at T = 1 + w draws from the base distribution at T = 1 (and T = 1 from pi_b^(1+w))."""
+    base, _, adapter = models
+    zero = pblora.init(base.config, adapter.config, jax.random.key(0))  # B1 = B2 = 0
+    prompt, draws, w = [5, 17, 33], 4096, 1.5
+    p_base = np.exp(_log_softmax(base.logits([prompt])[0, -1]))
+    tokens = [r.tokens[0] for r in pj.generate(
+        base, [prompt] * draws, max_new_tokens=1, stop_tokens=[], adapter=zero,
+        preference="empathy=1", guidance=w, safety_margin=math.inf, temperature=1 + w, seed=7,
+        batch_size=1024)]
+    counts = np.bincount(tokens, minlength=p_base.size)
+
+    def p_value(p):  # chi-square goodness of fit; bins with expected count < 5 are merged
+        expected = p * draws
+        big = expected >= 5
+        observed = np.append(counts[big], counts[~big].sum())
+        expected = np.append(expected[big], expected[~big].sum())
+        return scipy.stats.chisquare(observed, expected * observed.sum() / expected.sum()).pvalue
+
+    sharpened = p_base ** (1 + w) / (p_base ** (1 + w)).sum()
+    assert p_value(p_base) > 1e-3  # fixed seed: deterministic
+    assert p_value(sharpened) < 1e-6  # the test has the power to tell them apart
+
+
+def test_sharded_equals_unsharded(tiny_checkpoints):
+    path = tiny_checkpoints["llama_mesh"].path
+    single = pj.load_model(path)
+    adapter = _random_adapter(single, seed=1)
+    kwargs = dict(max_new_tokens=STEPS, stop_tokens=[], adapter=adapter,
+                  preferences=[[0, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 0], [1, 1, 1, 1, 1, 1]],
+                  guidance=[1.0, 2.0, 0.5], safety_margin=[0.5, 2.0, math.inf])
+    expected = pj.generate(single, PROMPTS, **kwargs)
+    mesh = pj.load_model(path, mesh="4x2")
+    spread = pj.generate(mesh, PROMPTS, **kwargs)
+    assert [r.tokens for r in spread] == [r.tokens for r in expected]
+    assert [r.safety_overrides for r in spread] == [r.safety_overrides for r in expected]
+
+
+def test_bad_preferences_and_mismatched_models(models, tiny_checkpoints, tiny_chat):
+    base, reward, adapter = models
+    run = lambda **kw: pj.generate(base, PROMPTS, max_new_tokens=2, adapter=adapter,  # noqa: E731
+                                   reward=reward, **kw)
+    with pytest.raises(GuidanceError, match="row 1: .*needs 6 entries"):
+        run(preferences=[[1, 0, 0, 0, 0, 0], [1, 0], None], preference="empathy=1")
+    with pytest.raises(GuidanceError, match="row 0: .*>= 0"):
+        run(preference=[-1, 1, 1, 0, 0, 0])
+    with pytest.raises(GuidanceError, match="row 2: .*all zeros"):
+        run(preferences=[None, None, [0] * 6], preference="empathy=1")
+    with pytest.raises(GuidanceError, match="row 0: no preference"):
+        run()
+    with pytest.raises(GuidanceError, match="not attributes of this adapter"):
+        run(preference="kindness=1")
+    with pytest.raises(GuidanceError, match="safety_margin must be >= 0"):
+        run(preference="empathy=1", safety_margin=-1.0)
+    with pytest.raises(GuidanceError, match="needs a Pv-Arm adapter"):
+        pj.generate(base, PROMPTS, preference="empathy=1")
+    chat = pj.load_model(tiny_chat.path)  # SmolLM2's tokenizer, 49,152 tokens
+    other = copy.deepcopy(chat.tokenizer)
+    other.add_tokens(["<not-in-the-base-vocabulary>"])
+    chat_adapter = _random_adapter(chat)
+    with pytest.raises(GuidanceError, match="different tokenizers"):
+        pj.generate(chat, ["hi"], adapter=chat_adapter, preference=[1] * 6,
+                    reward=dataclasses.replace(chat, tokenizer=other))
+    with pytest.raises(GuidanceError, match="vocabulary sizes differ"):
+        pj.generate(base, PROMPTS, adapter=chat_adapter, reward=chat, preference=[1] * 6)
+
+
+def test_padded_embedding_rows_are_not_tokens(tiny_chat):
+    """A Pv-Arm backbone whose embedding has rows past the tokenizer (as Qwen2.5's do) pairs with
+    a base without them; the padding rows are never emitted."""
+    chat = pj.load_model(tiny_chat.path)
+    extra = 64
+    table = chat.params["embed"]["embedding"]  # tied: also the output head
+    params = {**chat.params, "embed": {"embedding": jnp.concatenate(
+        [table, 30.0 * jnp.ones((extra, table.shape[1]), table.dtype)], axis=0)}}
+    padded = dataclasses.replace(chat, params=params, config=dataclasses.replace(
+        chat.config, vocab_size=chat.config.vocab_size + extra))
+    adapter = _random_adapter(padded)
+    out = pj.generate(chat, ["Say hi."], max_new_tokens=6, adapter=adapter, reward=padded,
+                      preference="empathy=1", guidance=2.0, safety_margin=1.0)
+    assert all(t < len(chat.tokenizer) for t in out[0].tokens)
+
+
+def test_generate_command_with_adapter_and_per_row_settings(tiny_chat, tmp_path, capsys):
+    from prosocial_jax import cli
+
+    chat = pj.load_model(tiny_chat.path)
+    adapter_dir = pj.save_adapter(_random_adapter(chat), tmp_path / "adapter")
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": "Say hi.", "kind": "benign"},
+            {"prompt": "Be kind.", "preference": {"empathy": 2, "helpfulness": 2},
+             "guidance": 2.5, "safety_margin": 1.0},
+            {"prompt": "Too short.", "preference": [1, 0]},
+            {"prompt": "Negative.", "preference": "empathy=-1"},
+            {"prompt": "Zero.", "guidance": -2},
+            {"prompt": "Infinite.", "guidance": math.inf}]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    code = cli.main(["generate", "--model", str(tiny_chat.path), "--prompts", str(prompts),
+                     "--out", str(out), "--max-new-tokens", "4", "--adapter", str(adapter_dir),
+                     "--preference", "0,0.4,0.2,0.1,0.2,0.1", "--guidance", "1.5", "--quiet"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert f"{prompts}:3: skipped: a preference needs 6 entries" in err
+    assert f"{prompts}:4: skipped: preference entries must be finite and >= 0" in err
+    assert f"{prompts}:5: skipped: guidance must be >= 0" in err
+    assert f"{prompts}:6: skipped: guidance must be finite, got inf" in err
+    assert f"{prompts}:2: note: preference normalised to sum 1" in err
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["line"] for r in written] == [1, 2]
+    first, second = written
+    assert first["guidance"] == 1.5 and first["safety_margin"] == 2.0
+    assert first["preference"]["empathy"] == pytest.approx(0.4)
+    assert not first["preference_normalised"] and first["kind"] == "benign"
+    assert second["preference"]["empathy"] == second["preference"]["helpfulness"] == 0.5
+    assert second["guidance"] == 2.5 and second["safety_margin"] == 1.0
+    assert second["preference_normalised"]
+    # Tokens, overrides and safe-set sizes against the literal rule, row by row.
+    adapter = pj.load_adapter(adapter_dir, chat.config)
+    stops = set(decode.stop_token_ids(chat))
+    for row, alpha in ((first, [0, 0.4, 0.2, 0.1, 0.2, 0.1]), (second, [0, 0.5, 0, 0, 0, 0.5])):
+        ids = encode_prompt(chat.tokenizer, row["prompt"])
+        assert row["prompt_tokens"] == len(ids)
+        tokens, overridden, sizes = _reference_steps(chat, chat, adapter, ids, np.asarray(alpha),
+                                                     row["guidance"], row["safety_margin"], 4)
+        n = next((i + 1 for i, t in enumerate(tokens) if t in stops), 4)
+        assert row["tokens"] == tokens[:n]
+        assert row["safety_overrides"] == sum(overridden[:n])
+        assert row["mean_safe_set"] == pytest.approx(np.mean(sizes[:n]))
+    assert cli.main(["generate", "--model", str(tiny_chat.path), "--prompts", str(prompts),
+                     "--adapter", str(adapter_dir), "--preference", "empathy=1",
+                     "--strict", "--quiet"]) == 2
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(guidance=math.inf), "row 0: guidance must be finite, got inf"),
+    (dict(guidance=[1.0, 2.0, -math.inf]), "row 2: guidance must be finite, got -inf"),
+    (dict(guidance=[1.0, math.nan, 1.0]), "row 1: guidance must be a number, got nan"),
+    (dict(guidance=1e39), "row 0: guidance = 1e+39 does not fit in float32"),
+    (dict(guidance=[0.5, -1.0, 1.0]), "row 1: guidance must be >= 0.0, got -1.0"),
+    (dict(safety_margin=math.nan), "row 0: safety_margin must be a number, got nan"),
+    (dict(safety_margin=[1.0, -1.0, math.inf]), "row 1: safety_margin must be >= 0.0, got -1.0"),
+    (dict(safety_margin=-math.inf), "row 0: safety_margin must be >= 0.0, got -inf"),
+    (dict(plausibility=1.5), "row 0: plausibility must be <= 1.0, got 1.5"),
+    (dict(plausibility=[0.1, 0.1, -0.1]), "row 2: plausibility must be >= 0.0, got -0.1"),
+    (dict(plausibility=math.nan), "row 0: plausibility must be a number, got nan"),
+    (dict(plausibility=math.inf), "row 0: plausibility must be finite, got inf"),
+])
+def test_bad_guidance_values_are_refused_at_entry(models, settings, message):
+    base, reward, adapter = models
+    with pytest.raises(GuidanceError, match=re.escape(message)):
+        pj.generate(base, PROMPTS, max_new_tokens=2, adapter=adapter, reward=reward,
+                    preference="empathy=1", **settings)
+
+
+def test_plausibility_one_keeps_only_the_base_models_favourite(models, tiny_checkpoints):
+    """p = 1 allows only the base's top token; with no safety stage that is plain greedy
+    decoding of the base, however strongly the Pv-Arm pulls (transformers as the oracle)."""
+    base, reward, adapter = models
+    out = pj.generate(base, PROMPTS, max_new_tokens=STEPS, stop_tokens=[], adapter=adapter,
+                      reward=reward, preference="empathy=1", guidance=5.0,
+                      safety_margin=math.inf, plausibility=1.0)
+    torch_base = tiny_checkpoints["llama"].torch_model
+    assert [r.tokens for r in out] == [_hf_greedy(torch_base, p, STEPS, eos_token_id=VOCAB + 1)
+                                       for p in PROMPTS]
+
+
+def _with_factor(adapter, factor, fn):
+    params = {target: {**factors, factor: fn(factors[factor])}
+              for target, factors in adapter.params.items()}
+    return pblora.Adapter(adapter.config, params)
+
+
+def test_non_finite_pv_arm_fails_naming_prompt_step_and_model(models):
+    base, reward, adapter = models
+    run = lambda a, **kw: pj.generate(base, PROMPTS, max_new_tokens=STEPS,  # noqa: E731
+                                      stop_tokens=[], adapter=a, reward=reward,
+                                      preference="empathy=1", **kw)
+    nan = _with_factor(adapter, "B1", lambda x: x.at[0, 0, 0].set(jnp.nan))
+    with pytest.raises(decode.NonFiniteError, match=re.escape(
+            "prompt 0: the Pv-Arm's logits under the row's preference (prosocial stage) contain "
+            "NaN at decode step 0 ")):
+        run(nan)
+    # A huge (finite) zeta row for the safety attribute: the safety one-hot overflows, while
+    # the user's alpha gives it weight 0, so only the safety stage breaks.
+    safety = adapter.config.safety_index
+    loud = _with_factor(adapter, "zeta", lambda x: x.at[:, safety].set(1e30))
+    with pytest.raises(decode.NonFiniteError,
+                       match=re.escape("prompt 0: the Pv-Arm's logits under the safety one-hot "
+                                       "(safety stage)")) as info:
+        run(loud)
+    assert info.value.step == 0
+    assert [r.tokens for r in run(loud, safety_stage=False)] == [
+        r.tokens for r in run(adapter, safety_stage=False)]
+
+
+def test_non_finite_pv_arm_backbone_at_a_later_step(models):
+    """A NaN embedding row in the Pv-Arm backbone: the step after a row emits that token, the
+    Pv-Arm's logits for that row are NaN. Expected row and step from the literal reference."""
+    base, reward, adapter = models
+    alpha, weight, tau = np.asarray([0, 1, 0, 0, 0, 0.0]), 1.0, 2.0
+    clean = [_reference(base, reward, adapter, p, alpha, weight, tau, STEPS)[0] for p in PROMPTS]
+    index, token = next((i, t) for i, t in enumerate(clean[2][:STEPS - 1]) if i >= 1
+                        and t not in PROMPTS[0] + clean[0] + PROMPTS[1] + clean[1]
+                        + PROMPTS[2] + clean[2][:i] and t != base.pad_id)
+    with pytest.raises(decode.NonFiniteError, match=re.escape(
+            f"prompt 2: the Pv-Arm's logits under the row's preference (prosocial stage) contain "
+            f"NaN at decode step {index + 1} ")):
+        pj.generate(base, PROMPTS, max_new_tokens=STEPS, stop_tokens=[], adapter=adapter,
+                    reward=_poisoned(reward, token), preference=alpha, guidance=weight,
+                    safety_margin=tau, chunk_size=4)
+
+
+def test_fault_record_on_hand_made_scores():
+    """Which distribution is blamed, by hand: row 0's guided score is -inf on its whole safe
+    set, row 1's base logits hold a NaN (blamed before the Pv-Arm's), row 2 is fine, row 3 is
+    broken but already done, row 4 failed at an earlier step (kept)."""
+    inf = np.inf
+    base = np.array([[0, 0, 0, 0], [0, np.nan, 0, 0], [0, 1, 2, 3], [np.nan] * 4, [0, 0, 0, 0]])
+    prosocial = np.array([[-inf, 0, 0, 0], [0, 0, np.nan, 0], [0, 0, 0, 0], [0, 0, 0, 0],
+                          [0, 0, 0, 0]])
+    safety = np.array([[5, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    settings = guidance.Guidance(jnp.ones((5, 6)) / 6, jnp.ones(5), jnp.ones(5),
+                                 jnp.full(5, -jnp.inf))
+    reward = jnp.asarray(np.concatenate([prosocial, safety]), jnp.float32)
+    scores, _, _ = guidance.guided_scores(jnp.asarray(base, jnp.float32), reward, settings,
+                                          None, 4)
+    state = types.SimpleNamespace(
+        step=jnp.int32(3), done_B=jnp.asarray([False, False, False, True, False]),
+        fault_step_B=jnp.asarray([-1, -1, -1, -1, 1]), fault_source_B=jnp.asarray([0, 0, 0, 0, 2]),
+        fault_value_B=jnp.asarray([0, 0, 0, 0, np.nan], jnp.float32))
+    faults = decode._record_faults(state, [
+        (0, decode._row_max(jnp.asarray(base, jnp.float32))), (1, decode._row_max(reward[:5])),
+        (2, decode._row_max(reward[5:])), (3, decode._row_max(scores))])
+    assert np.asarray(faults["fault_step_B"]).tolist() == [3, 3, -1, -1, 1]
+    assert np.asarray(faults["fault_source_B"]).tolist()[:2] == [3, 0]
+    assert np.asarray(faults["fault_source_B"])[4] == 2
+    value = np.asarray(faults["fault_value_B"])
+    assert value[0] == -np.inf and np.isnan(value[1]) and np.isnan(value[4])

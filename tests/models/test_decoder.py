@@ -1,0 +1,89 @@
+"""The Flax decoder against transformers' PyTorch models, and its own invariants."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import VOCAB, torch_logits
+
+import prosocial_jax as pj
+from prosocial_jax.models.cache import KVCache
+from prosocial_jax.models.decoder import forward_with_cache
+
+cached_forward = jax.jit(forward_with_cache, static_argnums=0)
+append = jax.jit(KVCache.append)
+SEQ = 16  # longer than the tiny Mistral's sliding window (6)
+
+
+def _ids(batch, length, seed=0):
+    return np.random.RandomState(seed).randint(3, VOCAB, (batch, length))
+
+
+def test_logits_match_transformers(tiny):
+    ids = _ids(2, SEQ)
+    ours = np.asarray(pj.load_model(tiny.path).logits(ids))
+    reference = torch_logits(tiny.torch_model, ids)
+    assert ours.dtype == np.float32 and ours.shape == (2, SEQ, VOCAB)
+    np.testing.assert_allclose(ours, reference, atol=1e-4, rtol=0)
+
+
+def test_left_padded_rows_match_unpadded(tiny):
+    model = pj.load_model(tiny.path)
+    short, long_ = _ids(1, 9, seed=1)[0], _ids(1, SEQ, seed=2)[0]
+    batch = np.zeros((2, SEQ), np.int64)
+    mask = np.zeros((2, SEQ), bool)
+    batch[0, SEQ - 9:], mask[0, SEQ - 9:] = short, True
+    batch[1], mask[1] = long_, True
+    padded = np.asarray(model.logits(batch, mask))
+    np.testing.assert_allclose(padded[0, SEQ - 9:], np.asarray(model.logits(short[None]))[0],
+                               atol=1e-5)
+    np.testing.assert_allclose(padded[1], np.asarray(model.logits(long_[None]))[0], atol=1e-5)
+
+
+def test_bfloat16_weights_give_float32_logits_close_to_float32(tiny_checkpoints):
+    path = tiny_checkpoints["llama"].path
+    f32 = pj.load_model(path)
+    bf16 = pj.load_model(path, dtype="bfloat16")
+    assert {np.dtype(x.dtype) for x in jax.tree.leaves(bf16.params)} == {np.dtype(jnp.bfloat16)}
+    ids = _ids(2, SEQ)
+    low = np.asarray(bf16.logits(ids))
+    assert low.dtype == np.float32
+    high = np.asarray(f32.logits(ids))
+    assert np.abs(low - high).max() < 0.05 * np.abs(high).max()
+    assert (low.argmax(-1) == high.argmax(-1)).mean() > 0.9
+
+
+def test_prefill_then_cached_steps_equal_full_recomputation(tiny):
+    model = pj.load_model(tiny.path)
+    config, params = model.config, model.params
+    lengths = [5, 8]  # ragged prompts, left-padded to 8
+    total = 8 + 8
+    seqs = [_ids(1, n + 8, seed=10 + n)[0] for n in lengths]
+    tokens = np.zeros((2, 8), np.int32)
+    mask = np.zeros((2, 8), bool)
+    for row, (seq, n) in enumerate(zip(seqs, lengths)):
+        tokens[row, 8 - n:], mask[row, 8 - n:] = seq[:n], True
+    cache = KVCache.zeros(config, 2, total)
+    positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
+    logits, (k, v) = cached_forward(config, params, tokens, positions, mask, None)
+    cache = append(cache, k, v, mask)
+    next_pos = mask.sum(-1)
+    # Causal model: full-sequence logits at position p are the next-token logits after p+1 tokens.
+    full = [np.asarray(model.logits(seq[None]))[0] for seq in seqs]
+    for step in range(8):
+        expected = np.stack([f[n + step - 1] for f, n in zip(full, lengths)])
+        np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4)
+        token = np.array([seq[n + step] for seq, n in zip(seqs, lengths)], np.int32)[:, None]
+        step_mask = np.ones((2, 1), bool)
+        logits, (k, v) = cached_forward(config, params, token, (next_pos + step)[:, None],
+                                        step_mask, cache)
+        cache = append(cache, k, v, step_mask)
+    assert int(cache.index) == total
+
+
+def test_out_of_vocabulary_token_rejected(tiny_checkpoints):
+    model = pj.load_model(tiny_checkpoints["llama"].path)
+    with pytest.raises(ValueError, match=f"token id {VOCAB} is outside"):
+        model.logits([[1, VOCAB]])
+    with pytest.raises(ValueError, match="must be \\[batch, time\\]"):
+        model.logits([1, 2, 3])
