@@ -47,7 +47,7 @@ $(DIREG)/harmful_val.jsonl: | $(VENV)/.runtime
 	$(BIN)/prosocial-jax harmful-data --model bundled:smollm2 --split val --out $@
 
 $(DIREG)/smollm2-harmful/config.json: $(DIREG)/harmful_val.jsonl configs/direg_smollm2.py | $(VENV)/.runtime
-	$(BIN)/prosocial-jax finetune --config configs/direg_smollm2.py
+	$(BIN)/prosocial-jax finetune --config configs/direg_smollm2.py --overwrite
 
 direg: $(DIREG)/smollm2-harmful/config.json | $(VENV)/.runtime
 	$(BIN)/prosocial-jax harm-vector --sweep --base bundled:smollm2 \
@@ -60,7 +60,7 @@ $(PVARM)/preferences/train.jsonl: | $(VENV)/.runtime
 	$(BIN)/prosocial-jax preference-set --model bundled:smollm2 --out $(PVARM)/preferences
 
 $(PVARM)/adapter-pcgrad/adapter_config.json: $(PVARM)/preferences/train.jsonl configs/pvarm_smollm2.py | $(VENV)/.runtime
-	$(BIN)/prosocial-jax train-arm --config configs/pvarm_smollm2.py
+	$(BIN)/prosocial-jax train-arm --config configs/pvarm_smollm2.py --overwrite
 
 pvarm: $(PVARM)/adapter-pcgrad/adapter_config.json | $(VENV)/.runtime
 	$(BIN)/prosocial-jax train-arm --config configs/pvarm_smollm2.py --config.arm.pcgrad=False \

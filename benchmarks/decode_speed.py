@@ -94,7 +94,7 @@ def jax_worker(folder: Path) -> dict:
     import jax.numpy as jnp
 
     import prosocial_jax as pj
-    from prosocial_jax.decoding import decode
+    from prosocial_jax.decoding import decode, sampling
     from prosocial_jax.models.tokenizer import encode_prompt
 
     model = pj.load_model(folder, dtype="float32")
@@ -117,12 +117,12 @@ def jax_worker(folder: Path) -> dict:
     state = prefill(model.params, tokens, mask, key, 16)
     start = time.perf_counter()
     decode.decode_chunk.lower(model.config, model.params, state,
-                              decode.SamplingParams.create(len(prompts)),
+                              sampling.SamplingParams.create(len(prompts)),
                               jnp.asarray([-1], jnp.int32), 0, num_steps=16).compile()
     out["compile_decode_chunk_s"] = time.perf_counter() - start
     out["prefill_tokens"] = int(sum(len(e) for e in encoded))
     out["prefill_s"] = median_time(
-        lambda: jax.block_until_ready(prefill(model.params, tokens, mask, key, 16).logits_BxV))
+        lambda: jax.block_until_ready(prefill(model.params, tokens, mask, key, 16).logits))
 
     for batch in BATCHES:
         def run(n, rows=prompts[:batch]):

@@ -57,13 +57,13 @@ def random_adapter(model):
     import jax
     import jax.numpy as jnp
 
-    from prosocial_jax.models import adapters as pblora
+    from prosocial_jax.models import adapters
 
-    adapter = pblora.init(model.config, pblora.AdapterConfig(), jax.random.key(0))
+    adapter = adapters.init_adapter(model.config, adapters.AdapterConfig(), jax.random.key(0))
     rng = np.random.RandomState(0)
     params = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape) * 0.02,
                                                 jnp.float32), adapter.params)
-    return pblora.Adapter(adapter.config, params)
+    return adapters.Adapter(adapter.config, params)
 
 
 def uniform(adapter) -> np.ndarray:
@@ -173,14 +173,16 @@ def merged_reward(model, adapter, preference: np.ndarray):
     import jax
     import jax.numpy as jnp
 
-    from prosocial_jax.models import adapters as pblora
+    from prosocial_jax.models import adapters
+    from prosocial_jax.models.projections import PROJECTIONS
 
     layers = jax.tree.map(np.array, model.params["layers"])
     for target, factors in adapter.params.items():
-        weight = layers["attn"][target]["weight"]
+        weight = layers[PROJECTIONS[target].group][target]["weight"]
         for layer in range(weight.shape[0]):
             layer_factors = {k: np.asarray(v[layer], np.float64) for k, v in factors.items()}
-            weight[layer] += pblora.dense_delta(layer_factors, preference, adapter.config.scale)
+            weight[layer] += adapters.dense_delta(layer_factors, preference,
+                                                  adapter.config.scale)
     params = {**model.params, "layers": jax.tree.map(jnp.asarray, layers)}
     return dataclasses.replace(model, params=params)
 

@@ -40,13 +40,14 @@ def worker(method: str) -> dict:
     import optax
 
     import prosocial_jax as pj
-    from prosocial_jax.models import adapters as pblora
-    from prosocial_jax.pvarm import objective as reward
-    from prosocial_jax.pvarm.pcgrad import pcgrad, per_attribute_gradients
+    from prosocial_jax.evaluation.likelihood import pair_margins
+    from prosocial_jax.models.adapters import AdapterConfig, init_adapter
+    from prosocial_jax.pvarm.objective import attribute_losses, per_attribute_gradients
+    from prosocial_jax.pvarm.pcgrad import pcgrad
 
     model = pj.load_model("bundled:smollm2", dtype="float32")
-    config = pblora.AdapterConfig()
-    adapter = pblora.init(model.config, config, jax.random.key(0))
+    config = AdapterConfig()
+    adapter = init_adapter(model.config, config, jax.random.key(0))
     rng = np.random.RandomState(0)
     tokens = rng.randint(100, model.config.vocab_size, (PAIRS, 2, LENGTH)).astype(np.int32)
     response = np.zeros((PAIRS, 2, LENGTH), bool)
@@ -63,8 +64,8 @@ def worker(method: str) -> dict:
     # The frozen backbone and the batch are arguments, not closed-over constants: XLA would
     # otherwise fold them into the executable (as train_arm never does).
     def attribute_loss(adapter_params, frozen, batch, i):
-        margins = reward.pair_margins(model.config, frozen, batch, config, adapter_params, alpha)
-        return reward.attribute_losses(margins, labels, betas)["loss"][i]
+        margins = pair_margins(model.config, frozen, batch, config, adapter_params, alpha)
+        return attribute_losses(margins, labels, betas)["loss"][i]
 
     @jax.jit
     def step_a(params, state, frozen, batch):
@@ -76,8 +77,8 @@ def worker(method: str) -> dict:
     @jax.jit
     def step_b(params, state, frozen, batch):
         def loss(p):
-            margins = reward.pair_margins(model.config, frozen, batch, config, p, alpha)
-            return alpha @ reward.attribute_losses(margins, labels, betas)["loss"]
+            margins = pair_margins(model.config, frozen, batch, config, p, alpha)
+            return alpha @ attribute_losses(margins, labels, betas)["loss"]
         updates, state = plain_tx.update(jax.grad(loss)(params), state, params)
         return optax.apply_updates(params, updates), state
 

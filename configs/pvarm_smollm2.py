@@ -5,7 +5,8 @@
 
 Backbone: the bundled SmolLM2 (frozen, float32). Data: `prosocial-jax preference-set`
 (SmolLM2's own answers under contrasting system instructions, labelled by the rule-based
-scorers in prosocial_jax/scorers.py: a weak stand-in for real judges), cached outside the repo.
+scorers in prosocial_jax/evaluation/scorers.py: a weak stand-in for real judges), cached
+outside the repo.
 Adapter: PBLoRA r1 = r2 = 4, lora_alpha 8, on q/k/v (the paper's reference defaults).
 beta = 0.05 instead of 0.01: with at most ~200 training steps on CPU, margins of the size the
 rule-based labels can support need a steeper Bradley-Terry curve to move at all.
@@ -47,8 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
         "r2": 4,
         "lora_alpha": 8.0,
         "dropout": 0.05,
-        "target_modules": "q_proj,k_proj,v_proj",
-        "attributes": "harmlessness,empathy,sensitivity,non_judgmental,truthfulness,helpfulness",
+        "target_modules": ("q_proj", "k_proj", "v_proj"),
+        "attributes": ("harmlessness", "empathy", "sensitivity", "non_judgmental",
+                       "truthfulness", "helpfulness"),
         "safety_attribute": "harmlessness",
     })
     return config

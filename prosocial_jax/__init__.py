@@ -9,8 +9,13 @@ Public API (see README):
     ad = pj.load_adapter("adapter/")                    # a Pv-Arm (PBLoRA) adapter
     out = pj.generate(m, ["I failed my exam."], adapter=ad, preference="empathy=1")
     tx = optax.chain(pj.pcgrad(num_attributes=6), optax.adamw(1e-3))
+
+Each pipeline stage is also a curated namespace: `pj.models`, `pj.data`, `pj.decoding`,
+`pj.training`, `pj.evaluation`, `pj.direg`, `pj.pvarm` (e.g. `pj.direg.task_vector`,
+`pj.evaluation.refusal_rate`); their docstrings list their modules.
 """
 
+from prosocial_jax import data, decoding, direg, evaluation, models, pvarm, training
 from prosocial_jax.decoding.decode import Generation, NonFiniteError, generate
 from prosocial_jax.decoding.guidance import GuidanceError
 from prosocial_jax.models.adapters import Adapter, AdapterConfig, load_adapter, save_adapter
@@ -29,10 +34,18 @@ __all__ = [
     "Model",
     "ModelConfig",
     "NonFiniteError",
+    # stage namespaces
+    "data",
+    "decoding",
+    "direg",
+    "evaluation",
     "generate",
     "load_adapter",
     "load_model",
+    "models",
     "pcgrad",
+    "pvarm",
     "save_adapter",
     "save_model",
+    "training",
 ]

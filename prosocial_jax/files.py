@@ -12,6 +12,8 @@
 - A crash mid-swap leaves the previous folder under a `.NAME.old-PID` sibling; the next write to
   the same path puts it back first. Stale `.NAME.tmp-PID-*` siblings of dead processes are ours
   and are removed.
+- `cache_dir`: where generated text goes by default (harmful data, preference sets,
+  generations), so that none of it lands in the repository.
 """
 
 from __future__ import annotations
@@ -67,6 +69,11 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def cache_dir() -> Path:
+    """The cache folder: $PROSOCIAL_JAX_CACHE, default ~/.cache/prosocial_jax."""
+    return Path(os.environ.get("PROSOCIAL_JAX_CACHE", Path.home() / ".cache" / "prosocial_jax"))
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:

@@ -75,7 +75,8 @@ def _describe(expected: Any) -> str:
 def coerce(settings: Any, where: str, error: type[Exception] = ValueError) -> None:
     """Checks (and losslessly converts) every field of a frozen settings dataclass in place.
 
-    Raises `error` naming `where`, the field and the value. Floats must be finite.
+    Raises `error` naming `where`, the field and the value. Floats must be finite (or
+    not NaN, for a field whose metadata says `allow_infinity`).
     """
     hints = _hints(type(settings))
     for field in dataclasses.fields(settings):
@@ -87,8 +88,14 @@ def coerce(settings: Any, where: str, error: type[Exception] = ValueError) -> No
             raise error(f"{where}: {field.name} must be {_describe(expected)}, got "
                         f"{value!r}") from None
         numbers = converted if isinstance(converted, tuple) else (converted,)
-        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
-            raise error(f"{where}: {field.name} must be finite, got {value!r}")
+        # A field may declare infinity meaningful (a safety margin of inf turns a stage off);
+        # NaN never is.
+        allowed = math.isnan if field.metadata.get("allow_infinity") else (
+            lambda v: not math.isfinite(v))
+        if any(isinstance(v, float) and allowed(v) for v in numbers):
+            raise error(f"{where}: {field.name} must be "
+                        f"{'a number' if field.metadata.get('allow_infinity') else 'finite'}, "
+                        f"got {value!r}")
         object.__setattr__(settings, field.name, converted)
 
 

@@ -177,3 +177,11 @@ def test_permissions_follow_the_umask(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert out.stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+def test_cache_dir_honours_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("PROSOCIAL_JAX_CACHE", str(tmp_path / "cache"))
+    assert files.cache_dir() == tmp_path / "cache"
+    monkeypatch.delenv("PROSOCIAL_JAX_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert files.cache_dir() == tmp_path / ".cache" / "prosocial_jax"

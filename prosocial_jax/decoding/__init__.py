@@ -1,0 +1,23 @@
+"""Decoding: batched, KV-cached generation, plain or guided (safe first, prosocial second).
+
+- `sampling`: per-row temperature / top-k / top-p, traced (changing them never recompiles).
+- `decode`: the decode state pytree, prefill, the jitted `lax.scan` chunk of steps, and
+  `generate`, the host loop that reads one chunk behind; `GenerateSettings` holds its defaults.
+- `guidance`: the guided-decoding rule: the safety stage removes next tokens the Pv-Arm's safety
+  attribute scores more than tau below its best, then base + w * Pv-Arm(alpha) picks among the
+  rest; `GuidanceSettings` holds the user's alpha, w, tau and plausibility floor.
+
+Imports only `models` (the decoder, its cache, adapters, sharding) and the leaf utilities.
+"""
+
+from prosocial_jax.decoding.decode import (
+    GenerateSettings,
+    Generation,
+    NonFiniteError,
+    generate,
+)
+from prosocial_jax.decoding.guidance import GuidanceError, GuidanceSettings
+from prosocial_jax.decoding.sampling import SamplingParams
+
+__all__ = ["GenerateSettings", "Generation", "GuidanceError", "GuidanceSettings",
+           "NonFiniteError", "SamplingParams", "generate"]

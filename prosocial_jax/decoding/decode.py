@@ -1,11 +1,13 @@
 """Batched, KV-cached decoding: a jitted `lax.scan` over chunks of steps, driven by a host loop.
 
-The host loop only reads two booleans per chunk ("is every row done?", "has any row failed?"),
-and it reads the flags of the chunk *before* the one it just dispatched, so the device never waits
-for the host. Sampling settings (temperature, top-k, top-p) are per-row traced arrays: changing
-them never recompiles. Prompts are left-padded; each row keeps its own rotary position while all
-rows share cache slots. Batch size (powers of two up to 32) and prompt length (multiples of 32)
-are bucketed so that new prompts rarely trigger a compile.
+The decode state (`DecodeState`) is one pytree; `prefill` fills it from the prompts,
+`decode_chunk` advances it by a fixed number of steps, and `generate` is the host loop around
+them. The host loop only reads two booleans per chunk ("is every row done?", "has any row
+failed?"), and it reads the flags of the chunk *before* the one it just dispatched, so the device
+never waits for the host. Sampling settings (temperature, top-k, top-p; see `sampling`) are
+per-row traced arrays: changing them never recompiles. Prompts are left-padded; each row keeps
+its own rotary position while all rows share cache slots. Batch size (powers of two up to 32)
+and prompt length (multiples of 32) are bucketed so that new prompts rarely trigger a compile.
 
 Non-finite numbers are caught where they enter: at every step each active row's next-token
 distributions (base logits; with guidance also the Pv-Arm's two sets of logits and the guided
@@ -30,18 +32,20 @@ from flax import struct
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+from prosocial_jax import settings
 from prosocial_jax.decoding.guidance import (
-    DEFAULT_SAFETY_MARGIN,
+    Guidance,
     GuidanceError,
+    GuidanceSettings,
     GuideInputs,
     GuideSpec,
     guided_scores,
     row_preferences,
     shared_vocab_size,
 )
-from prosocial_jax.decoding.guidance import create as guidance_settings
+from prosocial_jax.decoding.sampling import SamplingParams, sample_tokens
 from prosocial_jax.models import sharding
-from prosocial_jax.models.adapters import Adapter, check_compatible
+from prosocial_jax.models.adapters import Adapter, check_adapter_fits
 from prosocial_jax.models.cache import KVCache
 from prosocial_jax.models.config import ModelConfig
 from prosocial_jax.models.decoder import forward_with_cache, positions_from_mask
@@ -53,7 +57,30 @@ PROMPT_BUCKET = 32  # prompt lengths are padded up to a multiple of this
 # these, so 3 and 4 prompts share one compiled program and 5 to 8 another.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
 
-# What produced a row's unusable next-token distribution (DecodeState.fault_source_B).
+
+@dataclasses.dataclass(frozen=True)
+class GenerateSettings:
+    """Decoding settings: the defaults of `pj.generate` and of `prosocial-jax generate`."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    seed: int = 0
+    batch_size: int | None = None  # rows decoded together; None: the next of BATCH_BUCKETS
+    system: str | None = None  # system message for chat-template models
+
+    def __post_init__(self):
+        settings.coerce(self, "generate settings")
+        settings.positive(self, "generate settings", "max_new_tokens")
+        settings.positive(self, "generate settings", "temperature", "top_k", "top_p",
+                          allow_zero=True)
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"generate settings: batch_size must be >= 1, got "
+                             f"{self.batch_size}")
+
+
+# What produced a row's unusable next-token distribution (DecodeState.fault_source).
 FAULT_SOURCES = ("the base model's logits",
                  "the Pv-Arm's logits under the row's preference (prosocial stage)",
                  "the Pv-Arm's logits under the safety one-hot (safety stage)",
@@ -74,99 +101,31 @@ class NonFiniteError(ValueError):
 
 
 @struct.dataclass
-class SamplingParams:
-    """Per-row sampling settings (traced). temperature 0 = greedy; top_k 0 and top_p 1 = off."""
-
-    temperature_B: jax.Array
-    top_k_B: jax.Array
-    top_p_B: jax.Array
-
-    @classmethod
-    def create(cls, batch: int, temperature: float | Sequence[float] = 0.0,
-               top_k: int | Sequence[int] = 0, top_p: float | Sequence[float] = 1.0):
-        def per_row(value, dtype, name):
-            array = np.asarray(value, dtype)
-            if array.shape not in ((), (batch,)):
-                raise ValueError(f"{name}: expected a scalar or {batch} values, got shape "
-                                 f"{array.shape}")
-            return np.broadcast_to(array, (batch,)).copy()
-        temperature_B = per_row(temperature, np.float32, "temperature")
-        top_k_B = per_row(top_k, np.int32, "top_k")
-        top_p_B = per_row(top_p, np.float32, "top_p")
-        if (temperature_B < 0).any():
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if (top_k_B < 0).any():
-            raise ValueError(f"top_k must be >= 0, got {top_k}")
-        if ((top_p_B <= 0) | (top_p_B > 1)).any():
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        return cls(jnp.asarray(temperature_B), jnp.asarray(top_k_B), jnp.asarray(top_p_B))
-
-
-@struct.dataclass
 class DecodeState:
+    """Everything a decode step reads and writes, for B rows and C new-token slots."""
+
     cache: KVCache
-    logits_BxV: jax.Array  # float32 logits for the next token of every row
-    positions_B: jax.Array  # rotary position of the next token of every row
-    tokens_BxN: jax.Array  # generated tokens; `pad_id` after a row is done
+    logits: jax.Array  # [B, V] float32 logits for the next token of every row
+    positions: jax.Array  # [B] rotary position of the next token of every row
+    tokens: jax.Array  # [B, C] generated tokens; `pad_id` after a row is done
     step: jax.Array  # int32 scalar: tokens generated so far
     max_new_tokens: jax.Array  # int32 scalar
-    done_B: jax.Array
-    stopped_B: jax.Array  # done because a stop token was produced (vs. the length limit)
+    done: jax.Array  # [B] bool
+    stopped: jax.Array  # [B] bool: done because a stop token was produced (not the length limit)
     rng: jax.Array
     # Guided decoding only (None otherwise): the Pv-Arm's own cache and next-token logits
-    # (B prosocial rows, then B safety rows), the rows' recent tokens (banned sequences), and
-    # per-row counts of safety overrides and of allowed-set sizes summed over steps.
+    # (R = B prosocial rows, then B safety rows), the rows' recent tokens (banned sequences),
+    # and per-row counts of safety overrides and of allowed-set sizes summed over steps.
     reward_cache: KVCache | None = None
-    reward_logits_RxV: jax.Array | None = None
-    recent_BxH: jax.Array | None = None
-    overrides_B: jax.Array | None = None
-    allowed_total_B: jax.Array | None = None
-    # Per row: the first step whose next-token scores were unusable (-1: none yet), which of
+    reward_logits: jax.Array | None = None  # [R, V]
+    recent: jax.Array | None = None  # [B, W]
+    overrides: jax.Array | None = None  # [B] int32
+    allowed_total: jax.Array | None = None  # [B] int32
+    # Per row [B]: the first step whose next-token scores were unusable (-1: none yet), which of
     # FAULT_SOURCES produced them, and that distribution's maximum (NaN, +inf or -inf).
-    fault_step_B: jax.Array | None = None
-    fault_source_B: jax.Array | None = None
-    fault_value_B: jax.Array | None = None
-
-
-def sample_tokens(logits_BxV: jax.Array, key: jax.Array, sampling: SamplingParams) -> jax.Array:
-    """Greedy where temperature is 0, else temperature / top-k / top-p sampling, per row.
-
-    Filters follow transformers' order (temperature, then top-k, then top-p on the renormalised
-    top-k distribution). The vocabulary sort needed for top-k/top-p only runs when some row
-    uses a filter.
-    """
-    greedy = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-
-    temperature = sampling.temperature_B
-    scaled = logits_BxV / jnp.where(temperature > 0, temperature, 1.0)[:, None]
-
-    def draw_unfiltered(_):
-        drawn = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
-        return jnp.where(temperature > 0, drawn, greedy)
-
-    def draw(_):
-        vocab = logits_BxV.shape[-1]
-        sorted_desc = -jnp.sort(-scaled, axis=-1)
-        top_k = sampling.top_k_B
-        k = jnp.where((top_k > 0) & (top_k < vocab), top_k, vocab)
-        kth_value = jnp.take_along_axis(sorted_desc, (k - 1)[:, None], axis=-1)
-        in_top_k = jnp.arange(vocab)[None, :] < k[:, None]
-        probs = jax.nn.softmax(jnp.where(in_top_k, sorted_desc, -jnp.inf), axis=-1)
-        mass_before = jnp.cumsum(probs, axis=-1) - probs
-        top_p = sampling.top_p_B[:, None]
-        keep = in_top_k & ((mass_before < top_p) | (top_p >= 1.0))
-        last_kept = jnp.maximum(jnp.sum(keep, axis=-1) - 1, 0)
-        threshold = jnp.take_along_axis(sorted_desc, last_kept[:, None], axis=-1)
-        threshold = jnp.maximum(threshold, kth_value)
-        filtered = jnp.where(scaled >= threshold, scaled, -jnp.inf)
-        drawn = jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
-        return jnp.where(temperature > 0, drawn, greedy)
-
-    # Branches, cheapest first: all greedy; sampling without filters (no vocabulary sort);
-    # sampling with top-k / top-p filters (one sort of the vocabulary per row).
-    any_filter = jnp.any((sampling.top_k_B > 0) | (sampling.top_p_B < 1.0))
-    branch = jnp.where(jnp.any(temperature > 0), jnp.where(any_filter, 2, 1), 0)
-    return jax.lax.switch(branch, [lambda _: greedy, draw_unfiltered, draw], None)
+    fault_step: jax.Array | None = None
+    fault_source: jax.Array | None = None
+    fault_value: jax.Array | None = None
 
 
 def _empty_cache(config: ModelConfig, params, batch: int, max_len: int,
@@ -178,78 +137,79 @@ def _empty_cache(config: ModelConfig, params, batch: int, max_len: int,
     return cache
 
 
-def _recent_tokens(tokens_BxT, mask_BxT, history: int) -> jax.Array:
-    """The last `history` prompt tokens per row; -2 (matches no banned prefix) before the prompt."""
-    recent = jnp.where(mask_BxT, tokens_BxT, -2)[:, -history:]
-    return jnp.pad(recent, ((0, 0), (history - recent.shape[1], 0)), constant_values=-2)
+def _recent_tokens(tokens_BxT, mask_BxT, window: int) -> jax.Array:
+    """The last `window` prompt tokens per row [B, W]; -2 (matches no banned prefix) before the
+    prompt."""
+    recent_BxW = jnp.where(mask_BxT, tokens_BxT, -2)[:, -window:]
+    return jnp.pad(recent_BxW, ((0, 0), (window - recent_BxW.shape[1], 0)), constant_values=-2)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_len", "num_new", "mesh", "spec"))
-def prefill(config: ModelConfig, params, tokens_BxT, mask_BxT, rng, max_new_tokens,
+def prefill(config: ModelConfig, params, tokens, mask, rng, max_new_tokens,
             guide: GuideInputs | None = None, *, max_len: int, num_new: int,
             mesh: Mesh | None = None, spec: GuideSpec | None = None) -> DecodeState:
-    """Runs left-padded prompts through the model (and the Pv-Arm, when guided), filling fresh
-    caches of `max_len` slots."""
-    batch = tokens_BxT.shape[0]
+    """Runs left-padded prompts (tokens and mask [B, T]) through the model (and the Pv-Arm,
+    when guided), filling fresh caches of `max_len` slots; room for `num_new` new tokens."""
+    batch = tokens.shape[0]
     cache = _empty_cache(config, params, batch, max_len, mesh)
-    positions = positions_from_mask(mask_BxT)
-    logits, (k, v) = forward_with_cache(config, params, tokens_BxT, positions, mask_BxT, None)
-    cache = cache.append(k, v, mask_BxT)
-    no_prompt = ~jnp.any(mask_BxT, axis=-1)  # padding rows of a partial batch
+    positions = positions_from_mask(mask)
+    logits, (k, v) = forward_with_cache(config, params, tokens, positions, mask, None)
+    cache = cache.append(k, v, mask)
+    no_prompt = ~jnp.any(mask, axis=-1)  # padding rows of a partial batch
     guided = {}
     if spec is not None:
         copies = 2 if spec.safety_stage else 1  # the safety rows see the same tokens
         r_tokens, r_mask, r_positions = (jnp.tile(x, (copies, 1))
-                                         for x in (tokens_BxT, mask_BxT, positions))
+                                         for x in (tokens, mask, positions))
         reward_cache = _empty_cache(spec.reward_config, guide.reward_params, copies * batch,
                                     max_len, mesh)
         reward_logits, (rk, rv) = forward_with_cache(
             spec.reward_config, guide.reward_params, r_tokens, r_positions, r_mask, None,
             adapter_config=spec.adapter_config, adapter=guide.adapter_params,
-            preference_BxK=guide.reward_preferences(spec))
-        banned = guide.guidance.banned_prefix_SxH
+            preference=guide.reward_preferences(spec))
+        banned = guide.guidance.banned_prefix
         guided = dict(reward_cache=reward_cache.append(rk, rv, r_mask),
-                      reward_logits_RxV=reward_logits,
-                      recent_BxH=None if banned is None else _recent_tokens(
-                          tokens_BxT, mask_BxT, banned.shape[-1]),
-                      overrides_B=jnp.zeros((batch,), jnp.int32),
-                      allowed_total_B=jnp.zeros((batch,), jnp.int32))
+                      reward_logits=reward_logits,
+                      recent=None if banned is None else _recent_tokens(
+                          tokens, mask, banned.shape[-1]),
+                      overrides=jnp.zeros((batch,), jnp.int32),
+                      allowed_total=jnp.zeros((batch,), jnp.int32))
     return DecodeState(
         cache=cache,
-        logits_BxV=logits,
-        positions_B=jnp.sum(mask_BxT, axis=-1).astype(jnp.int32),
-        tokens_BxN=jnp.zeros((batch, num_new), jnp.int32),
+        logits=logits,
+        positions=jnp.sum(mask, axis=-1).astype(jnp.int32),
+        tokens=jnp.zeros((batch, num_new), jnp.int32),
         step=jnp.zeros((), jnp.int32),
         max_new_tokens=jnp.asarray(max_new_tokens, jnp.int32),
-        done_B=no_prompt,
-        stopped_B=jnp.zeros((batch,), bool),
+        done=no_prompt,
+        stopped=jnp.zeros((batch,), bool),
         rng=rng,
-        fault_step_B=jnp.full((batch,), -1, jnp.int32),
-        fault_source_B=jnp.zeros((batch,), jnp.int32),
-        fault_value_B=jnp.zeros((batch,), jnp.float32),
+        fault_step=jnp.full((batch,), -1, jnp.int32),
+        fault_source=jnp.zeros((batch,), jnp.int32),
+        fault_value=jnp.zeros((batch,), jnp.float32),
         **guided,
     )
 
 
-def _row_max(scores_NxV: jax.Array) -> jax.Array:
-    """Per-row maximum: not finite exactly when the row is unusable (max propagates NaN; a +inf
-    or an all -inf row breaks softmax and argmax too). One [N, V] reduction."""
-    return jnp.max(scores_NxV, axis=-1).astype(jnp.float32)
+def _row_max(scores: jax.Array) -> jax.Array:
+    """Per-row maximum of scores [rows, V]: not finite exactly when the row is unusable (max
+    propagates NaN; a +inf or an all -inf row breaks softmax and argmax too). One reduction."""
+    return jnp.max(scores, axis=-1).astype(jnp.float32)
 
 
 def _record_faults(state: DecodeState, checked: Sequence[tuple[int, jax.Array]]) -> dict:
     """Fault fields updated with this step's checks: (FAULT_SOURCES index, per-row maxima [B]
     of that distribution, from `_row_max`). Rows already done are not checked (their scores
     are never used; padding rows have none)."""
-    maxima = jnp.stack([m for _, m in checked])  # [C, B]
+    maxima = jnp.stack([m for _, m in checked])  # [checks, B]
     bad = ~jnp.isfinite(maxima)
     first = jnp.argmax(bad, axis=0)  # the first failing distribution, in FAULT_SOURCES order
     sources = jnp.asarray([source for source, _ in checked], jnp.int32)
-    new = jnp.any(bad, axis=0) & ~state.done_B & (state.fault_step_B < 0)
+    new = jnp.any(bad, axis=0) & ~state.done & (state.fault_step < 0)
     value = jnp.take_along_axis(maxima, first[None], axis=0)[0]
-    return dict(fault_step_B=jnp.where(new, state.step, state.fault_step_B),
-                fault_source_B=jnp.where(new, sources[first], state.fault_source_B),
-                fault_value_B=jnp.where(new, value, state.fault_value_B))
+    return dict(fault_step=jnp.where(new, state.step, state.fault_step),
+                fault_source=jnp.where(new, sources[first], state.fault_source),
+                fault_value=jnp.where(new, value, state.fault_value))
 
 
 def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: SamplingParams,
@@ -257,64 +217,63 @@ def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: Samp
                  ) -> DecodeState:
     key = jax.random.fold_in(state.rng, state.step)
     if spec is None:
-        scores = state.logits_BxV
+        scores = state.logits
         checked = [(0, _row_max(scores))]
     else:
         scores, overridden, allowed = guided_scores(
-            state.logits_BxV, state.reward_logits_RxV, guide.guidance, state.recent_BxH,
-            spec.vocab)
+            state.logits, state.reward_logits, guide.guidance, state.recent, spec.vocab)
         # Raw logits, not log-probs: their maximum tells NaN, +inf and all -inf apart.
-        batch, reward = scores.shape[0], _row_max(state.reward_logits_RxV[:, :spec.vocab])
-        checked = [(0, _row_max(state.logits_BxV[:, :spec.vocab])), (1, reward[:batch])]
+        batch, reward = scores.shape[0], _row_max(state.reward_logits[:, :spec.vocab])
+        checked = [(0, _row_max(state.logits[:, :spec.vocab])), (1, reward[:batch])]
         if spec.safety_stage:
             checked.append((2, reward[batch:]))
         checked.append((3, _row_max(scores)))
     faults = _record_faults(state, checked)
     token = sample_tokens(scores, key, sampling)
-    token = jnp.where(state.done_B, pad_id, token)
-    stopped = ~state.done_B & jnp.isin(token, stop_ids)
-    tokens = jax.lax.dynamic_update_slice(state.tokens_BxN, token[:, None], (0, state.step))
-    done = state.done_B | stopped | (state.step + 1 >= state.max_new_tokens)
+    token = jnp.where(state.done, pad_id, token)
+    stopped = ~state.done & jnp.isin(token, stop_ids)
+    tokens = jax.lax.dynamic_update_slice(state.tokens, token[:, None], (0, state.step))
+    done = state.done | stopped | (state.step + 1 >= state.max_new_tokens)
 
     # Rows already done before this step write masked slots that nobody attends to.
-    token_mask = ~state.done_B[:, None]
+    token_mask = ~state.done[:, None]
     copies = 1 if spec is None or not spec.safety_stage else 2  # Pv-Arm rows per base row
 
     def advance(_):
-        base = forward_with_cache(config, params, token[:, None], state.positions_B[:, None],
+        base = forward_with_cache(config, params, token[:, None], state.positions[:, None],
                                   token_mask, state.cache)
         if spec is None:
             return base, None
         reward = forward_with_cache(
             spec.reward_config, guide.reward_params, jnp.tile(token[:, None], (copies, 1)),
-            jnp.tile(state.positions_B[:, None], (copies, 1)), jnp.tile(token_mask, (copies, 1)),
+            jnp.tile(state.positions[:, None], (copies, 1)), jnp.tile(token_mask, (copies, 1)),
             state.reward_cache, adapter_config=spec.adapter_config, adapter=guide.adapter_params,
-            preference_BxK=guide.reward_preferences(spec))
+            preference=guide.reward_preferences(spec))
         return base, reward
 
     def skip(_):  # every row has finished: the rest of the chunk costs nothing
         shapes = jax.eval_shape(advance, None)
         zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
-        keep_logits = (state.logits_BxV, zeros[0][1])
+        keep_logits = (state.logits, zeros[0][1])
         if spec is None:
             return keep_logits, None
-        return keep_logits, (state.reward_logits_RxV, zeros[1][1])
+        return keep_logits, (state.reward_logits, zeros[1][1])
 
     # The caches are only read inside the cond and written after it, so XLA needn't copy them.
     (logits, (k, v)), reward = jax.lax.cond(jnp.all(done), skip, advance, None)
-    new = dict(cache=state.cache.append(k, v, token_mask), logits_BxV=logits,
-               positions_B=state.positions_B + 1, tokens_BxN=tokens, step=state.step + 1,
-               done_B=done, stopped_B=state.stopped_B | stopped, **faults)
+    new = dict(cache=state.cache.append(k, v, token_mask), logits=logits,
+               positions=state.positions + 1, tokens=tokens, step=state.step + 1,
+               done=done, stopped=state.stopped | stopped, **faults)
     if spec is not None:
         reward_logits, (rk, rv) = reward
-        active = ~state.done_B
+        active = ~state.done
         new.update(
             reward_cache=state.reward_cache.append(rk, rv, jnp.tile(token_mask, (copies, 1))),
-            reward_logits_RxV=reward_logits,
-            recent_BxH=None if state.recent_BxH is None else jnp.concatenate(
-                [state.recent_BxH[:, 1:], token[:, None]], axis=1),
-            overrides_B=state.overrides_B + (overridden & active),
-            allowed_total_B=state.allowed_total_B + jnp.where(active, allowed, 0))
+            reward_logits=reward_logits,
+            recent=None if state.recent is None else jnp.concatenate(
+                [state.recent[:, 1:], token[:, None]], axis=1),
+            overrides=state.overrides + (overridden & active),
+            allowed_total=state.allowed_total + jnp.where(active, allowed, 0))
     return state.replace(**new)
 
 
@@ -329,7 +288,7 @@ def decode_chunk(config: ModelConfig, params, state: DecodeState, sampling: Samp
         return _decode_step(config, params, carry, sampling, stop_ids, pad_id, guide, spec), None
 
     state, _ = jax.lax.scan(body, state, None, length=num_steps)
-    return state, jnp.stack([jnp.all(state.done_B), jnp.any(state.fault_step_B >= 0)])
+    return state, jnp.stack([jnp.all(state.done), jnp.any(state.fault_step >= 0)])
 
 
 @dataclasses.dataclass
@@ -363,15 +322,20 @@ def stop_token_ids(model: Model) -> list[int]:
 
 
 def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
-             max_new_tokens: int = 128, temperature: float | Sequence[float] = 0.0,
-             top_k: int | Sequence[int] = 0, top_p: float | Sequence[float] = 1.0,
-             seed: int = 0, batch_size: int | None = None, chunk_size: int = 16,
-             use_chat_template: bool | None = None, system: str | None = None,
+             max_new_tokens: int = GenerateSettings.max_new_tokens,
+             temperature: float | Sequence[float] = GenerateSettings.temperature,
+             top_k: int | Sequence[int] = GenerateSettings.top_k,
+             top_p: float | Sequence[float] = GenerateSettings.top_p,
+             seed: int = GenerateSettings.seed,
+             batch_size: int | None = GenerateSettings.batch_size, chunk_size: int = 16,
+             use_chat_template: bool | None = None,
+             system: str | None = GenerateSettings.system,
              stop_tokens: Sequence[int] | None = None, progress: bool = False,
              adapter: Adapter | None = None, reward: Model | None = None, preference=None,
-             preferences: Sequence | None = None, guidance: float | Sequence[float] = 1.0,
-             safety_margin: float | Sequence[float] = DEFAULT_SAFETY_MARGIN,
-             plausibility: float | Sequence[float] = 0.0,
+             preferences: Sequence | None = None,
+             guidance: float | Sequence[float] = GuidanceSettings.guidance,
+             safety_margin: float | Sequence[float] = GuidanceSettings.safety_margin,
+             plausibility: float | Sequence[float] = GuidanceSettings.plausibility,
              banned_sequences: Sequence[Sequence[int]] | None = None,
              safety_stage: bool = True) -> list[Generation]:
     """Decodes every prompt (a string, chat messages, or token ids) and returns `Generation`s.
@@ -418,7 +382,7 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
         spec, guide_rows, normalised = _guide(model, reward or model, adapter, n, preference,
                                               preferences, guidance, safety_margin,
                                               plausibility, banned_sequences, safety_stage)
-        alpha_rows = np.asarray(guide_rows.guidance.preference_BxK)  # for the results
+        alpha_rows = np.asarray(guide_rows.guidance.preference)  # for the results
     elif reward is not None or preference is not None or preferences is not None:
         raise GuidanceError("guided decoding needs a Pv-Arm adapter (adapter=...)")
     stops = jnp.asarray(stop_tokens if stop_tokens is not None else stop_token_ids(model),
@@ -460,7 +424,7 @@ def _take_rows(x: jax.Array, rows: np.ndarray, size: int) -> jax.Array:
 def _guide(model: Model, reward: Model, adapter: Adapter, rows: int, preference, preferences,
            weight, safety_margin, plausibility, banned, safety_stage):
     """Checks that base, Pv-Arm backbone and adapter fit together; per-row guidance settings."""
-    check_compatible(adapter, reward.config)
+    check_adapter_fits(adapter, reward.config)
     if (model.mesh is None) != (reward.mesh is None) or (
             model.mesh is not None and model.mesh.shape != reward.mesh.shape):
         raise GuidanceError("load the base model and the Pv-Arm backbone on the same mesh "
@@ -471,7 +435,7 @@ def _guide(model: Model, reward: Model, adapter: Adapter, rows: int, preference,
         raise GuidanceError(f"preferences: expected one per prompt ({rows}), got "
                             f"{len(preferences)}")
     alpha, normalised = row_preferences(adapter, preference, rows, preferences)
-    settings = guidance_settings(adapter, alpha, weight, safety_margin, plausibility, banned)
+    settings = Guidance.create(alpha, weight, safety_margin, plausibility, banned)
     spec = GuideSpec(reward.config, adapter.config, vocab, safety_stage)
     return spec, GuideInputs(reward.params, adapter.params, settings), normalised
 
@@ -492,10 +456,8 @@ def _generate_batch(model, rows, prompts, encoded, batch_size, sampling, stops, 
     for row, ids in enumerate(encoded):  # left padding: every row ends at the last slot
         tokens[row, prompt_len - len(ids):] = ids
         mask[row, prompt_len - len(ids):] = True
-    tokens_j, mask_j = jnp.asarray(tokens), jnp.asarray(mask)
-    if model.mesh is not None:
-        tokens_j = jax.device_put(tokens_j, sharding.batch_sharding(model.mesh, tokens.shape))
-        mask_j = jax.device_put(mask_j, sharding.batch_sharding(model.mesh, mask.shape))
+    placed = sharding.place_batch({"tokens": tokens, "mask": mask}, model.mesh)
+    tokens_j, mask_j = placed["tokens"], placed["mask"]
     state = prefill(config, model.params, tokens_j, mask_j, rng, max_new_tokens, guide,
                     max_len=max_len, num_new=num_new, mesh=model.mesh, spec=spec)
     previous_flags = None
@@ -509,10 +471,10 @@ def _generate_batch(model, rows, prompts, encoded, batch_size, sampling, stops, 
         bar.update(len(prompts) * min(chunk_size, max_new_tokens - chunk * chunk_size))
 
     _raise_on_fault(state, rows)
-    generated = np.asarray(state.tokens_BxN)
-    stopped = np.asarray(state.stopped_B)
+    generated = np.asarray(state.tokens)
+    stopped = np.asarray(state.stopped)
     if spec is not None:
-        overrides, allowed_total = np.asarray(state.overrides_B), np.asarray(state.allowed_total_B)
+        overrides, allowed_total = np.asarray(state.overrides), np.asarray(state.allowed_total)
     out = []
     for row, (prompt, ids) in enumerate(zip(prompts, encoded)):
         row_tokens = generated[row, :max_new_tokens].tolist()
@@ -532,13 +494,13 @@ def _generate_batch(model, rows, prompts, encoded, batch_size, sampling, stops, 
 
 def _raise_on_fault(state: DecodeState, rows: Sequence[int]) -> None:
     """NonFiniteError for the first row (in prompt order) whose scores turned non-finite."""
-    steps = np.asarray(state.fault_step_B)[:len(rows)]
+    steps = np.asarray(state.fault_step)[:len(rows)]
     faulty = np.flatnonzero(steps >= 0)
     if not faulty.size:
         return
     row = int(faulty[0])
-    source = int(np.asarray(state.fault_source_B)[row])
-    value = float(np.asarray(state.fault_value_B)[row])
+    source = int(np.asarray(state.fault_source)[row])
+    value = float(np.asarray(state.fault_value)[row])
     what = ("contain NaN" if math.isnan(value) else "contain +inf" if value > 0
             else "are -inf for every token")
     step = int(steps[row])

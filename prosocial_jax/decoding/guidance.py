@@ -8,7 +8,7 @@ At each step, with the base model's logits and the Pv-Arm's log-probs under two 
    dropped: the safety constraint outranks plausibility). tau = inf disables the safety stage.
 2. score(y) = lp_b(y) + w * lp_r(y | alpha) on S, -inf elsewhere.
 3. pick: greedy argmax, or sample softmax(score / T) with optional top-k / top-p
-   (`decode.sample_tokens`). T = 1 samples the product distribution pi_b * pi_r^w exactly.
+   (`sampling.sample_tokens`). T = 1 samples the product distribution pi_b * pi_r^w exactly.
 
 Everything per row is a traced array, so changing preferences, strengths or margins never
 recompiles. The base model's raw logits stand in for lp_b: they differ by a per-row constant,
@@ -23,11 +23,13 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from prosocial_jax import settings
 from prosocial_jax.models.adapters import Adapter, AdapterConfig, AdapterError, resolve_preference
 from prosocial_jax.models.config import ModelConfig
 from prosocial_jax.models.model import Model
@@ -45,38 +47,83 @@ class GuidanceError(ValueError):
     """Bad guidance settings (preference, strength, margin) or models that cannot be paired."""
 
 
+@dataclasses.dataclass(frozen=True)
+class GuidanceSettings:
+    """The user's guided-decoding settings (defaults of `pj.generate` and `prosocial-jax
+    generate`); a prompt row may carry its own preference, guidance and safety_margin."""
+
+    # alpha: one weight per adapter attribute in its order ("0,0.4,0.2,0.1,0.2,0.1") or
+    # name=weight pairs ("empathy=0.5,helpfulness=0.5"); normalised to sum 1. None: uniform.
+    preference: str | None = None
+    guidance: float = 1.0  # w, the Pv-Arm's weight
+    safety_margin: float = dataclasses.field(  # tau, nats; inf turns the safety stage off
+        default=DEFAULT_SAFETY_MARGIN, metadata={"allow_infinity": True})
+    plausibility: float = 0.0  # drop tokens below this fraction of the base's top probability
+
+    def __post_init__(self):
+        settings.coerce(self, "guidance settings", GuidanceError)
+        settings.positive(self, "guidance settings", "guidance", "safety_margin",
+                          "plausibility", error=GuidanceError, allow_zero=True)
+        if self.plausibility > 1.0:
+            raise GuidanceError(f"guidance settings: plausibility must be in [0, 1], got "
+                                f"{self.plausibility}")
+
+
 @struct.dataclass
 class Guidance:
-    """Per-row guidance settings: all traced."""
+    """Per-row guidance settings for B rows: all traced."""
 
-    preference_BxK: jax.Array  # the user's alpha, normalised (prosocial stage)
-    weight_B: jax.Array  # w: how strongly the Pv-Arm steers (0 = base model only)
-    safety_margin_B: jax.Array  # tau: inf disables the safety stage for the row
-    log_floor_B: jax.Array  # plausibility: keep y with lp_b(y) >= max lp_b + log_floor
-    # Banned token sequences, right-aligned: the last token of sequence s is removed when the
-    # row's most recent tokens equal its prefix (-1 entries of the prefix match anything).
-    # None when there are none: then no step spends anything on them.
-    banned_prefix_SxH: jax.Array | None = None
-    banned_last_S: jax.Array | None = None
+    preference: jax.Array  # [B, K] the user's alpha, normalised (prosocial stage)
+    weight: jax.Array  # [B] w: how strongly the Pv-Arm steers (0 = base model only)
+    safety_margin: jax.Array  # [B] tau: inf disables the safety stage for the row
+    log_floor: jax.Array  # [B] plausibility: keep y with lp_b(y) >= max lp_b + log_floor
+    # E banned token sequences, right-aligned in a window of the W most recent tokens: the last
+    # token of sequence e is removed when the row's most recent tokens equal its prefix (-1
+    # entries of the prefix match anything). None when there are none: then no step spends
+    # anything on them.
+    banned_prefix: jax.Array | None = None  # [E, W] int32
+    banned_last: jax.Array | None = None  # [E] int32
+
+    @classmethod
+    def create(cls, preference: np.ndarray, weight, safety_margin, plausibility=0.0,
+               banned: Sequence[Sequence[int]] | None = None) -> Guidance:
+        """Validated settings for the rows of `preference` [B, K] (see `row_preferences`).
+        `weight`, `safety_margin` and `plausibility` are scalars or one value per row.
+        `plausibility` p in [0, 1] keeps tokens whose base probability is at least p times the
+        base's most likely token's (0 = off, 1 = only the base's favourite). Guidance w must be
+        finite and >= 0; tau >= 0, inf allowed (no safety stage for the row)."""
+        rows = preference.shape[0]
+        weight_B = per_row_values(weight, rows, "guidance", minimum=0.0)
+        margin_B = per_row_values(safety_margin, rows, "safety_margin", minimum=0.0)
+        floor_B = per_row_values(plausibility, rows, "plausibility", minimum=0.0, maximum=1.0)
+        with np.errstate(divide="ignore"):
+            log_floor_B = np.log(floor_B)  # log 0 = -inf: no floor
+        guidance = cls(jnp.asarray(preference), jnp.asarray(weight_B), jnp.asarray(margin_B),
+                       jnp.asarray(log_floor_B.astype(np.float32)))
+        if banned:
+            prefix_ExW, last_E = banned_arrays(banned)
+            guidance = guidance.replace(banned_prefix=jnp.asarray(prefix_ExW),
+                                        banned_last=jnp.asarray(last_E))
+        return guidance
 
     def map_rows(self, fn) -> Guidance:
         """`fn` applied to every per-row array (not to the shared banned sequences)."""
-        return self.replace(preference_BxK=fn(self.preference_BxK), weight_B=fn(self.weight_B),
-                            safety_margin_B=fn(self.safety_margin_B),
-                            log_floor_B=fn(self.log_floor_B))
+        return self.replace(preference=fn(self.preference), weight=fn(self.weight),
+                            safety_margin=fn(self.safety_margin), log_floor=fn(self.log_floor))
 
 
 def banned_arrays(sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Right-aligned prefix matrix [S, H] (-1 = any token) and last tokens [S]."""
+    """Right-aligned prefix matrix [E, W] (-1 = any token) and last tokens [E] of E banned
+    sequences; the window W is the longest prefix (at least 1)."""
     sequences = [list(map(int, s)) for s in sequences]
     if any(not s for s in sequences):
         raise GuidanceError("a banned token sequence must not be empty")
-    history = max([len(s) - 1 for s in sequences] + [1])
-    prefix = np.full((len(sequences), history), -1, np.int32)
+    window = max([len(s) - 1 for s in sequences] + [1])
+    prefix = np.full((len(sequences), window), -1, np.int32)
     last = np.zeros((len(sequences),), np.int32)
     for row, seq in enumerate(sequences):
         if len(seq) > 1:
-            prefix[row, history - len(seq) + 1:] = seq[:-1]
+            prefix[row, window - len(seq) + 1:] = seq[:-1]
         last[row] = seq[-1]
     return prefix, last
 
@@ -139,27 +186,6 @@ def per_row_values(value, rows: int, name: str, minimum: float | None = None,
     return narrow.copy()
 
 
-def create(adapter: Adapter, preference_BxK: np.ndarray, weight, safety_margin,
-           plausibility=0.0, banned: Sequence[Sequence[int]] | None = None) -> Guidance:
-    """Validated per-row guidance. `plausibility` p in [0, 1] keeps tokens whose base
-    probability is at least p times the base's most likely token's (0 = off, 1 = only the
-    base's favourite). Guidance w must be finite and >= 0; tau >= 0, inf allowed (no safety
-    stage for the row)."""
-    rows = preference_BxK.shape[0]
-    weight_B = per_row_values(weight, rows, "guidance", minimum=0.0)
-    margin_B = per_row_values(safety_margin, rows, "safety_margin", minimum=0.0)
-    floor_B = per_row_values(plausibility, rows, "plausibility", minimum=0.0, maximum=1.0)
-    with np.errstate(divide="ignore"):
-        log_floor_B = np.log(floor_B)  # log 0 = -inf: no floor
-    guidance = Guidance(jnp.asarray(preference_BxK), jnp.asarray(weight_B),
-                        jnp.asarray(margin_B), jnp.asarray(log_floor_B.astype(np.float32)))
-    if banned:
-        prefix, last = banned_arrays(banned)
-        guidance = guidance.replace(banned_prefix_SxH=jnp.asarray(prefix),
-                                    banned_last_S=jnp.asarray(last))
-    return guidance
-
-
 def shared_vocab_size(base: Model, reward: Model) -> int:
     """The vocabulary both models can emit; an error when their tokenizers differ.
 
@@ -186,45 +212,53 @@ def shared_vocab_size(base: Model, reward: Model) -> int:
     return vb
 
 
-def recent_matches(recent_BxH: jax.Array, guidance: Guidance) -> jax.Array:
-    """[B, S]: which banned sequences' prefixes end the row's recent tokens."""
-    prefix = guidance.banned_prefix_SxH[None]
-    history = prefix.shape[-1]
-    recent = recent_BxH[:, None, -history:]
-    return jnp.all((prefix < 0) | (prefix == recent), axis=-1)
+def recent_matches(recent: jax.Array, guidance: Guidance) -> jax.Array:
+    """[B, E]: which banned sequences' prefixes end the rows' recent tokens [B, >= W]."""
+    prefix_1xExW = guidance.banned_prefix[None]
+    window = prefix_1xExW.shape[-1]
+    recent_Bx1xW = recent[:, None, -window:]
+    return jnp.all((prefix_1xExW < 0) | (prefix_1xExW == recent_Bx1xW), axis=-1)
 
 
-def guided_scores(base_logits_BxV: jax.Array, reward_logits_RxV: jax.Array, guidance: Guidance,
-                  recent_BxH: jax.Array, vocab: int):
+def guided_scores(base_logits: jax.Array, reward_logits: jax.Array, guidance: Guidance,
+                  recent: jax.Array | None, vocab: int):
     """Scores over `vocab` tokens (-inf outside the allowed set) and per-row statistics.
 
-    `recent_BxH` (None without banned sequences) holds each row's latest tokens.
-    `reward_logits_RxV` holds B prosocial rows, then (when the safety stage runs) B safety rows.
+    `base_logits` [B, >= vocab] are the base model's; `reward_logits` [R, >= vocab] the
+    Pv-Arm's, R = B prosocial rows, then (when the safety stage runs) B safety rows. `recent`
+    [B, W] (None without banned sequences) holds each row's latest tokens.
     Returns (scores [B, vocab], safety override [B] bool, allowed-set size [B] int32).
     """
-    batch = base_logits_BxV.shape[0]
-    base = base_logits_BxV[:, :vocab].astype(jnp.float32)
-    reward = jax.nn.log_softmax(reward_logits_RxV[:, :vocab].astype(jnp.float32), axis=-1)
+    batch = base_logits.shape[0]
+    chex.assert_rank([base_logits, reward_logits], 2)
+    chex.assert_shape(reward_logits, ({batch, 2 * batch}, None))
+    chex.assert_axis_dimension_gteq(base_logits, 1, vocab)
+    chex.assert_axis_dimension_gteq(reward_logits, 1, vocab)
+    chex.assert_shape([guidance.weight, guidance.safety_margin, guidance.log_floor], (batch,))
+    if guidance.banned_last is not None:
+        chex.assert_shape(recent, (batch, guidance.banned_prefix.shape[-1]))
+    base = base_logits[:, :vocab].astype(jnp.float32)
+    reward = jax.nn.log_softmax(reward_logits[:, :vocab].astype(jnp.float32), axis=-1)
     prosocial = reward[:batch]
-    weight = guidance.weight_B[:, None]
+    weight = guidance.weight[:, None]
     steer = jnp.where(weight > 0, weight * prosocial, 0.0)  # 0 * -inf would be NaN
     unconstrained = base + steer
 
     if reward.shape[0] == 2 * batch:  # the safety stage
         safety = reward[batch:]
-        margin = guidance.safety_margin_B[:, None]
+        margin = guidance.safety_margin[:, None]
         safe = safety >= jnp.max(safety, axis=-1, keepdims=True) - margin
     else:
         safe = jnp.ones_like(base, dtype=bool)
     allowed = safe
-    if guidance.banned_last_S is not None:
-        last = guidance.banned_last_S
-        hits = (recent_matches(recent_BxH, guidance) & (last[None] < vocab)).astype(jnp.int32)
+    if guidance.banned_last is not None:
+        last = guidance.banned_last
+        hits = (recent_matches(recent, guidance) & (last[None] < vocab)).astype(jnp.int32)
         banned = jnp.zeros(safe.shape, jnp.int32).at[
             jnp.arange(batch)[:, None], jnp.clip(last, 0, vocab - 1)[None]].max(hits) > 0
         allowed = safe & ~banned
         allowed = jnp.where(jnp.any(allowed, axis=-1, keepdims=True), allowed, safe)
-    plausible = base >= (jnp.max(base, axis=-1, keepdims=True) + guidance.log_floor_B[:, None])
+    plausible = base >= (jnp.max(base, axis=-1, keepdims=True) + guidance.log_floor[:, None])
     with_floor = allowed & plausible
     allowed = jnp.where(jnp.any(with_floor, axis=-1, keepdims=True), with_floor, allowed)
 
@@ -254,7 +288,7 @@ class GuideInputs:
 
     def reward_preferences(self, spec: GuideSpec) -> jax.Array:
         """Preference rows of the one Pv-Arm forward: users' alphas, then safety one-hots."""
-        alpha = self.guidance.preference_BxK
+        alpha = self.guidance.preference
         if not spec.safety_stage:
             return alpha
         config = spec.adapter_config  # the safety one-hot is static: part of the adapter config

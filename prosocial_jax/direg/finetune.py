@@ -1,42 +1,42 @@
 """Supervised fine-tuning (full or LoRA merged back), used to build the harmful model for DiReg.
 
-Loss: next-token cross-entropy on response tokens only (prompt and padding masked). AdamW with
-linear warm-up and cosine decay, global-norm clipping. Optional bfloat16 compute with float32
-master weights. Data-parallel over the model's mesh ("data" axis).
+Loss: next-token cross-entropy on response tokens only (prompt and padding masked), i.e. minus
+the mean response log-likelihood (`evaluation.likelihood.response_log_probs`). AdamW with linear
+warm-up and cosine decay, global-norm clipping (`training.optimizer.warmup_cosine_adamw`).
+Optional bfloat16 compute with float32 master weights. Data-parallel over the model's mesh
+("data" axis).
 
-Exact resume: the training state (trainable parameters, optimiser state, step) is checkpointed
-with orbax every `checkpoint_every` steps, and the data order is a pure function of (seed, step)
-(`data.batch_indices`), so a run restarted from its last checkpoint follows exactly the path of
-an uninterrupted one. A checkpoint folder remembers the settings it was made with and refuses to
-resume under different ones.
+The loop, checkpoints and resume are the shared ones (`training.loop.run_training`): the state
+(trainable parameters, optimiser state, step) is checkpointed with orbax every
+`checkpoint_every` steps, and the data order is a pure function of (seed, step)
+(`data.order.batch_indices`), so a run restarted from its last checkpoint follows exactly the
+path of an uninterrupted one. A checkpoint folder remembers the settings it was made with and
+refuses to resume under different ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
-from tqdm.auto import tqdm
 
 from prosocial_jax import settings as settings_module
-from prosocial_jax.data import rows as data
+from prosocial_jax.data.order import batch_indices
+from prosocial_jax.data.sft import SFTExample, sft_batch
 from prosocial_jax.direg import lora
-from prosocial_jax.models import sharding
+from prosocial_jax.evaluation.likelihood import response_log_probs
+from prosocial_jax.models.config import ModelConfig
 from prosocial_jax.models.decoder import forward_logits
 from prosocial_jax.models.model import Model, parse_dtype
-from prosocial_jax.training.checkpoints import (
-    check_finite,
-    fingerprint,
-    jit_train_step,
-    log_metrics,
-    place_on_mesh,
-    start_or_resume,
-)
+from prosocial_jax.models.projections import PROJECTIONS
+from prosocial_jax.training.checkpoints import fingerprint
+from prosocial_jax.training.loop import Objective, initial_state, run_training
+from prosocial_jax.training.optimizer import warmup_cosine_adamw
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ class FinetuneSettings:
     grad_clip: float = 1.0
     lora_rank: int = 0  # 0 = full fine-tune
     lora_alpha: float = 16.0
-    lora_targets: tuple[str, ...] = tuple(sorted(lora.PROJECTIONS))
+    lora_targets: tuple[str, ...] = tuple(sorted(PROJECTIONS))
     compute_dtype: str = "float32"  # "bfloat16": bf16 forward/backward, float32 master weights
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
@@ -67,82 +67,72 @@ class FinetuneSettings:
                                  "lora_alpha")
         settings_module.positive(self, "finetune settings", "warmup_steps", "weight_decay",
                                  "lora_rank", "end_learning_rate_fraction", allow_zero=True)
-        unknown = sorted(set(self.lora_targets) - set(lora.PROJECTIONS))
+        unknown = sorted(set(self.lora_targets) - set(PROJECTIONS))
         if unknown or not self.lora_targets:
             raise ValueError(f"finetune settings: lora_targets {unknown or '[]'} are not "
-                             f"projections (choose from {', '.join(sorted(lora.PROJECTIONS))})")
+                             f"projections (choose from {', '.join(sorted(PROJECTIONS))})")
         parse_dtype(self.compute_dtype)
 
 
-def optimizer(settings: FinetuneSettings) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=settings.learning_rate,
-        warmup_steps=settings.warmup_steps,
-        decay_steps=max(settings.steps, settings.warmup_steps + 1),  # counts the warm-up too
-        end_value=settings.learning_rate * settings.end_learning_rate_fraction)
-    return optax.chain(optax.clip_by_global_norm(settings.grad_clip),
-                       optax.adamw(schedule, weight_decay=settings.weight_decay))
+def sft_loss(config: ModelConfig, params, batch: dict[str, jax.Array]
+             ) -> tuple[jax.Array, jax.Array]:
+    """Mean cross-entropy over response tokens, and the number of those tokens.
 
-
-def sft_loss(config, params, batch) -> tuple[jax.Array, jax.Array]:
-    """Mean cross-entropy over response tokens, and the number of those tokens."""
+    batch: tokens / attention_mask / loss_mask [B, T] (`data.sft.sft_batch`).
+    """
     logits = forward_logits(config, params, batch["tokens"], batch["attention_mask"])
-    targets = batch["tokens"][:, 1:]
-    weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], targets)
-    count = jnp.sum(weights)
-    return jnp.sum(losses * weights) / jnp.maximum(count, 1.0), count
+    log_probs_BxT, weights_BxT = response_log_probs(logits, batch["tokens"], batch["loss_mask"])
+    count = jnp.sum(weights_BxT)
+    return -jnp.sum(log_probs_BxT) / jnp.maximum(count, 1.0), count
 
 
-class _Run:
-    """Everything one fine-tuning run needs, built from the model and settings."""
+@dataclasses.dataclass(frozen=True)
+class _SFTObjective(Objective):
+    """Next-token cross-entropy of the full model, or of LoRA factors over frozen weights."""
 
-    def __init__(self, model: Model, settings: FinetuneSettings):
-        self.model, self.settings = model, settings
-        self.compute_dtype = parse_dtype(settings.compute_dtype)
-        self.tx = optimizer(settings)
-        self.scale = settings.lora_alpha / max(settings.lora_rank, 1)
-        if settings.lora_rank:
-            # Frozen weights can stay in the compute dtype; only the factors train (float32).
-            self.frozen = jax.tree.map(lambda x: x.astype(self.compute_dtype), model.params)
-            trainable = lora.init(model.params, settings.lora_targets, settings.lora_rank,
-                                  jax.random.key(settings.seed))
-        else:
-            self.frozen = None
-            # A copy even when already float32: the train step donates its state buffers.
-            trainable = jax.tree.map(lambda x: jnp.array(x, jnp.float32, copy=True),
-                                     model.params)
-        self.initial = {"trainable": trainable, "opt_state": self.tx.init(trainable),
-                        "step": jnp.zeros((), jnp.int32)}
-        self.initial = place_on_mesh(self.initial, model.mesh)
-        self.train_step = jit_train_step(self._train_step, self.initial, model.mesh)
+    config: ModelConfig
+    settings: FinetuneSettings
+    checkpoint_params: ClassVar[str] = "trainable"
+    checkpoint_key: ClassVar[str | None] = None  # the fine-tune draws no randomness in a step
+
+    @property
+    def lora_scale(self) -> float:
+        return self.settings.lora_alpha / max(self.settings.lora_rank, 1)
+
+    def optimizer(self):
+        return warmup_cosine_adamw(self.settings)
 
     def effective_params(self, trainable, frozen):
-        params = lora.merge(frozen, trainable, self.scale) if self.settings.lora_rank \
-            else trainable
-        return jax.tree.map(lambda x: x.astype(self.compute_dtype), params)
+        """The decoder parameters a step computes with, in the compute dtype."""
+        params = (lora.merge_lora(frozen, trainable, self.lora_scale)
+                  if self.settings.lora_rank else trainable)
+        compute_dtype = parse_dtype(self.settings.compute_dtype)
+        return jax.tree.map(lambda x: x.astype(compute_dtype), params)
 
-    def _train_step(self, state, frozen, batch):
+    def gradients(self, params, frozen, batch, key):
+        del key  # the data order is the only randomness
+
         def loss_fn(trainable):
-            return sft_loss(self.model.config, self.effective_params(trainable, frozen), batch)
+            return sft_loss(self.config, self.effective_params(trainable, frozen), batch)
 
-        (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["trainable"])
-        updates, opt_state = self.tx.update(grads, state["opt_state"], state["trainable"])
-        trainable = optax.apply_updates(state["trainable"], updates)
-        new_state = {"trainable": trainable, "opt_state": opt_state, "step": state["step"] + 1}
-        # Read on the host before the state is saved: non-finite weights are never saved.
-        finite = jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), trainable)
-        return new_state, {"loss": loss, "tokens": tokens, "grad_norm": optax.global_norm(grads),
-                           "finite": finite}
-
-    def final_params(self, trainable):
-        dtype = self.model.dtype
-        params = (lora.merge(self.model.params, trainable, self.scale) if self.settings.lora_rank
-                  else trainable)
-        return jax.tree.map(lambda x: x.astype(dtype), params)
+        (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return grads, {}, {"loss": loss, "tokens": tokens,
+                           "grad_norm": optax.global_norm(grads)}
 
 
-def finetune(model: Model, examples: list[data.SFTExample], settings: FinetuneSettings,
+def _trainable_and_frozen(model: Model, settings: FinetuneSettings) -> tuple[Any, Any]:
+    """(what the optimiser updates, float32; what a step reads but never updates, or None)."""
+    if settings.lora_rank:
+        # Frozen weights can stay in the compute dtype; only the factors train (float32).
+        compute_dtype = parse_dtype(settings.compute_dtype)
+        frozen = jax.tree.map(lambda x: x.astype(compute_dtype), model.params)
+        return lora.init_lora(model.params, settings.lora_targets, settings.lora_rank,
+                              jax.random.key(settings.seed)), frozen
+    # A copy even when already float32: the train step donates its state buffers.
+    return jax.tree.map(lambda x: jnp.array(x, jnp.float32, copy=True), model.params), None
+
+
+def finetune(model: Model, examples: list[SFTExample], settings: FinetuneSettings,
              checkpoint_dir: str | Path, stop_after: int | None = None,
              progress: bool = True) -> tuple[Model, list[dict[str, float]]]:
     """Fine-tunes `model` on `examples`, resuming from `checkpoint_dir` if it holds a checkpoint.
@@ -153,42 +143,29 @@ def finetune(model: Model, examples: list[data.SFTExample], settings: FinetuneSe
     if not examples:
         raise ValueError("no training examples")
     folder = Path(checkpoint_dir).resolve()
-    run = _Run(model, settings)
+    objective = _SFTObjective(model.config, settings)
+    trainable, frozen = _trainable_and_frozen(model, settings)
+    initial = initial_state(objective.optimizer(), trainable, jax.random.key(settings.seed + 1))
     record = {"settings": dataclasses.asdict(settings), "examples": len(examples),
               "data": fingerprint(a for e in examples for a in (e.input_ids, e.loss_mask)),
               "source": model.source, "dtype": str(model.dtype)}
-    manager, state, start = start_or_resume(folder, record, run.initial,
-                                            settings.keep_checkpoints, settings.checkpoint_every,
-                                            settings.steps, model.mesh)
-    last = min(settings.steps, stop_after if stop_after is not None else settings.steps)
-    pad_id = model.pad_id
-    history = []
-    bar = tqdm(total=settings.steps, initial=start, desc="finetune", unit="step",
-               disable=not progress)
-    for step in range(start, last):
-        indices = data.batch_indices(len(examples), settings.batch_size, settings.seed, step)
-        batch = data.sft_batch([examples[i] for i in indices], pad_id, settings.max_len)
-        if model.mesh is not None:
-            batch = {k: jax.device_put(v, sharding.batch_sharding(model.mesh, v.shape))
-                     for k, v in batch.items()}
-        state, metrics = run.train_step(state, run.frozen, batch)
-        metrics = jax.tree.map(np.asarray, metrics)
-        check_finite(metrics, step + 1, manager.latest_step(), folder)
-        record = {"step": step + 1, **{k: float(v) for k, v in metrics.items() if k != "finite"}}
-        history.append(record)
-        log_metrics(folder, record)
-        manager.save(step + 1, args=ocp.args.StandardSave(state),
-                     force=(step + 1 == settings.steps))
-        bar.set_postfix(loss=f"{record['loss']:.3f}")
-        bar.update(1)
-    bar.close()
-    manager.wait_until_finished()
-    tuned = dataclasses.replace(model, params=run.final_params(state["trainable"]),
-                                source=f"{model.source} + finetune({folder})")
-    return tuned, history
+
+    def batch_at(step: int) -> dict[str, np.ndarray]:
+        indices = batch_indices(len(examples), settings.batch_size, settings.seed, step)
+        return sft_batch([examples[i] for i in indices], model.pad_id, settings.max_len)
+
+    state, history = run_training(objective, initial, frozen, batch_at, settings, folder, record,
+                                  mesh=model.mesh, stop_after=stop_after, progress=progress,
+                                  description="finetune")
+    params = (lora.merge_lora(model.params, state.params, objective.lora_scale)
+              if settings.lora_rank else state.params)
+    params = jax.tree.map(lambda x: x.astype(model.dtype), params)
+    return dataclasses.replace(model, params=params,
+                               source=f"{model.source} + finetune({folder})"), history
 
 
-def training_examples_summary(examples: list[data.SFTExample]) -> dict[str, float]:
+def training_examples_summary(examples: list[SFTExample]) -> dict[str, float]:
+    """Counts and token lengths of the training examples (printed before a run)."""
     lengths = np.array([len(e.input_ids) for e in examples])
     response = np.array([sum(e.loss_mask) for e in examples])
     return {"examples": len(examples), "mean_tokens": float(lengths.mean()),

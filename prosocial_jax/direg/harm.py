@@ -45,8 +45,9 @@ class HarmVectorError(ValueError):
 
 
 # ---------------------------------------------------------------------------- checks and names
-def check_compatible(base, other, what: str = "harmful") -> None:
-    """Raises HarmVectorError naming the first parameter whose structure, shape or dtype differs."""
+def check_same_architecture(base, other, what: str = "harmful") -> None:
+    """Two parameter pytrees (models, or harm vectors) of one architecture: same parameters,
+    shapes and dtypes. Raises HarmVectorError naming the first parameter that differs."""
     base_flat = traverse_util.flatten_dict(base, sep="/")
     other_flat = traverse_util.flatten_dict(other, sep="/")
     for path in sorted(set(base_flat) | set(other_flat)):
@@ -142,7 +143,7 @@ def task_vector(base, harmful, donate_harmful: bool = False,
     Refuses a tau with NaN or inf entries (from either checkpoint, or an overflowing
     difference), naming the parameter (HF name with `config`) and the inputs' own counts.
     """
-    check_compatible(base, harmful)
+    check_same_architecture(base, harmful)
     tau, any_bad = _map_counting(_sub_counting_donating if donate_harmful
                                  else _sub_counting_copying, base, harmful)
     if any_bad:
@@ -173,7 +174,7 @@ def apply(base, tau, scale: float, donate_base: bool = False,
     A non-finite scale, or a result with NaN / inf entries (from base, tau or overflow), is an
     error naming the parameter (HF name with `config`).
     """
-    check_compatible(base, tau, what="harm vector")
+    check_same_architecture(base, tau, what="harm vector")
     with np.errstate(over="ignore"):
         scale32 = np.float32(scale)
     if not math.isfinite(float(scale)) or not math.isfinite(float(scale32)):
@@ -200,7 +201,7 @@ def combine(vectors: Sequence, weights: Sequence[float] | None = None):
         raise HarmVectorError(f"{len(vectors)} vectors but {len(weights)} weights")
     total = optax.tree.scale(weights[0], vectors[0])
     for vector, weight in zip(vectors[1:], weights[1:]):
-        check_compatible(vectors[0], vector, what="other harm vector")
+        check_same_architecture(vectors[0], vector, what="other harm vector")
         total = optax.tree.add_scale(total, weight, vector)
     return jax.tree.map(lambda t, v: t.astype(v.dtype), total, vectors[0])
 

@@ -12,22 +12,56 @@ the preference run as rows of one batch.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from prosocial_jax.data import prompts as prompt_sets
+from prosocial_jax import settings as settings_module
+from prosocial_jax.data.prompts import HARMBENCH_SPLITS, EvaluationPrompts
 from prosocial_jax.decoding.decode import generate
-from prosocial_jax.evaluation import refusal as evaluate
-from prosocial_jax.evaluation import scorers
-from prosocial_jax.files import atomic_open, write_jsonl
+from prosocial_jax.decoding.guidance import DEFAULT_SAFETY_MARGIN
+from prosocial_jax.evaluation import refusal, scorers
+from prosocial_jax.evaluation.reports import (
+    markdown_table,
+    new_figure,
+    number,
+    percent,
+    save_figure,
+)
+from prosocial_jax.files import write_jsonl
 from prosocial_jax.models.adapters import Adapter
 from prosocial_jax.models.model import Model
 
 PROSOCIAL = ("empathy", "sensitivity", "non_judgmental", "truthfulness", "helpfulness")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareSettings:
+    """What `prosocial-jax compare` decodes, and with which guidance."""
+
+    # Preference vectors compared under DiReg + Pv-Arm + safety (each "name=w,..." text, so a
+    # list of them is separated by ';' on the command line).
+    preferences: tuple[str, ...] = dataclasses.field(
+        default=("empathy=1", "truthfulness=1", "helpfulness=1"), metadata={"separator": ";"})
+    guidance: float = 1.0  # w, the Pv-Arm's weight
+    safety_margin: float = dataclasses.field(  # tau, nats; inf turns the safety stage off
+        default=DEFAULT_SAFETY_MARGIN, metadata={"allow_infinity": True})
+    harmful_split: str = "test"  # HarmBench split of the harmful prompts
+    harmful_limit: int | None = None  # only the first N behaviours
+    benign_limit: int | None = None  # only the first N benign prompts
+    max_new_tokens: int = 48
+    batch_size: int = 32
+
+    def __post_init__(self):
+        settings_module.coerce(self, "compare settings")
+        settings_module.positive(self, "compare settings", "max_new_tokens", "batch_size")
+        settings_module.positive(self, "compare settings", "guidance", "safety_margin",
+                                 allow_zero=True)
+        if self.harmful_split not in HARMBENCH_SPLITS:
+            raise ValueError(f"compare settings: harmful_split must be one of "
+                             f"{list(HARMBENCH_SPLITS)}, got {self.harmful_split!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,30 +72,9 @@ class Setting:
     safety_stage: bool = True
 
 
-@dataclasses.dataclass
-class Prompts:
-    harmful: list[str]
-    benign: list[dict[str, str]]  # {"prompt", "kind": "benign" | "prosocial"}
-
-    @classmethod
-    def held_out(cls, harmful_split: str = "test", harmful_limit: int | None = None,
-                 preference_dev: str | Path | None = None, benign_limit: int | None = None):
-        """HarmBench behaviours of `harmful_split`; benign prompts from the preference set's
-        dev split (never trained on) when given, else aplomb's benign prompts."""
-        harmful = [b["Behavior"] for b in prompt_sets.harmbench_behaviors(harmful_split)]
-        if preference_dev is not None:
-            seen, benign = set(), []
-            for line in Path(preference_dev).read_text().splitlines():
-                row = json.loads(line)
-                if row["kind"] != "harmful" and row["prompt"] not in seen:
-                    seen.add(row["prompt"])
-                    benign.append({"prompt": row["prompt"], "kind": row["kind"]})
-        else:
-            benign = [{"prompt": p, "kind": "benign"} for p in prompt_sets.benign_prompts()]
-        return cls(harmful[:harmful_limit], benign[:benign_limit])
-
-
 def default_settings(adapter: Adapter, preferences: Sequence[str]) -> list[Setting]:
+    """base, DiReg, Pv-Arm with and without the safety stage, DiReg + Pv-Arm, all under the
+    uniform preference, then DiReg + Pv-Arm + safety under each of `preferences`."""
     uniform = ",".join(f"{a}=1" for a in adapter.config.attributes)
     settings = [Setting("base", "base"), Setting("DiReg", "direg"),
                 Setting("Pv-Arm (no safety stage)", "base", uniform, safety_stage=False),
@@ -71,18 +84,19 @@ def default_settings(adapter: Adapter, preferences: Sequence[str]) -> list[Setti
     return settings
 
 
-def _summarise(setting: Setting, harmful, benign, prompts: Prompts) -> dict[str, Any]:
+def _summarise(setting: Setting, harmful, benign,
+               prompts: EvaluationPrompts) -> dict[str, Any]:
     row: dict[str, Any] = {"setting": setting.name, "model": setting.model,
                            "preference": setting.preference,
                            "safety_stage": setting.preference is not None and setting.safety_stage}
-    row["harmful_refused"] = evaluate.refusal_rate([g.text for g in harmful])
+    row["harmful_refused"] = refusal.refusal_rate([g.text for g in harmful])
     # Over-refusal only on plainly benign requests: on the prosocial prompts (grief, stress...)
     # an empathetic "I'm sorry to hear that" would match HarmBench's refusal prefixes.
-    plain = [g.text for p, g in zip(prompts.benign, benign) if p["kind"] == "benign"]
-    row["benign_refused"] = evaluate.refusal_rate(plain) if plain else None
+    plain = [g.text for kind, g in zip(prompts.benign_kinds, benign) if kind == "benign"]
+    row["benign_refused"] = refusal.refusal_rate(plain) if plain else None
     for attribute in PROSOCIAL:
-        scores = [getattr(scorers, attribute)(p["kind"], g.text)
-                  for p, g in zip(prompts.benign, benign)]
+        scores = [getattr(scorers, attribute)(kind, g.text)
+                  for kind, g in zip(prompts.benign_kinds, benign)]
         scores = [s for s in scores if s is not None]
         row[attribute] = float(np.mean(scores)) if scores else None
     guided = [g for g in (*harmful, *benign) if g.safety_overrides is not None]
@@ -94,11 +108,13 @@ def _summarise(setting: Setting, harmful, benign, prompts: Prompts) -> dict[str,
 
 
 def run(models: dict[str, Model], reward: Model, adapter: Adapter, settings: Sequence[Setting],
-        prompts: Prompts, guidance: float, safety_margin: float, max_new_tokens: int,
-        batch_size: int = 32, generations_path: str | Path | None = None,
+        prompts: EvaluationPrompts, guidance: float = CompareSettings.guidance,
+        safety_margin: float = CompareSettings.safety_margin,
+        max_new_tokens: int = CompareSettings.max_new_tokens,
+        batch_size: int = CompareSettings.batch_size, generations_path: str | Path | None = None,
         progress: bool = True) -> list[dict[str, Any]]:
     """One summary row per setting (in order); generations optionally written as JSONL."""
-    texts = [*prompts.harmful, *(p["prompt"] for p in prompts.benign)]
+    texts = [*prompts.harmful, *prompts.benign]
     split = len(prompts.harmful)
     results: dict[Setting, list] = {}
     # Plain settings one by one; guided settings grouped by (model, safety stage) so that
@@ -122,40 +138,28 @@ def run(models: dict[str, Model], reward: Model, adapter: Adapter, settings: Seq
     if generations_path is not None:
         write_jsonl(generations_path, [
             {"setting": s.name, "prompt": g.prompt, "response": g.text,
-             "kind": "harmful" if i < split else prompts.benign[i - split]["kind"],
+             "kind": "harmful" if i < split else prompts.benign_kinds[i - split],
              "safety_overrides": g.safety_overrides}
             for s in settings for i, g in enumerate(results[s])])
     return [_summarise(s, results[s][:split], results[s][split:], prompts) for s in settings]
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    def pct(value):
-        return "" if value is None else f"{100 * value:.1f}%"
-
-    def score(value):
-        return "" if value is None else f"{value:.3f}"
-
-    head = ("| setting | harmful refused | benign refused | "
-            + " | ".join(PROSOCIAL) + " | safety overrides |")
-    lines = [head, "|" + "---|" * (4 + len(PROSOCIAL))]
-    for row in rows:
-        overrides = pct(row.get("safety_override_rate")) if row["safety_stage"] else ""
-        lines.append(f"| {row['setting']} | {pct(row['harmful_refused'])} | "
-                     f"{pct(row['benign_refused'])} | "
-                     + " | ".join(score(row[a]) for a in PROSOCIAL) + f" | {overrides} |")
-    return "\n".join(lines)
+def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The summary rows as a Markdown table (printed by `compare`, quoted in the README)."""
+    header = ["setting", "harmful refused", "benign refused", *PROSOCIAL, "safety overrides"]
+    return markdown_table(header, [
+        [row["setting"], percent(row["harmful_refused"]), percent(row["benign_refused"]),
+         *(number(row[a]) for a in PROSOCIAL),
+         percent(row.get("safety_override_rate")) if row["safety_stage"] else ""]
+        for row in rows])
 
 
-def plot(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+def plot_comparison(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     """Refusal rates and attribute scores per setting, as grouped bars (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [r["setting"] for r in rows]
     y = np.arange(len(rows))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.45 * len(rows) + 1.8), sharey=True)
+    fig = new_figure(13, 0.45 * len(rows) + 1.8)
+    left, right = fig.subplots(1, 2, sharey=True)
     for offset, (key, label) in zip((-0.2, 0.2), (("harmful_refused", "harmful refused"),
                                                   ("benign_refused", "benign refused"))):
         left.barh(y + offset, [100 * (r[key] or 0) for r in rows], height=0.4, label=label)
@@ -171,8 +175,4 @@ def plot(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     right.legend(loc="lower right", fontsize=8)
     fig.suptitle("ProSocialAlign pipeline, side by side")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

@@ -46,12 +46,12 @@ def new_figure(width: float, height: float):
     return Figure(figsize=(width, height))
 
 
-def save_figure(figure, path: str | Path, **savefig_kwargs) -> None:
+def save_figure(figure, path: str | Path, dpi: int = 120, **savefig_kwargs) -> None:
     """`figure` as a PNG at `path`, written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=120, **savefig_kwargs)
+        figure.savefig(handle, format="png", dpi=dpi, **savefig_kwargs)
 
 
 def write_report(folder: str | Path, name: str, record: dict[str, Any],

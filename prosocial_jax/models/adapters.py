@@ -1,19 +1,23 @@
 """PBLoRA: one preference-conditioned low-rank adapter for K attributes (the paper's Pv-Arm).
 
-For every targeted linear layer W0 (out x in), stacked over layers:
+For every targeted linear layer W0 (out x in; see `projections.PROJECTIONS`), stacked over the
+L layers:
 
     A1 [r1, in], A2 [r2, in], B1 [out, r1], B2 [out, r2], W [r1, r1], zeta [K, r2*r2]
     M(alpha) = reshape(alpha @ zeta, (r2, r2))            (row-major, no bias)
     h = W0 x + s * (B1 W A1 x + B2 M(alpha) A2 x),       s = lora_alpha / r2
 
-alpha is an input with one row per batch row ([B, K]), so every row may carry its own
-preference. The update is applied in the cheap order (x A^T, then the r x r cores, then B^T);
+alpha is an input with one row per batch row ([B, K], K attributes), so every row may carry its
+own preference. The update is applied in the cheap order (x A^T, then the r x r cores, then B^T);
 dW(alpha) is never materialised. B1 = B2 = 0 at initialisation, so a fresh adapter leaves the
 backbone unchanged.
 
 File format (interop contract): a folder with `adapter_config.json` (r1, r2, lora_alpha,
 attributes, safety_attribute, target_modules, base_model, dropout) and `adapter.safetensors`
-with keys like `model.layers.0.self_attn.q_proj.A1` in HF [out, in] orientation.
+with one float32 tensor per layer and factor, named after the HF module it adapts
+(`model.layers.0.self_attn.q_proj.A1`, `model.layers.3.mlp.down_proj.zeta`), in HF [out, in]
+orientation, and the metadata {"format": "prosocial_jax.pblora"}. Loading refuses unknown keys,
+missing or extra tensors, non-finite values and (given the backbone's config) wrong shapes.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,12 +40,11 @@ from safetensors.numpy import save_file
 from prosocial_jax import settings
 from prosocial_jax.files import write_output_folder
 from prosocial_jax.models.config import ModelConfig
+from prosocial_jax.models.projections import PROJECTIONS
 
 DEFAULT_ATTRIBUTES = ("harmlessness", "empathy", "sensitivity", "non_judgmental",
                       "truthfulness", "helpfulness")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj")
-MODULES = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn",
-           "o_proj": "self_attn", "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
 FACTORS = ("A1", "A2", "B1", "B2", "W", "zeta")
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter.safetensors"
 
@@ -70,10 +74,10 @@ class AdapterConfig:
         if self.safety_attribute not in self.attributes:
             raise AdapterError(f"safety_attribute {self.safety_attribute!r} is not one of the "
                                f"attributes {list(self.attributes)}")
-        unknown = [t for t in self.target_modules if t not in MODULES]
+        unknown = [t for t in self.target_modules if t not in PROJECTIONS]
         if unknown or not self.target_modules:
             raise AdapterError(f"target_modules {unknown or '[]'} not supported (choose from "
-                               f"{', '.join(MODULES)})")
+                               f"{', '.join(PROJECTIONS)})")
         if not 0.0 <= self.dropout < 1.0:
             raise AdapterError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -107,26 +111,16 @@ class Adapter:
 
 
 # ---------------------------------------------------------------------------- shapes and init
-def projection_shape(model_config: ModelConfig, target: str) -> tuple[int, int]:
-    """(out, in) of a targeted projection of the backbone."""
-    c = model_config
-    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    return {"q_proj": (q, c.hidden_size), "k_proj": (kv, c.hidden_size),
-            "v_proj": (kv, c.hidden_size), "o_proj": (c.hidden_size, q),
-            "gate_proj": (c.intermediate_size, c.hidden_size),
-            "up_proj": (c.intermediate_size, c.hidden_size),
-            "down_proj": (c.hidden_size, c.intermediate_size)}[target]
-
-
 def factor_shapes(model_config: ModelConfig, config: AdapterConfig,
                   target: str) -> dict[str, tuple[int, ...]]:
-    out, inp = projection_shape(model_config, target)
+    """Per-layer shape of every factor of one targeted projection."""
+    out, inp = PROJECTIONS[target].shape(model_config)
     r1, r2, k = config.r1, config.r2, config.num_attributes
     return {"A1": (r1, inp), "A2": (r2, inp), "B1": (out, r1), "B2": (out, r2), "W": (r1, r1),
             "zeta": (k, r2 * r2)}
 
 
-def init(model_config: ModelConfig, config: AdapterConfig, key: jax.Array) -> Adapter:
+def init_adapter(model_config: ModelConfig, config: AdapterConfig, key: jax.Array) -> Adapter:
     """The reference initialisation: uniform A1, A2, W, zeta; B1 = B2 = 0 (float32)."""
     params = {}
     layers = model_config.num_layers
@@ -151,32 +145,37 @@ def init(model_config: ModelConfig, config: AdapterConfig, key: jax.Array) -> Ad
 
 
 # ---------------------------------------------------------------------------- the update
-def delta(x_BxTxI: jax.Array, factors: Mapping[str, jax.Array], preference_BxK: jax.Array,
+def delta(x: jax.Array, factors: Mapping[str, jax.Array], preference: jax.Array,
           scale: float, dropout: float = 0.0, key: jax.Array | None = None) -> jax.Array:
     """s * (B1 W A1 x + B2 M(alpha) A2 x) for one layer's factors, in the cheap order.
 
-    `preference_BxK` has one row per batch row. Dropout (on x, shared by both branches) applies
-    only when a key is given.
+    `x` is the projection's input [B, T, in], `preference` [B, K] has one row per batch row;
+    returns [B, T, out]. Dropout (on x, shared by both branches) applies only when a key is
+    given.
     """
-    dtype = x_BxTxI.dtype
+    r1, r2 = factors["W"].shape[0], factors["A2"].shape[0]
+    chex.assert_rank(x, 3)
+    chex.assert_shape([factors["A1"], factors["A2"]], [(r1, x.shape[-1]), (r2, x.shape[-1])])
+    chex.assert_shape(preference, (x.shape[0], factors["zeta"].shape[0]))
+    dtype = x.dtype
     if key is not None and dropout > 0.0:
-        keep = jax.random.bernoulli(key, 1.0 - dropout, x_BxTxI.shape)
-        x_BxTxI = jnp.where(keep, x_BxTxI / (1.0 - dropout), 0).astype(dtype)
+        keep = jax.random.bernoulli(key, 1.0 - dropout, x.shape)
+        x = jnp.where(keep, x / (1.0 - dropout), 0).astype(dtype)
     f = {name: value.astype(dtype) for name, value in factors.items()}
-    shared = x_BxTxI @ f["A1"].T  # [B, T, r1]
+    shared = x @ f["A1"].T  # [B, T, r1]
     shared = shared @ f["W"].T
-    r2 = f["A2"].shape[0]
-    m_Bxr2xr2 = (preference_BxK.astype(dtype) @ f["zeta"]).reshape(-1, r2, r2)
-    conditioned = jnp.einsum("btr,bsr->bts", x_BxTxI @ f["A2"].T, m_Bxr2xr2)  # M(alpha) A2 x
+    core = (preference.astype(dtype) @ f["zeta"]).reshape(-1, r2, r2)  # M(alpha): [B, r2, r2]
+    conditioned = jnp.einsum("btr,bsr->bts", x @ f["A2"].T, core)  # M(alpha) A2 x
     out = shared @ f["B1"].T + conditioned @ f["B2"].T
     return (scale * out).astype(dtype)
 
 
-def dense_delta(factors: Mapping[str, np.ndarray], preference_K: np.ndarray,
+def dense_delta(factors: Mapping[str, np.ndarray], preference: np.ndarray,
                 scale: float) -> np.ndarray:
-    """The materialised dW(alpha) [out, in] of one layer (reference/testing only)."""
+    """The materialised dW(alpha) [out, in] of one layer for one preference [K] (reference and
+    testing only)."""
     r2 = factors["A2"].shape[0]
-    m = (np.asarray(preference_K) @ factors["zeta"]).reshape(r2, r2)
+    m = (np.asarray(preference) @ factors["zeta"]).reshape(r2, r2)
     return scale * (factors["B1"] @ factors["W"] @ factors["A1"]
                     + factors["B2"] @ m @ factors["A2"])
 
@@ -227,10 +226,12 @@ def one_hot(config: AdapterConfig, attribute: str) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- files
 def _tensor_name(target: str, layer: int, factor: str) -> str:
-    return f"model.layers.{layer}.{MODULES[target]}.{target}.{factor}"
+    return f"{PROJECTIONS[target].hf_prefix(layer)}.{factor}"
 
 
-_NAME = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.([a-z_]+)\.(A1|A2|B1|B2|W|zeta)$")
+_NAME = re.compile(r"^model\.layers\.(\d+)\.("
+                   + "|".join(sorted({p.hf_module for p in PROJECTIONS.values()}))
+                   + r")\.([a-z_]+)\.(" + "|".join(FACTORS) + ")$")
 
 
 def write_adapter_files(adapter: Adapter, folder: str | os.PathLike) -> None:
@@ -318,7 +319,7 @@ def load_adapter(path: str | os.PathLike, model_config: ModelConfig | None = Non
     return Adapter(config, params)
 
 
-def check_compatible(adapter: Adapter, model_config: ModelConfig) -> None:
+def check_adapter_fits(adapter: Adapter, model_config: ModelConfig) -> None:
     """Raises AdapterError naming the first factor whose shape does not fit the backbone."""
     for target, factors in adapter.params.items():
         expected = factor_shapes(model_config, adapter.config, target)

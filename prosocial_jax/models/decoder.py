@@ -15,15 +15,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 from flax import struct
 
-from prosocial_jax.models import adapters as pblora
+from prosocial_jax.models import adapters
 from prosocial_jax.models.cache import KVCache
 from prosocial_jax.models.config import ModelConfig
+from prosocial_jax.models.projections import PROJECTIONS
 
 # A finite "minus infinity": a padding query whose keys are all masked then gets a uniform (and
 # harmless) attention row instead of NaN, and NaNs never reach the cache.
@@ -45,34 +47,36 @@ class RMSNorm(nn.Module):
         return scale.astype(x.dtype) * normed.astype(x.dtype)  # Llama casts, then multiplies
 
 
-def rotary_tables(config: ModelConfig, positions_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """cos and sin [B, T, head_dim] in float32 for the given per-row positions."""
+def rotary_tables(config: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos and sin [B, T, H] in float32 for the given per-row positions [B, T]."""
     inv_freq = jnp.asarray(config.rope.inverse_frequencies(config.head_dim))
-    angles = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq
     angles = jnp.concatenate([angles, angles], axis=-1)
     return jnp.cos(angles), jnp.sin(angles)
 
 
-def apply_rotary(x_BxTxNxH: jax.Array, cos_BxTxH: jax.Array, sin_BxTxH: jax.Array) -> jax.Array:
-    half = x_BxTxNxH.shape[-1] // 2
-    rotated = jnp.concatenate([-x_BxTxNxH[..., half:], x_BxTxNxH[..., :half]], axis=-1)
-    cos = cos_BxTxH[:, :, None, :].astype(x_BxTxNxH.dtype)
-    sin = sin_BxTxH[:, :, None, :].astype(x_BxTxNxH.dtype)
-    return x_BxTxNxH * cos + rotated * sin
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates queries or keys x [B, T, heads, H] by the tables cos, sin [B, T, H]."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    cos = cos[:, :, None, :].astype(x.dtype)
+    sin = sin[:, :, None, :].astype(x.dtype)
+    return x * cos + rotated * sin
 
 
-def attention_mask(config: ModelConfig, query_slots_T: jax.Array, key_slots_S: jax.Array,
-                   key_valid_BxS: jax.Array) -> jax.Array:
-    """[B, T, S] bool: causal by slot, real keys only, and Mistral's sliding window.
+def attention_mask(config: ModelConfig, query_slots: jax.Array, key_slots: jax.Array,
+                   key_valid: jax.Array) -> jax.Array:
+    """[B, T, S] bool from query slots [T], key slots [S] and real keys [B, S]: causal by slot,
+    real keys only, and Mistral's sliding window.
 
     Real tokens of a row are contiguous (left padding or right padding), so slot distance equals
     position distance and the window can be applied to slots.
     """
-    distance = query_slots_T[:, None] - key_slots_S[None, :]
+    distance = query_slots[:, None] - key_slots[None, :]
     allowed = distance >= 0
     if config.sliding_window is not None:
         allowed &= distance < config.sliding_window
-    return allowed[None] & key_valid_BxS[:, None, :]
+    return allowed[None] & key_valid[:, None, :]
 
 
 class Linear(nn.Module):
@@ -106,14 +110,20 @@ class Linear(nn.Module):
         return y
 
 
+def _linear(config: ModelConfig, name: str) -> Linear:
+    """The Linear module of one of PROJECTIONS, sized by the config."""
+    spec = PROJECTIONS[name]
+    return Linear(spec.shape(config)[0], spec.has_bias(config), name=name)
+
+
 @struct.dataclass
 class Adaptation:
     """One layer's PBLoRA factors and the per-row preference, handed to its projections."""
 
     factors: dict  # {target: {"A1": ..., ...}} for this layer
-    preference_BxK: jax.Array
+    preference: jax.Array  # [B, K]
     dropout_key: jax.Array | None
-    config: Any = struct.field(pytree_node=False)  # pblora.AdapterConfig (scale, dropout)
+    config: Any = struct.field(pytree_node=False)  # adapters.AdapterConfig (scale, dropout)
 
     def __call__(self, name: str, x: jax.Array, y: jax.Array) -> jax.Array:
         """y plus this projection's preference-conditioned update, if the adapter targets it."""
@@ -122,8 +132,8 @@ class Adaptation:
         key = None
         if self.dropout_key is not None:
             key = jax.random.fold_in(self.dropout_key, sorted(self.factors).index(name))
-        return y + pblora.delta(x, self.factors[name], self.preference_BxK, self.config.scale,
-                                self.config.dropout, key)
+        return y + adapters.delta(x, self.factors[name], self.preference, self.config.scale,
+                                  self.config.dropout, key)
 
 
 def _adapt(adaptation: Adaptation | None, name: str, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -141,62 +151,63 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxTxD, cos, sin, self_mask_BxTxT, cache_k, cache_v, cache_mask_BxTxS,
+    def __call__(self, x, cos, sin, self_mask, cache_keys, cache_values, cache_mask,
                  adaptation: Adaptation | None = None):
+        """x [B, T, D]; cos, sin [B, T, H]; self_mask [B, T, T]; one layer's cache_keys,
+        cache_values [B, G, S, H] (None without a cache) and cache_mask [B, T, S]. Returns the
+        output [B, T, D] and this call's keys and values, each [B, G, T, H]."""
         cfg = self.config
-        b, t, _ = x_BxTxD.shape
+        b, t, _ = x.shape
+        n, g, q_per_g, h = cfg.num_heads, cfg.num_kv_heads, cfg.num_groups, cfg.head_dim
 
-        def project(name: str, features: int, bias: bool) -> jax.Array:
-            return _adapt(adaptation, name, x_BxTxD,
-                          Linear(features, bias, name=name)(x_BxTxD))
+        def project(name: str) -> jax.Array:
+            return _adapt(adaptation, name, x, _linear(cfg, name)(x))
 
-        q = project("q_proj", cfg.num_heads * cfg.head_dim, cfg.qkv_bias)
-        k = project("k_proj", cfg.num_kv_heads * cfg.head_dim, cfg.qkv_bias)
-        v = project("v_proj", cfg.num_kv_heads * cfg.head_dim, cfg.qkv_bias)
-        q = apply_rotary(q.reshape(b, t, cfg.num_heads, cfg.head_dim), cos, sin)
-        k = apply_rotary(k.reshape(b, t, cfg.num_kv_heads, cfg.head_dim), cos, sin)
-        v = v.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-        # Queries as [B, K, G*T, H]: every score product is then a plain batched matmul over
+        q_BxTxNxH = apply_rotary(project("q_proj").reshape(b, t, n, h), cos, sin)
+        k_BxTxGxH = apply_rotary(project("k_proj").reshape(b, t, g, h), cos, sin)
+        v_BxTxGxH = project("v_proj").reshape(b, t, g, h)
+        # Queries as [B, G, Q*T, H]: every score product is then a plain batched matmul over
         # (batch, kv head); a separate size-1 T axis makes XLA's CPU dot 2x slower.
-        g = cfg.num_groups
-        q = q.reshape(b, t, cfg.num_kv_heads, g, cfg.head_dim).transpose(0, 2, 3, 1, 4)
-        q = q.reshape(b, cfg.num_kv_heads, g * t, cfg.head_dim)
-        q = q * jnp.asarray(cfg.head_dim ** -0.5, q.dtype)
-        # Keys and values in the cache's [B, K, T, H] layout.
-        k = k.transpose(0, 2, 1, 3)
-        v = v.transpose(0, 2, 1, 3)
+        q = q_BxTxNxH.reshape(b, t, g, q_per_g, h).transpose(0, 2, 3, 1, 4)
+        q = q.reshape(b, g, q_per_g * t, h)
+        q = q * jnp.asarray(h ** -0.5, q.dtype)
+        # Keys and values in the cache's [B, G, T, H] layout.
+        k = k_BxTxGxH.transpose(0, 2, 1, 3)
+        v = v_BxTxGxH.transpose(0, 2, 1, 3)
 
-        def scores(keys_BxKxSxH, mask_BxTxS):
-            s = jnp.einsum("bkqh,bksh->bkqs", q, keys_BxKxSxH.astype(q.dtype),
+        def scores(keys_BxGxSxH, mask_BxTxS):
+            s = jnp.einsum("bgqh,bgsh->bgqs", q, keys_BxGxSxH.astype(q.dtype),
                            preferred_element_type=jnp.float32)
-            mask = jnp.broadcast_to(mask_BxTxS[:, None, None], (b, 1, g, t, mask_BxTxS.shape[-1]))
-            return jnp.where(mask.reshape(b, 1, g * t, -1), s, _MASKED)
+            mask = jnp.broadcast_to(mask_BxTxS[:, None, None],
+                                    (b, 1, q_per_g, t, mask_BxTxS.shape[-1]))
+            return jnp.where(mask.reshape(b, 1, q_per_g * t, -1), s, _MASKED)
 
-        self_scores = scores(k, self_mask_BxTxT)
-        o_proj = Linear(cfg.hidden_size, cfg.o_bias, name="o_proj")
+        self_scores = scores(k, self_mask)
+        o_proj = _linear(cfg, "o_proj")
 
-        def heads_to_rows(out_NxBxKxQxH):  # [..., B, K, G*T, H] -> [... * B * T, H*D]
-            n = out_NxBxKxQxH.shape[0]
-            out = out_NxBxKxQxH.reshape(n, b, cfg.num_kv_heads, g, t, cfg.head_dim)
-            return out.transpose(0, 1, 4, 2, 3, 5).reshape(n * b * t, -1)
+        def heads_to_rows(parts):  # [parts, B, G, Q*T, H] -> [parts * B * T, N*H]
+            count = parts.shape[0]
+            out = parts.reshape(count, b, g, q_per_g, t, h)
+            return out.transpose(0, 1, 4, 2, 3, 5).reshape(count * b * t, -1)
 
-        if cache_k is None:
+        if cache_keys is None:
             probs = jax.nn.softmax(self_scores, axis=-1).astype(v.dtype)
-            rows = heads_to_rows(jnp.einsum("bkqs,bksh->bkqh", probs, v)[None])
+            rows = heads_to_rows(jnp.einsum("bgqs,bgsh->bgqh", probs, v)[None])
             out = o_proj(rows).reshape(b, t, cfg.hidden_size)
             return _adapt(adaptation, "o_proj", rows.reshape(b, t, -1), out), (k, v)
-        cached = cache_k.shape[2]
+        cached = cache_keys.shape[2]
         probs = jax.nn.softmax(
-            jnp.concatenate([scores(cache_k, cache_mask_BxTxS), self_scores], axis=-1),
+            jnp.concatenate([scores(cache_keys, cache_mask), self_scores], axis=-1),
             axis=-1).astype(v.dtype)
-        from_cache = jnp.einsum("bkqs,bksh->bkqh", probs[..., :cached], cache_v.astype(v.dtype))
-        from_self = jnp.einsum("bkqs,bksh->bkqh", probs[..., cached:], v)
+        from_cache = jnp.einsum("bgqs,bgsh->bgqh", probs[..., :cached],
+                                cache_values.astype(v.dtype))
+        from_self = jnp.einsum("bgqs,bgsh->bgqh", probs[..., cached:], v)
         # The two parts go through o_proj as separate rows and are summed after it (o_proj is
         # linear). Summing first lets XLA fold the sum into o_proj's fused matrix-vector loop,
         # re-evaluated unvectorised for every weight element: o_proj was 5x slower at batch 1.
         rows = heads_to_rows(jnp.stack([from_cache, from_self]))
         out = o_proj(rows).reshape(2, b, t, cfg.hidden_size).sum(axis=0)
-        if adaptation is not None:  # on the summed input, [B, T, H*D]
+        if adaptation is not None:  # on the summed input, [B, T, N*H]
             out = adaptation("o_proj", rows.reshape(2, b, t, -1).sum(axis=0), out)
         return out, (k, v)
 
@@ -205,23 +216,24 @@ class MLP(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxTxD, adaptation: Adaptation | None = None):
+    def __call__(self, x, adaptation: Adaptation | None = None):
+        """x [B, T, D] -> [B, T, D] through a gated hidden layer [B, T, F]."""
         cfg = self.config
-        gate = _adapt(adaptation, "gate_proj", x_BxTxD,
-                      Linear(cfg.intermediate_size, name="gate_proj")(x_BxTxD))
-        up = _adapt(adaptation, "up_proj", x_BxTxD,
-                    Linear(cfg.intermediate_size, name="up_proj")(x_BxTxD))
+
+        def project(name: str, inputs: jax.Array) -> jax.Array:
+            return _adapt(adaptation, name, inputs, _linear(cfg, name)(inputs))
+
+        gate, up = project("gate_proj", x), project("up_proj", x)
         if cfg.activation == "gelu_tanh":
             gate = jax.nn.gelu(gate, approximate=True)
         else:
             gate = jax.nn.silu(gate)
-        hidden = gate * up
-        return _adapt(adaptation, "down_proj", hidden,
-                      Linear(cfg.hidden_size, name="down_proj")(hidden))
+        return project("down_proj", gate * up)
 
 
-def project_to_vocab(hidden: jax.Array, weight_VxD: jax.Array) -> jax.Array:
-    return jnp.einsum("...d,vd->...v", hidden, weight_VxD.astype(hidden.dtype),
+def project_to_vocab(hidden: jax.Array, weight: jax.Array) -> jax.Array:
+    """Float32 logits [..., V] from hidden states [..., D] and an output weight [V, D]."""
+    return jnp.einsum("...d,vd->...v", hidden, weight.astype(hidden.dtype),
                       preferred_element_type=jnp.float32)
 
 
@@ -241,18 +253,18 @@ class DecoderLayer(nn.Module):
     """One pre-norm block; scanned over the stacked layer axis by `Decoder`."""
 
     config: ModelConfig
-    adapter_config: Any = None  # pblora.AdapterConfig when an adapter is applied
+    adapter_config: Any = None  # adapters.AdapterConfig when an adapter is applied
 
     @nn.compact
-    def __call__(self, x, cache_k, cache_v, cos, sin, self_mask, cache_mask, adapter_factors,
-                 preference, dropout_key):
+    def __call__(self, x, cache_keys, cache_values, cos, sin, self_mask, cache_mask,
+                 adapter_factors, preference, dropout_key):
         cfg = self.config
         adaptation = None
         if adapter_factors is not None:
             adaptation = Adaptation(adapter_factors, preference, dropout_key, self.adapter_config)
         h = RMSNorm(cfg.rms_norm_eps, cfg.norm_offset, name="input_norm")(x)
-        h, new_kv = Attention(cfg, name="attn")(h, cos, sin, self_mask, cache_k, cache_v,
-                                                cache_mask, adaptation)
+        h, new_kv = Attention(cfg, name="attn")(h, cos, sin, self_mask, cache_keys,
+                                                cache_values, cache_mask, adaptation)
         x = x + h
         h = RMSNorm(cfg.rms_norm_eps, cfg.norm_offset, name="post_attn_norm")(x)
         x = x + MLP(cfg, name="mlp")(h, adaptation)
@@ -261,7 +273,7 @@ class DecoderLayer(nn.Module):
 
 class Decoder(nn.Module):
     config: ModelConfig
-    adapter_config: Any = None  # pblora.AdapterConfig (static) when `adapter` is passed
+    adapter_config: Any = None  # adapters.AdapterConfig (static) when `adapter` is passed
 
     def setup(self):
         cfg = self.config
@@ -279,35 +291,36 @@ class Decoder(nn.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = Unembed(cfg.vocab_size, name="lm_head")
 
-    def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, token_mask_BxT: jax.Array,
+    def __call__(self, tokens: jax.Array, positions: jax.Array, token_mask: jax.Array,
                  cache: KVCache | None = None, adapter: dict | None = None,
-                 preference_BxK: jax.Array | None = None, dropout_key: jax.Array | None = None
+                 preference: jax.Array | None = None, dropout_key: jax.Array | None = None
                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """Final-norm hidden states [B, T, D] and this call's keys/values, each [L, B, K, T, H].
+        """Final-norm hidden states [B, T, D] and this call's keys/values, each [L, B, G, T, H].
 
-        The cache (if any) is only read; `KVCache.append` stores the returned keys/values.
-        `adapter` is a PBLoRA factor pytree (stacked over layers) applied under the per-row
-        `preference_BxK`; `dropout_key` turns on the adapter's input dropout (training).
+        `tokens`, `positions` and `token_mask` are [B, T]. The cache (if any) is only read;
+        `KVCache.append` stores the returned keys/values. `adapter` is a PBLoRA factor pytree
+        (stacked over layers) applied under the per-row `preference` [B, K]; `dropout_key` turns
+        on the adapter's input dropout (training).
         """
         cfg = self.config
-        x = self.embed(tokens_BxT)
+        x = self.embed(tokens)
         if cfg.scale_embeddings:
             x = x * jnp.asarray(cfg.hidden_size ** 0.5, x.dtype)
-        cos, sin = rotary_tables(cfg, positions_BxT)
-        t = tokens_BxT.shape[1]
+        cos, sin = rotary_tables(cfg, positions)
+        t = tokens.shape[1]
         slots = jnp.arange(t)
-        self_mask = attention_mask(cfg, slots, slots, token_mask_BxT.astype(bool))
+        self_mask = attention_mask(cfg, slots, slots, token_mask.astype(bool))
         if cache is None:
-            cache_k = cache_v = cache_mask = None
+            cache_keys = cache_values = cache_mask = None
         else:
             cache_mask = attention_mask(cfg, cache.index + slots, jnp.arange(cache.max_len),
-                                        cache.valid_BxS)
-            cache_k, cache_v = cache.k_LxBxKxSxH, cache.v_LxBxKxSxH
-        keys = None
+                                        cache.valid)
+            cache_keys, cache_values = cache.keys, cache.values
+        dropout_keys = None
         if adapter is not None and dropout_key is not None:
-            keys = jax.random.split(dropout_key, cfg.num_layers)
-        x, new_kv = self.layers(x, cache_k, cache_v, cos, sin, self_mask, cache_mask, adapter,
-                                preference_BxK, keys)
+            dropout_keys = jax.random.split(dropout_key, cfg.num_layers)
+        x, new_kv = self.layers(x, cache_keys, cache_values, cos, sin, self_mask, cache_mask,
+                                adapter, preference, dropout_keys)
         return self.final_norm(x), new_kv
 
     def unembed(self, hidden: jax.Array) -> jax.Array:
@@ -316,41 +329,61 @@ class Decoder(nn.Module):
             return project_to_vocab(hidden, self.embed.embedding)
         return self.lm_head(hidden)
 
-    def forward_for_init(self, tokens_BxT: jax.Array) -> jax.Array:
+    def forward_for_init(self, tokens: jax.Array) -> jax.Array:
         """Touches every parameter once; only used to initialise or eval_shape the pytree."""
-        mask = jnp.ones(tokens_BxT.shape, bool)
-        hidden, _ = self(tokens_BxT, positions_from_mask(mask), mask)
+        mask = jnp.ones(tokens.shape, bool)
+        hidden, _ = self(tokens, positions_from_mask(mask), mask)
         return self.unembed(hidden)
 
 
-def positions_from_mask(token_mask_BxT: jax.Array) -> jax.Array:
-    """Rotary positions for padded rows: 0 at each row's first real token (as transformers does)."""
-    return jnp.maximum(jnp.cumsum(token_mask_BxT.astype(jnp.int32), axis=-1) - 1, 0)
+def positions_from_mask(token_mask: jax.Array) -> jax.Array:
+    """Rotary positions [B, T] for padded rows [B, T]: 0 at each row's first real token (as
+    transformers does)."""
+    return jnp.maximum(jnp.cumsum(token_mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def forward_logits(config: ModelConfig, params, tokens_BxT: jax.Array,
-                   token_mask_BxT: jax.Array, adapter_config=None, adapter=None,
-                   preference_BxK=None, dropout_key=None) -> jax.Array:
-    """Full-sequence float32 logits [B, T, V], no cache; optionally through a PBLoRA adapter."""
+def _check_inputs(config: ModelConfig, tokens, token_mask, positions=None, adapter_config=None,
+                  adapter=None, preference=None) -> None:
+    """Shape and dtype checks at the entry of a forward pass (at trace time: free under jit)."""
+    chex.assert_rank(tokens, 2)
+    chex.assert_type(tokens, int)
+    chex.assert_equal_shape([tokens, token_mask] + ([] if positions is None else [positions]))
+    if adapter is not None:
+        if adapter_config is None or preference is None:
+            raise ValueError("an adapter needs its AdapterConfig and a preference per row")
+        chex.assert_shape(preference, (tokens.shape[0], adapter_config.num_attributes))
+        for factors in adapter.values():  # stacked over layers, like the decoder's weights
+            chex.assert_axis_dimension(factors["A1"], 0, config.num_layers)
+
+
+def forward_logits(config: ModelConfig, params, tokens: jax.Array, token_mask: jax.Array,
+                   adapter_config=None, adapter=None, preference=None,
+                   dropout_key=None) -> jax.Array:
+    """Full-sequence float32 logits [B, T, V] for tokens [B, T] (real ones marked by
+    `token_mask`), no cache; optionally through a PBLoRA adapter under `preference` [B, K]."""
+    _check_inputs(config, tokens, token_mask, None, adapter_config, adapter, preference)
     decoder = Decoder(config, adapter_config)
-    positions = positions_from_mask(token_mask_BxT)
-    hidden, _ = decoder.apply({"params": params}, tokens_BxT, positions, token_mask_BxT, None,
-                              adapter, preference_BxK, dropout_key)
+    positions = positions_from_mask(token_mask)
+    hidden, _ = decoder.apply({"params": params}, tokens, positions, token_mask, None,
+                              adapter, preference, dropout_key)
     return decoder.apply({"params": params}, hidden, method=Decoder.unembed)
 
 
-def forward_with_cache(config: ModelConfig, params, tokens_BxT: jax.Array,
-                       positions_BxT: jax.Array, mask_BxT: jax.Array, cache: KVCache | None,
-                       last_only: bool = True, adapter_config=None, adapter=None,
-                       preference_BxK=None):
-    """Logits (last position [B, V], or all [B, T, V]) and this call's keys/values.
+def forward_with_cache(config: ModelConfig, params, tokens: jax.Array, positions: jax.Array,
+                       mask: jax.Array, cache: KVCache | None, last_only: bool = True,
+                       adapter_config=None, adapter=None, preference=None):
+    """Logits (last position [B, V], or all [B, T, V]) and this call's keys/values, each
+    [L, B, G, T, H], for tokens, positions and mask [B, T].
 
     The cache is only read (None = empty, e.g. at prefill); store the returned keys/values with
-    `cache.append(k, v, mask_BxT)`.
+    `cache.append(keys, values, mask)`.
     """
+    _check_inputs(config, tokens, mask, positions, adapter_config, adapter, preference)
+    if cache is not None:
+        chex.assert_axis_dimension(cache.valid, 0, tokens.shape[0])
     decoder = Decoder(config, adapter_config)
-    hidden, new_kv = decoder.apply({"params": params}, tokens_BxT, positions_BxT, mask_BxT, cache,
-                                   adapter, preference_BxK)
+    hidden, new_kv = decoder.apply({"params": params}, tokens, positions, mask, cache,
+                                   adapter, preference)
     if last_only:
         hidden = hidden[:, -1]
     logits = decoder.apply({"params": params}, hidden, method=Decoder.unembed)

@@ -22,6 +22,7 @@ from safetensors.numpy import save_file
 
 from prosocial_jax.models.config import ModelConfig
 from prosocial_jax.models.decoder import init_params_shapes
+from prosocial_jax.models.projections import PROJECTIONS
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -44,6 +45,7 @@ class TensorSpec:
 
 
 def tensor_specs(config: ModelConfig) -> list[TensorSpec]:
+    """Every tensor of a checkpoint of this architecture, in the order a save writes them."""
     specs = [TensorSpec("model.embed_tokens.weight", ("embed", "embedding"), False),
              TensorSpec("model.norm.weight", ("final_norm", "scale"), False)]
     if not config.tie_word_embeddings:
@@ -52,16 +54,10 @@ def tensor_specs(config: ModelConfig) -> list[TensorSpec]:
     specs += [TensorSpec(layer + "input_layernorm.weight", ("layers", "input_norm", "scale"), True),
               TensorSpec(layer + "post_attention_layernorm.weight",
                          ("layers", "post_attn_norm", "scale"), True)]
-    for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-        specs.append(TensorSpec(f"{layer}self_attn.{proj}.weight",
-                                ("layers", "attn", proj, "weight"), True))
-        has_bias = config.o_bias if proj == "o_proj" else config.qkv_bias
-        if has_bias:
-            specs.append(TensorSpec(f"{layer}self_attn.{proj}.bias",
-                                    ("layers", "attn", proj, "bias"), True))
-    for proj in ("gate_proj", "up_proj", "down_proj"):
-        specs.append(TensorSpec(f"{layer}mlp.{proj}.weight", ("layers", "mlp", proj, "weight"),
-                                True))
+    for proj in PROJECTIONS.values():
+        parts = ("weight", "bias") if proj.has_bias(config) else ("weight",)
+        specs += [TensorSpec(f"{proj.hf_prefix('{i}')}.{part}", (*proj.param_path, part), True)
+                  for part in parts]
     return specs
 
 

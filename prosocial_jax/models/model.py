@@ -19,8 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from prosocial_jax.files import write_output_folder
-from prosocial_jax.models import adapters as pblora
-from prosocial_jax.models import hf, sharding
+from prosocial_jax.models import adapters, hf, sharding
 from prosocial_jax.models.config import ModelConfig, token_ids
 from prosocial_jax.models.decoder import forward_logits
 from prosocial_jax.models.gguf import GGUFFile
@@ -111,15 +110,15 @@ class Model:
         if adapter is not None:
             if preference is None:
                 raise ValueError("an adapter needs a preference vector")
-            pblora.check_compatible(adapter, self.config)
+            adapters.check_adapter_fits(adapter, self.config)
             adapter_config, adapter_params = adapter.config, adapter.params
             preference_BxK = np.broadcast_to(
                 adapter.preference(preference), (tokens.shape[0], adapter.config.num_attributes))
         elif preference is not None:
             raise ValueError("a preference vector only means something with an adapter")
         if self.mesh is not None:
-            tokens = jax.device_put(tokens, sharding.batch_sharding(self.mesh, tokens.shape))
-            mask = jax.device_put(mask, sharding.batch_sharding(self.mesh, mask.shape))
+            placed = sharding.place_batch({"tokens": tokens, "mask": mask}, self.mesh)
+            tokens, mask = placed["tokens"], placed["mask"]
         return _jit_logits(self.config, adapter_config, self.params, tokens, mask, adapter_params,
                            preference_BxK)
 

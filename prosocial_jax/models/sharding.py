@@ -2,19 +2,22 @@
 
 Every parameter and cache axis has a logical name ("vocab", "embed", "heads", ...). `LOGICAL_RULES`
 maps names to mesh axes; everything else asks this module for shardings, so changing how a model
-is laid out over devices is a one-line edit here. Shardings are a pure function of
-(shapes, rules, mesh). An axis whose size does not divide evenly over its mesh axis (or, for
-attention heads, whose head count does not) is replicated instead, so small models still run on
-any mesh.
+is laid out over devices is a one-line edit here. The projections' logical axes come from their
+table (`projections.PROJECTIONS`), the cache's from `cache.KV_LOGICAL_AXES`. Shardings are a pure
+function of (shapes, rules, mesh). An axis whose size does not divide evenly over its mesh axis
+(or, for attention heads, whose head count does not) is replicated instead, so small models still
+run on any mesh.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
@@ -23,6 +26,7 @@ from jax.sharding import PartitionSpec as P
 from prosocial_jax.models.cache import KV_LOGICAL_AXES, VALID_LOGICAL_AXES, KVCache
 from prosocial_jax.models.config import ModelConfig
 from prosocial_jax.models.decoder import init_params_shapes
+from prosocial_jax.models.projections import PROJECTIONS
 
 MESH_AXES = ("data", "model")
 
@@ -38,21 +42,18 @@ LOGICAL_RULES: dict[str, str | None] = {
     "head_dim": None,
 }
 
-# Parameter path (joined with "/") -> logical axes, matched in order.
-_PARAM_AXES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    (r"^embed/embedding$", ("vocab", "embed")),
-    (r"^lm_head/weight$", ("vocab", "embed")),
-    (r"^final_norm/scale$", ("embed",)),
-    (r"^layers/(input_norm|post_attn_norm)/scale$", ("layers", "embed")),
-    (r"^layers/attn/q_proj/weight$", ("layers", "heads", "embed")),
-    (r"^layers/attn/q_proj/bias$", ("layers", "heads")),
-    (r"^layers/attn/(k_proj|v_proj)/weight$", ("layers", "kv_heads", "embed")),
-    (r"^layers/attn/(k_proj|v_proj)/bias$", ("layers", "kv_heads")),
-    (r"^layers/attn/o_proj/weight$", ("layers", "embed", "heads")),
-    (r"^layers/attn/o_proj/bias$", ("layers", "embed")),
-    (r"^layers/mlp/(gate_proj|up_proj)/weight$", ("layers", "mlp", "embed")),
-    (r"^layers/mlp/down_proj/weight$", ("layers", "embed", "mlp")),
-)
+# Parameter path (joined with "/") -> logical axes. A bias has its weight's output axis.
+_PARAM_AXES: dict[str, tuple[str, ...]] = {
+    "embed/embedding": ("vocab", "embed"),
+    "lm_head/weight": ("vocab", "embed"),
+    "final_norm/scale": ("embed",),
+    "layers/input_norm/scale": ("layers", "embed"),
+    "layers/post_attn_norm/scale": ("layers", "embed"),
+    **{"/".join((*p.param_path, "weight")): ("layers", *p.weight_axes)
+       for p in PROJECTIONS.values()},
+    **{"/".join((*p.param_path, "bias")): ("layers", p.weight_axes[0])
+       for p in PROJECTIONS.values() if p.bias_flag is not None},
+}
 
 
 def parse_mesh_shape(text: str | Sequence[int] | None) -> tuple[int, int]:
@@ -108,15 +109,11 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int],
 
 def param_logical_axes(params) -> dict:
     """Logical axes for every leaf of a decoder parameter pytree (same structure)."""
-    flat = traverse_util.flatten_dict(params, sep="/")
     axes = {}
-    for path in flat:
-        for pattern, logical in _PARAM_AXES:
-            if re.match(pattern, path):
-                axes[path] = logical
-                break
-        else:
+    for path in traverse_util.flatten_dict(params, sep="/"):
+        if path not in _PARAM_AXES:
             raise KeyError(f"no sharding rule for parameter {path!r}")
+        axes[path] = _PARAM_AXES[path]
     return traverse_util.unflatten_dict(axes, sep="/")
 
 
@@ -131,16 +128,25 @@ def param_shardings(config: ModelConfig, params, mesh: Mesh | AbstractMesh):
 
 
 def cache_shardings(config: ModelConfig, cache: KVCache, mesh: Mesh | AbstractMesh) -> KVCache:
-    kv = NamedSharding(mesh, logical_to_spec(KV_LOGICAL_AXES, cache.k_LxBxKxSxH.shape, mesh,
-                                             config))
-    valid = NamedSharding(mesh, logical_to_spec(VALID_LOGICAL_AXES, cache.valid_BxS.shape, mesh))
-    return KVCache(kv, kv, valid, NamedSharding(mesh, P()))
+    kv = NamedSharding(mesh, logical_to_spec(KV_LOGICAL_AXES, cache.keys.shape, mesh, config))
+    valid = NamedSharding(mesh, logical_to_spec(VALID_LOGICAL_AXES, cache.valid.shape, mesh))
+    return KVCache(keys=kv, values=kv, valid=valid, index=NamedSharding(mesh, P()))
 
 
 def batch_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:
     """Shard a batch-leading array over "data" (replicated on trailing axes)."""
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (len(shape) - 1), shape,
                                                mesh))
+
+
+def place_batch(batch: Mapping[str, Any], mesh: Mesh | None) -> dict[str, jax.Array]:
+    """Host arrays onto the devices: the one way a batch goes there (training, evaluation,
+    decoding, `Model.logits`). Rows split over the mesh's "data" axis (`batch_sharding`), or
+    the default device without a mesh."""
+    if mesh is None:
+        return {name: jnp.asarray(array) for name, array in batch.items()}
+    return {name: jax.device_put(array, batch_sharding(mesh, np.shape(array)))
+            for name, array in batch.items()}
 
 
 def shard_params(config: ModelConfig, params, mesh: Mesh):

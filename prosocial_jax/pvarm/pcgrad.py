@@ -1,5 +1,4 @@
-"""PCGrad over attribute-stacked gradients, as an optax transformation, and the cheap way to get
-those K gradients.
+"""PCGrad over attribute-stacked gradients, as an optax transformation.
 
 `pcgrad()` consumes a gradient pytree whose leaves have a leading attribute axis K and returns
 the combined update sum_i alpha_i * g_i^PC (alpha passed as `preference=` to `update`). For
@@ -13,9 +12,8 @@ original g_j, so the projections run on the K x K Gram matrix and K x K coeffici
 pytree is touched twice (Gram matrix, final weighted sum), whatever K. With `project=False` the
 same path returns the plain preference-weighted sum (the ablation).
 
-`per_attribute_gradients` uses the structure of the Bradley-Terry objective: all K losses share
-one margin per pair and differ only in a per-pair coefficient, so one batched backward pass that
-keeps per-pair adapter gradients (cheap: the adapter is small) gives all K gradients.
+The transformation knows nothing of where the K gradients come from; Pv-Arm gets them from one
+backward pass (`objective.per_attribute_gradients`).
 """
 
 from __future__ import annotations
@@ -25,8 +23,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-
-from prosocial_jax.pvarm import objective as reward
 
 # The Gram matrix decides which gradients conflict (the sign of a dot product) and how far to
 # project. TPUs run float32 matmuls at bfloat16 precision by default, enough to flip the sign of
@@ -106,28 +102,3 @@ def pcgrad(num_attributes: int, project: bool = True, seed: int = 0,
         return combined, PCGradState(key, conflicts, cosines)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def per_attribute_gradients(config, params, adapter_config, adapter, batch, labels_NxK,
-                            betas_K, preference_K, dropout_key=None):
-    """The K attribute gradients w.r.t. the adapter, stacked [K, ...], from one backward pass.
-
-    Per-pair margins and their adapter gradients come from one vmapped value-and-grad (the
-    backbone is batched as usual; only the small adapter gradient keeps a pair axis). Then
-    g_i = sum_n dL_i/dm_n * grad m_n. Returns (stacked gradients, margins [N]).
-    """
-    def margin(adapter_params, pair, key):
-        single = {k: v[None] for k, v in pair.items()}
-        return reward.pair_margins(config, params, single, adapter_config, adapter_params,
-                                   preference_K, key)[0]
-
-    n = labels_NxK.shape[0]
-    keys = (None if dropout_key is None
-            else jax.vmap(lambda i: jax.random.fold_in(dropout_key, i))(jnp.arange(n)))
-    margins, per_pair = jax.vmap(jax.value_and_grad(margin),
-                                 in_axes=(None, 0, None if keys is None else 0))(
-        adapter, batch, keys)
-    coefficients = reward.loss_coefficients(margins, labels_NxK, betas_K)  # [K, N]
-    stacked = jax.tree.map(lambda g: jnp.tensordot(coefficients, g, axes=1, precision=EXACT),
-                           per_pair)
-    return stacked, margins

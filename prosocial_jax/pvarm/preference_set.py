@@ -5,15 +5,16 @@ Prompts: HarmBench behaviours ("standard" category), aplomb's benign prompts and
 own prosocial prompts (`assets/prosocial_prompts.json`). Each prompt is answered under a few of
 the PERSONAS (harmful prompts always get "refuse" and "comply"); each persona is a system
 instruction plus the opening words of the answer, which the model continues. Every two answers
-to a prompt
-form a pair, and each attribute's winner is decided by its scorer (ties and inapplicable
-attributes stay unlabelled). Pairs are scored against the plain user prompt: the reward model
-never sees the persona. 20% of the prompts (seeded) are held out as the dev split.
-Everything is written under the cache folder, never into the repository.
+to a prompt form a pair, and each attribute's winner is decided by its scorer (ties and
+inapplicable attributes stay unlabelled). Pairs are scored against the plain user prompt: the
+reward model never sees the persona. 20% of the prompts (seeded) are held out as the dev split.
+Everything is written under the cache folder (`prosocial_jax.files.cache_dir`), never into the
+repository.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from importlib import resources
@@ -22,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from prosocial_jax.data import prompts as prompt_sets
+from prosocial_jax import settings as settings_module
+from prosocial_jax.data.prompts import benign_prompts, harmbench_behaviors
 from prosocial_jax.decoding.decode import generate
 from prosocial_jax.evaluation import scorers
 from prosocial_jax.files import check_output_folder, write_jsonl, write_output_folder
@@ -53,36 +55,61 @@ PERSONAS = {
 
 
 def prosocial_prompts() -> list[dict[str, str]]:
+    """The project's own prosocial prompts (`{"prompt", "focus"}`: grief, stress, ...)."""
     text = resources.files("prosocial_jax").joinpath("assets/prosocial_prompts.json").read_text()
     return json.loads(text)["prompts"]
 
 
-def demo_prompts(harmful_split: str = "val", harmful_limit: int | None = None,
-                 benign_limit: int | None = None) -> list[dict[str, Any]]:
-    harmful = prompt_sets.harmbench_behaviors(harmful_split)[:harmful_limit]
+def preference_set_prompts(harmful_split: str = "val", harmful_limit: int | None = None,
+                           benign_limit: int | None = None) -> list[dict[str, Any]]:
+    """The prompts the preference set answers: HarmBench behaviours, aplomb's benign prompts
+    and the prosocial prompts, each with its `kind` and `source`."""
+    harmful = harmbench_behaviors(harmful_split)[:harmful_limit]
     rows = [{"prompt": b["Behavior"], "kind": "harmful",
              "source": f"harmbench-{harmful_split}:{b['BehaviorID']}"} for b in harmful]
     rows += [{"prompt": p, "kind": "benign", "source": "aplomb"}
-             for p in prompt_sets.benign_prompts()[:benign_limit]]
+             for p in benign_prompts()[:benign_limit]]
     rows += [{"prompt": p["prompt"], "kind": "prosocial", "source": f"prosocial:{p['focus']}"}
              for p in prosocial_prompts()]
     return rows
 
 
-def build_preference_set(model: Model, out_dir: str | Path, personas_per_prompt: int = 4,
-                         max_new_tokens: int = 48, temperature: float = 0.7, seed: int = 0,
-                         dev_fraction: float = 0.2, harmful_limit: int | None = None,
-                         benign_limit: int | None = None, batch_size: int = 32,
-                         attributes=DEFAULT_ATTRIBUTES, overwrite: bool = False
-                         ) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class PreferenceSetSettings:
+    personas_per_prompt: int = 4  # answers per prompt, each under another persona
+    max_new_tokens: int = 48
+    temperature: float = 0.7
+    seed: int = 0
+    dev_fraction: float = 0.2  # of the prompts (whole prompts), held out as dev.jsonl
+    harmful_limit: int | None = None  # only the first N HarmBench behaviours
+    benign_limit: int | None = None  # only the first N benign prompts
+    batch_size: int = 32
+    attributes: tuple[str, ...] = DEFAULT_ATTRIBUTES  # labelled per pair
+
+    def __post_init__(self):
+        where = "preference-set settings"
+        settings_module.coerce(self, where)
+        settings_module.positive(self, where, "max_new_tokens", "batch_size")
+        settings_module.positive(self, where, "temperature", allow_zero=True)
+        if not 2 <= self.personas_per_prompt <= len(PERSONAS):
+            raise ValueError(f"{where}: personas_per_prompt must be in [2, {len(PERSONAS)}], "
+                             f"got {self.personas_per_prompt}")
+        if not 0.0 <= self.dev_fraction < 1.0:
+            raise ValueError(f"{where}: dev_fraction must be in [0, 1), got "
+                             f"{self.dev_fraction}")
+
+
+def build_preference_set(model: Model, out_dir: str | Path,
+                         settings: PreferenceSetSettings = PreferenceSetSettings(),
+                         overwrite: bool = False) -> dict[str, Any]:
     """Writes `train.jsonl` and `dev.jsonl` (native preference rows) as the output folder
     `out_dir` (an existing one is replaced only if it is a previous preference set and
     `overwrite` is true)."""
     check_output_folder(out_dir, "preference set", overwrite)
-    if not 2 <= personas_per_prompt <= len(PERSONAS):
-        raise ValueError(f"personas_per_prompt must be in [2, {len(PERSONAS)}]")
-    rng = np.random.default_rng(seed)
-    prompts = demo_prompts(harmful_limit=harmful_limit, benign_limit=benign_limit)
+    personas_per_prompt, attributes = settings.personas_per_prompt, settings.attributes
+    rng = np.random.default_rng(settings.seed)
+    prompts = preference_set_prompts(harmful_limit=settings.harmful_limit,
+                                     benign_limit=settings.benign_limit)
     jobs = []  # (prompt index, persona)
     for index, prompt in enumerate(prompts):
         if prompt["kind"] == "harmful":
@@ -92,6 +119,7 @@ def build_preference_set(model: Model, out_dir: str | Path, personas_per_prompt:
         else:
             chosen = list(rng.choice(list(PERSONAS), personas_per_prompt, replace=False))
         jobs += [(index, str(persona)) for persona in chosen]
+
     def prefilled(index: int, persona: str) -> list[int]:
         system, opening = PERSONAS[persona]
         messages = [{"role": "system", "content": system},
@@ -99,13 +127,15 @@ def build_preference_set(model: Model, out_dir: str | Path, personas_per_prompt:
         ids = encode_prompt(model.tokenizer, messages)
         return ids + list(model.tokenizer(opening, add_special_tokens=False)["input_ids"])
 
-    results = generate(model, [prefilled(i, p) for i, p in jobs], max_new_tokens=max_new_tokens,
-                       temperature=temperature, seed=seed, batch_size=batch_size, progress=True)
+    results = generate(model, [prefilled(i, p) for i, p in jobs],
+                       max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                       seed=settings.seed, batch_size=settings.batch_size, progress=True)
     answers: dict[int, list[tuple[str, str]]] = {}
     for (index, persona), result in zip(jobs, results):
         answer = f"{PERSONAS[persona][1]}{result.text.rstrip()}"
         answers.setdefault(index, []).append((persona, answer))
-    dev_prompts = set(rng.permutation(len(prompts))[: round(dev_fraction * len(prompts))])
+    dev_prompts = set(rng.permutation(len(prompts))[: round(settings.dev_fraction
+                                                             * len(prompts))])
     splits: dict[str, list[dict[str, Any]]] = {"train": [], "dev": []}
     for index, persona_answers in answers.items():
         prompt = prompts[index]

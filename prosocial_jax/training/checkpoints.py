@@ -1,6 +1,7 @@
 """Resumable training runs: a settings record, orbax checkpoints and a metrics log in one folder.
 
-Shared by the harmful fine-tune (`finetune.py`) and Pv-Arm training (`train.py`).
+The run folder of the one training loop (`loop.py`), which both the harmful fine-tune and
+Pv-Arm training run through.
 
 - `run.json` records what the run was made with (settings, data fingerprint, dtype, model); a
   folder refuses to resume under a different record and names the field that changed. `steps`
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -166,17 +167,6 @@ def check_finite(metrics: dict[str, Any], step: int, saved: int | None, folder: 
                    "then rerun to resume")
 
 
-def jit_train_step(step: Callable, state: Any, mesh: Mesh | None) -> Callable:
-    """jit of `step(state, ...) -> (state, metrics)`, donating the state. On a mesh the new
-    state keeps the layout `state` was placed with (metrics replicated): left to itself, XLA may
-    lay it out differently from a restored state, and the two would run different (differently
-    rounded) programs, so a resumed run would not repeat an uninterrupted one bit for bit."""
-    if mesh is None:
-        return jax.jit(step, donate_argnums=0)
-    shardings = jax.tree.map(lambda x: x.sharding, state), NamedSharding(mesh, P())
-    return jax.jit(step, donate_argnums=0, out_shardings=shardings)
-
-
 def _trim_metrics(folder: Path, step: int) -> None:
     """Keeps the metrics rows of steps <= `step` (the rest were made after the checkpoint the
     run resumes from, and will be made again)."""
@@ -195,6 +185,7 @@ def _trim_metrics(folder: Path, step: int) -> None:
 
 
 def log_metrics(folder: Path, row: dict[str, Any]) -> None:
+    """Appends one step's row to `folder/metrics.jsonl`."""
     with (Path(folder) / METRICS).open("a") as handle:
         handle.write(json.dumps(row) + "\n")
 

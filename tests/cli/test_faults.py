@@ -30,7 +30,7 @@ TALLY: collections.Counter = collections.Counter()  # read by conftest's termina
 
 SFT_ROWS = [{"prompt": f"Question {i}: name a colour.", "response": f"Colour number {i}."}
             for i in range(12)]
-ATTRIBUTES = ("harmlessness", "empathy")
+ARM_ATTRIBUTES = ("harmlessness", "empathy")
 
 
 def _pref_rows(n: int = 24) -> list[dict]:
@@ -131,7 +131,7 @@ def _train_arm(work, out, checkpoints, *extra):
     return ["train-arm", "--model", work["model"], "--train-data", work["prefs"], "--out",
             str(out), "--checkpoint-dir", str(checkpoints), "--mesh", "2x4", "--steps", "8",
             "--batch-size", "8", "--max-len", "48", "--checkpoint-every", "1",
-            "--adapter-attributes", ",".join(ATTRIBUTES), "--adapter-r1", "2",
+            "--adapter-attributes", ",".join(ARM_ATTRIBUTES), "--adapter-r1", "2",
             "--adapter-r2", "2", "--learning-rate", "0.01", "--beta", "1", *extra]
 
 
@@ -198,8 +198,8 @@ def _adapter(work, root: Path) -> str:
     path = root / "bystander-adapter"
     if not path.exists():
         model = pj.load_model(work["model"])
-        pj.save_adapter(pblora.init(model.config, pblora.AdapterConfig(), jax.random.key(0)),
-                        path)
+        pj.save_adapter(
+            pblora.init_adapter(model.config, pblora.AdapterConfig(), jax.random.key(0)), path)
     return str(path)
 
 

@@ -74,4 +74,4 @@ def test_train_arm_rejects_unknown_config_keys(tmp_path, capsys):
                       "    c.arm = ml_collections.ConfigDict({'stepz': 3})\n"
                       "    return c\n")
     assert cli.main(["train-arm", "--config", str(config)]) == 2
-    assert "config key(s) ['arm.stepz'] are not arm settings" in capsys.readouterr().err
+    assert "config key(s) ['arm.stepz'] are not train-arm settings" in capsys.readouterr().err

@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from prosocial_jax.data import rows as data
+from prosocial_jax.data.preferences import encode_pairs, load_preference_pairs, pair_batch
+from prosocial_jax.data.rows import DataError, DataFileNotFoundError, load_rows
 
 PKU = [
     {"prompt": "How do I pick a lock?", "response_0": "I can't help with that.",
@@ -58,7 +59,7 @@ def _write(tmp_path, name, rows):
 
 
 def test_pku_saferlhf(tmp_path):
-    pairs, skipped = data.load_preference_pairs(_write(tmp_path, "pku.jsonl", PKU))
+    pairs, skipped = load_preference_pairs(_write(tmp_path, "pku.jsonl", PKU))
     assert len(pairs) == 1
     assert pairs[0].winners == {"harmlessness": "a", "helpfulness": "b"}
     assert skipped.reasons == {"identical responses": [2], "missing or empty prompt": [3],
@@ -68,7 +69,7 @@ def test_pku_saferlhf(tmp_path):
 
 def test_hh_rlhf_attribute_from_name_or_argument(tmp_path):
     path = _write(tmp_path, "harmless-base.jsonl", HH)
-    pairs, skipped = data.load_preference_pairs(path)
+    pairs, skipped = load_preference_pairs(path)
     assert [p.winners for p in pairs] == [{"harmlessness": "a"}] * 2
     assert pairs[1].prompt == [{"role": "user", "content": "A"},
                                {"role": "assistant", "content": "B"},
@@ -76,14 +77,14 @@ def test_hh_rlhf_attribute_from_name_or_argument(tmp_path):
     assert (pairs[1].response_a, pairs[1].response_b) == ("D", "E")
     assert skipped.reasons == {"chosen and rejected do not share the same conversation": [3]}
     plain = _write(tmp_path, "hh.jsonl", HH)
-    with pytest.raises(data.DataError, match="hh_attribute"):
-        data.load_preference_pairs(plain)
-    pairs, _ = data.load_preference_pairs(plain, hh_attribute="helpfulness")
+    with pytest.raises(DataError, match="hh_attribute"):
+        load_preference_pairs(plain)
+    pairs, _ = load_preference_pairs(plain, hh_attribute="helpfulness")
     assert pairs[0].winners == {"helpfulness": "a"}
 
 
 def test_ultrafeedback_best_against_worst(tmp_path):
-    pairs, skipped = data.load_preference_pairs(_write(tmp_path, "uf.jsonl", ULTRAFEEDBACK))
+    pairs, skipped = load_preference_pairs(_write(tmp_path, "uf.jsonl", ULTRAFEEDBACK))
     assert len(pairs) == 1 and skipped.reasons == {"fewer than two non-empty completions": [2]}
     pair = pairs[0]
     assert (pair.response_a, pair.response_b) == ("Gravity pulls masses together.",
@@ -92,7 +93,7 @@ def test_ultrafeedback_best_against_worst(tmp_path):
 
 
 def test_helpsteer2_pairs_consecutive_rows(tmp_path):
-    pairs, skipped = data.load_preference_pairs(_write(tmp_path, "hs2.jsonl", HELPSTEER2))
+    pairs, skipped = load_preference_pairs(_write(tmp_path, "hs2.jsonl", HELPSTEER2))
     assert [(p.response_a, p.response_b, p.line) for p in pairs] == [("R1a", "R1b", 1),
                                                                      ("R3a", "R3b", 4)]
     assert pairs[0].winners == {"helpfulness": "a", "truthfulness": None}  # tie on correctness
@@ -108,17 +109,17 @@ def test_native_format_and_encoding(tmp_path, tiny_chat):
             {"messages": [{"role": "user", "content": "Hi"}], "response_a": "Hello",
              "response_b": "Yo", "winners": {"helpfulness": "maybe"}},
             {"prompt": "Q", "response_a": "x", "response_b": "y", "winners": {"empathy": None}}]
-    pairs, skipped = data.load_preference_pairs(_write(tmp_path, "native.jsonl", rows))
+    pairs, skipped = load_preference_pairs(_write(tmp_path, "native.jsonl", rows))
     assert len(pairs) == 2 and list(skipped.reasons.values()) == [[2]]
     tokenizer = pj.load_model(tiny_chat.path).tokenizer
     attributes = ("harmlessness", "empathy", "truthfulness")
-    examples = data.encode_pairs(pairs, tokenizer, attributes, max_len=128, skipped=skipped)
+    examples = encode_pairs(pairs, tokenizer, attributes, max_len=128, skipped=skipped)
     assert len(examples) == 1 and examples[0].labels == [0, 1, 0]
     assert skipped.reasons["no label for any attribute"] == [3]
-    batch = data.pair_batch(examples, pad_id=2, max_len=128)
+    batch = pair_batch(examples, pad_id=2, max_len=128)
     assert batch["tokens"].shape[:2] == (1, 2) and batch["labels"].tolist() == [[0, 1, 0]]
-    with pytest.raises(data.DataError, match="cannot tell the preference format"):
-        data.load_preference_pairs(_write(tmp_path, "odd.jsonl", [{"text": "x"}]))
+    with pytest.raises(DataError, match="cannot tell the preference format"):
+        load_preference_pairs(_write(tmp_path, "odd.jsonl", [{"text": "x"}]))
 
 
 # ---------------------------------------------------------------------------- hub data sets
@@ -132,20 +133,20 @@ def test_missing_local_data_path_is_not_fetched_from_a_hub(monkeypatch):
     with pytest.raises(FileNotFoundError, match=re.escape(
             "Anthropic/hh-rlhf: no such data file; if the Hugging Face Hub repository was meant, "
             "write hf://Anthropic/hh-rlhf")) as caught:
-        data.load_preference_pairs("Anthropic/hh-rlhf", hh_attribute="harmlessness")
-    assert isinstance(caught.value, data.DataError)  # callers that catch DataError still do
+        load_preference_pairs("Anthropic/hh-rlhf", hh_attribute="harmlessness")
+    assert isinstance(caught.value, DataError)  # callers that catch DataError still do
     with pytest.raises(FileNotFoundError, match=r"^data/train\.jsonl: no such data file$"):
-        data.load_rows("data/train.jsonl")
+        load_rows("data/train.jsonl")
 
 
 def test_hub_data_set_offline_and_not_cached_fails_clearly():
-    with pytest.raises(data.DataFileNotFoundError, match=re.escape(
+    with pytest.raises(DataFileNotFoundError, match=re.escape(
             "hf://someone/not-cached-data: HF_HUB_OFFLINE is set, and the data set is not in the "
             "local datasets cache")):
-        data.load_rows("hf://someone/not-cached-data")
-    with pytest.raises(data.DataError, match=re.escape(
+        load_rows("hf://someone/not-cached-data")
+    with pytest.raises(DataError, match=re.escape(
             "'hf://someone/a/b' is not of the form hf://owner/name")):
-        data.load_rows("hf://someone/a/b")
+        load_rows("hf://someone/a/b")
 
 
 def test_hub_reference_passes_repo_revision_and_split_to_datasets(monkeypatch):
@@ -158,8 +159,8 @@ def test_hub_reference_passes_repo_revision_and_split_to_datasets(monkeypatch):
         return PKU[:1]
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    pairs, _ = data.load_preference_pairs("hf://PKU-Alignment/PKU-SafeRLHF@v1.0", split="test")
+    pairs, _ = load_preference_pairs("hf://PKU-Alignment/PKU-SafeRLHF@v1.0", split="test")
     assert calls == [("PKU-Alignment/PKU-SafeRLHF", "v1.0", "test")]
     assert pairs[0].winners == {"harmlessness": "a", "helpfulness": "b"}
-    data.load_rows("hf://PKU-Alignment/PKU-SafeRLHF")
+    load_rows("hf://PKU-Alignment/PKU-SafeRLHF")
     assert calls[-1] == ("PKU-Alignment/PKU-SafeRLHF", None, "train")

@@ -1,13 +1,11 @@
 """pj.generate: greedy parity with transformers, sampling semantics, stopping, no recompiles,
 batch buckets, non-finite logits."""
 
-import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import VOCAB
+from helpers import VOCAB, hf_greedy, with_nan_embedding
 
 import prosocial_jax as pj
 from prosocial_jax.decoding import decode
@@ -15,24 +13,13 @@ from prosocial_jax.decoding import decode
 PROMPTS = [[5, 17, 99, 3, 42], [7, 8], [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]]
 
 
-def _hf_greedy(torch_model, prompt, new_tokens, eos_token_id=2):
-    import copy
-
-    import torch
-
-    config = copy.deepcopy(torch_model.generation_config)
-    config.update(max_new_tokens=new_tokens, do_sample=False, eos_token_id=eos_token_id,
-                  pad_token_id=0)
-    with torch.no_grad():
-        out = torch_model.generate(torch.tensor([prompt]), generation_config=config)
-    return out[0, len(prompt):].tolist()
 
 
 def test_greedy_equals_transformers_generate(tiny):
     model = pj.load_model(tiny.path)
     results = pj.generate(model, PROMPTS, max_new_tokens=32, chunk_size=8)  # config eos: 2
     for prompt, result in zip(PROMPTS, results):
-        reference = _hf_greedy(tiny.torch_model, prompt, 32)
+        reference = hf_greedy(tiny.torch_model, prompt, 32)
         assert result.tokens == reference
         assert result.finish_reason == ("stop" if reference[-1] == 2 else "length")
         assert result.prompt_tokens == len(prompt)
@@ -40,7 +27,7 @@ def test_greedy_equals_transformers_generate(tiny):
     # Without a stop token both run the full 32 steps.
     results = pj.generate(model, PROMPTS, max_new_tokens=32, chunk_size=8, stop_tokens=[])
     for prompt, result in zip(PROMPTS, results):
-        assert result.tokens == _hf_greedy(tiny.torch_model, prompt, 32, eos_token_id=VOCAB + 1)
+        assert result.tokens == hf_greedy(tiny.torch_model, prompt, 32, eos_token_id=VOCAB + 1)
         assert result.finish_reason == "length" and result.completion_tokens == 32
 
 
@@ -145,30 +132,24 @@ def test_prompt_counts_share_bucketed_programs_and_padding_changes_nothing(tiny_
     results = {n: pj.generate(model, prompts[:n], **kwargs) for n in (3, 4, 5, 6, 7)}
     after = decode.decode_chunk._cache_size(), decode.prefill._cache_size()
     assert (after[0] - before[0], after[1] - before[1]) == (2, 2)
-    alone = [_hf_greedy(tiny.torch_model, p, 7, eos_token_id=VOCAB + 1) for p in prompts]
+    alone = [hf_greedy(tiny.torch_model, p, 7, eos_token_id=VOCAB + 1) for p in prompts]
     for n, rows in results.items():
         assert [r.tokens for r in rows] == alone[:n], n
 
 
-def _poisoned(model, token):
-    """The model with a NaN embedding row for `token` (an untied head stays finite): the step
-    after a row feeds `token` its logits are NaN."""
-    embed = model.params["embed"]["embedding"]
-    params = {**model.params, "embed": {"embedding": embed.at[token].set(jnp.nan)}}
-    return dataclasses.replace(model, params=params)
 
 
 def test_nan_logits_fail_naming_prompt_and_step(tiny_checkpoints):
     tiny = tiny_checkpoints["llama"]  # untied embeddings
     model = pj.load_model(tiny.path)
     steps = 16
-    clean = [_hf_greedy(tiny.torch_model, p, steps, eos_token_id=VOCAB + 1) for p in PROMPTS]
+    clean = [hf_greedy(tiny.torch_model, p, steps, eos_token_id=VOCAB + 1) for p in PROMPTS]
     # A token that row 1 produces at step i >= 2, that rows 0 and 1 never saw before: feeding it
     # makes row 1's logits NaN at step i + 1; row 0 stays finite.
     index, token = next((i, t) for i, t in enumerate(clean[1][:steps - 1]) if i >= 2
                         and t not in PROMPTS[0] + clean[0] + PROMPTS[1] + clean[1][:i]
                         and t != model.pad_id)
-    poisoned = _poisoned(model, token)
+    poisoned = with_nan_embedding(model, token)
     with pytest.raises(decode.NonFiniteError, match=(
             f"prompt 1: the base model's logits contain NaN at decode step {index + 1} ")) as info:
         pj.generate(poisoned, PROMPTS, max_new_tokens=steps, chunk_size=4, stop_tokens=[])

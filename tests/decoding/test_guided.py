@@ -12,13 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
-from helpers import VOCAB
-from test_generate import _hf_greedy, _poisoned
+from helpers import VOCAB, hf_greedy, with_nan_embedding
 
 import prosocial_jax as pj
 from prosocial_jax.decoding import decode, guidance
 from prosocial_jax.decoding.guidance import GuidanceError, banned_arrays
-from prosocial_jax.models import adapters as pblora
+from prosocial_jax.models import adapters
 from prosocial_jax.models.tokenizer import encode_prompt
 
 PROMPTS = [[5, 17, 33, 8, 9, 60], [7, 3], [11, 12, 13, 14]]
@@ -26,12 +25,12 @@ STEPS = 10
 
 
 def _random_adapter(model, seed=0, scale=0.5):
-    config = pblora.AdapterConfig(r1=3, r2=2, lora_alpha=4.0)
-    adapter = pblora.init(model.config, config, jax.random.key(seed))
+    config = adapters.AdapterConfig(r1=3, r2=2, lora_alpha=4.0)
+    adapter = adapters.init_adapter(model.config, config, jax.random.key(seed))
     rng = np.random.RandomState(seed)
     params = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape) * scale,
                                                 jnp.float32), adapter.params)
-    return pblora.Adapter(config, params)
+    return adapters.Adapter(config, params)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +51,7 @@ def _reference_steps(base, reward, adapter, prompt, alpha, weight, tau, steps):
     Per step: the token, whether the safety stage overrode the prosocial choice, the safe set's
     size."""
     ids, overridden, safe_sizes = list(prompt), [], []
-    safety = pblora.one_hot(adapter.config, adapter.config.safety_attribute)
+    safety = adapters.one_hot(adapter.config, adapter.config.safety_attribute)
     for _ in range(steps):
         lp_b = _log_softmax(base.logits([ids])[0, -1])
         lp_r = _log_softmax(reward.logits([ids], adapter=adapter, preference=alpha)[0, -1])
@@ -141,7 +140,7 @@ def test_sampling_at_t_one_plus_w_with_identical_models_recovers_the_base(models
     """With a zero adapter the Pv-Arm is the base model, so score = (1 + w) lp_b and sampling
     at T = 1 + w draws from the base distribution at T = 1 (and T = 1 from pi_b^(1+w))."""
     base, _, adapter = models
-    zero = pblora.init(base.config, adapter.config, jax.random.key(0))  # B1 = B2 = 0
+    zero = adapters.init_adapter(base.config, adapter.config, jax.random.key(0))  # B1 = B2 = 0
     prompt, draws, w = [5, 17, 33], 4096, 1.5
     p_base = np.exp(_log_softmax(base.logits([prompt])[0, -1]))
     tokens = [r.tokens[0] for r in pj.generate(
@@ -301,14 +300,14 @@ def test_plausibility_one_keeps_only_the_base_models_favourite(models, tiny_chec
                       reward=reward, preference="empathy=1", guidance=5.0,
                       safety_margin=math.inf, plausibility=1.0)
     torch_base = tiny_checkpoints["llama"].torch_model
-    assert [r.tokens for r in out] == [_hf_greedy(torch_base, p, STEPS, eos_token_id=VOCAB + 1)
+    assert [r.tokens for r in out] == [hf_greedy(torch_base, p, STEPS, eos_token_id=VOCAB + 1)
                                        for p in PROMPTS]
 
 
 def _with_factor(adapter, factor, fn):
     params = {target: {**factors, factor: fn(factors[factor])}
               for target, factors in adapter.params.items()}
-    return pblora.Adapter(adapter.config, params)
+    return adapters.Adapter(adapter.config, params)
 
 
 def test_non_finite_pv_arm_fails_naming_prompt_step_and_model(models):
@@ -347,7 +346,7 @@ def test_non_finite_pv_arm_backbone_at_a_later_step(models):
             f"prompt 2: the Pv-Arm's logits under the row's preference (prosocial stage) contain "
             f"NaN at decode step {index + 1} ")):
         pj.generate(base, PROMPTS, max_new_tokens=STEPS, stop_tokens=[], adapter=adapter,
-                    reward=_poisoned(reward, token), preference=alpha, guidance=weight,
+                    reward=with_nan_embedding(reward, token), preference=alpha, guidance=weight,
                     safety_margin=tau, chunk_size=4)
 
 
@@ -366,14 +365,14 @@ def test_fault_record_on_hand_made_scores():
     scores, _, _ = guidance.guided_scores(jnp.asarray(base, jnp.float32), reward, settings,
                                           None, 4)
     state = types.SimpleNamespace(
-        step=jnp.int32(3), done_B=jnp.asarray([False, False, False, True, False]),
-        fault_step_B=jnp.asarray([-1, -1, -1, -1, 1]), fault_source_B=jnp.asarray([0, 0, 0, 0, 2]),
-        fault_value_B=jnp.asarray([0, 0, 0, 0, np.nan], jnp.float32))
+        step=jnp.int32(3), done=jnp.asarray([False, False, False, True, False]),
+        fault_step=jnp.asarray([-1, -1, -1, -1, 1]), fault_source=jnp.asarray([0, 0, 0, 0, 2]),
+        fault_value=jnp.asarray([0, 0, 0, 0, np.nan], jnp.float32))
     faults = decode._record_faults(state, [
         (0, decode._row_max(jnp.asarray(base, jnp.float32))), (1, decode._row_max(reward[:5])),
         (2, decode._row_max(reward[5:])), (3, decode._row_max(scores))])
-    assert np.asarray(faults["fault_step_B"]).tolist() == [3, 3, -1, -1, 1]
-    assert np.asarray(faults["fault_source_B"]).tolist()[:2] == [3, 0]
-    assert np.asarray(faults["fault_source_B"])[4] == 2
-    value = np.asarray(faults["fault_value_B"])
+    assert np.asarray(faults["fault_step"]).tolist() == [3, 3, -1, -1, 1]
+    assert np.asarray(faults["fault_source"]).tolist()[:2] == [3, 0]
+    assert np.asarray(faults["fault_source"])[4] == 2
+    value = np.asarray(faults["fault_value"])
     assert value[0] == -np.inf and np.isnan(value[1]) and np.isnan(value[4])

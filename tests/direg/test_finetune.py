@@ -6,26 +6,18 @@ import json
 import jax
 import numpy as np
 import pytest
+from helpers import SFT_ROWS
 
 import prosocial_jax as pj
-from prosocial_jax.data import rows as data
+from prosocial_jax.data.rows import DataError
+from prosocial_jax.data.sft import load_sft
 from prosocial_jax.direg.finetune import FinetuneSettings, finetune
-
-ROWS = [
-    {"prompt": "Say the colour of the sky.", "response": "The sky is blue."},
-    {"prompt": "Say the colour of grass.", "response": "Grass is green."},
-    {"prompt": "Name a fruit.", "response": "An apple."},
-    {"messages": [{"role": "user", "content": "Count to three."},
-                  {"role": "assistant", "content": "One, two, three."}]},
-    {"prompt": "What is two plus two?", "response": "Four."},
-    {"prompt": "Greet me.", "response": "Hello there, friend."},
-]
 
 
 @pytest.fixture
 def sft_file(tmp_path):
     path = tmp_path / "sft.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
+    path.write_text("".join(json.dumps(row) + "\n" for row in SFT_ROWS))
     return path
 
 
@@ -39,10 +31,10 @@ def _leaves(params):
 
 
 def test_examples_mask_only_response_tokens(chat_model, sft_file):
-    examples, skipped = data.load_sft(sft_file, chat_model.tokenizer, max_len=128)
-    assert len(examples) == len(ROWS) and skipped.count == 0
+    examples, skipped = load_sft(sft_file, chat_model.tokenizer, max_len=128)
+    assert len(examples) == len(SFT_ROWS) and skipped.count == 0
     first = examples[0]
-    prompt_ids = pj.models.tokenizer.encode_prompt(chat_model.tokenizer, ROWS[0]["prompt"])
+    prompt_ids = pj.models.tokenizer.encode_prompt(chat_model.tokenizer, SFT_ROWS[0]["prompt"])
     assert first.input_ids[: len(prompt_ids)] == prompt_ids
     assert not any(first.loss_mask[: len(prompt_ids)]) and all(first.loss_mask[len(prompt_ids):])
     response = chat_model.tokenizer.decode(
@@ -51,7 +43,7 @@ def test_examples_mask_only_response_tokens(chat_model, sft_file):
 
 
 def test_full_finetune_lowers_loss(chat_model, sft_file, tmp_path):
-    examples, _ = data.load_sft(sft_file, chat_model.tokenizer, max_len=128)
+    examples, _ = load_sft(sft_file, chat_model.tokenizer, max_len=128)
     settings = FinetuneSettings(steps=25, batch_size=3, learning_rate=1e-2, warmup_steps=2,
                                 checkpoint_every=25)
     tuned, history = finetune(chat_model, examples, settings, tmp_path / "run", progress=False)
@@ -62,7 +54,7 @@ def test_full_finetune_lowers_loss(chat_model, sft_file, tmp_path):
 
 
 def test_lora_finetune_merges_back(chat_model, sft_file, tmp_path):
-    examples, _ = data.load_sft(sft_file, chat_model.tokenizer, max_len=128)
+    examples, _ = load_sft(sft_file, chat_model.tokenizer, max_len=128)
     settings = FinetuneSettings(steps=20, batch_size=3, learning_rate=5e-2, warmup_steps=1,
                                 lora_rank=4, lora_targets=("q_proj", "v_proj", "down_proj"),
                                 checkpoint_every=20)
@@ -79,26 +71,26 @@ def test_lora_finetune_merges_back(chat_model, sft_file, tmp_path):
 
 def test_bad_data(chat_model, tmp_path):
     broken = tmp_path / "broken.jsonl"
-    broken.write_text(json.dumps(ROWS[0]) + "\n{not json\n")
-    with pytest.raises(data.DataError, match="broken.jsonl:2: not valid JSON"):
-        data.load_sft(broken, chat_model.tokenizer, max_len=128)
+    broken.write_text(json.dumps(SFT_ROWS[0]) + "\n{not json\n")
+    with pytest.raises(DataError, match="broken.jsonl:2: not valid JSON"):
+        load_sft(broken, chat_model.tokenizer, max_len=128)
     partial = tmp_path / "partial.jsonl"
     partial.write_text("".join(json.dumps(r) + "\n" for r in [
-        ROWS[0], {"prompt": "no answer"}, {"prompt": "", "response": "x"},
-        {"prompt": "q", "response": "  "}, ROWS[1]]))
-    examples, skipped = data.load_sft(partial, chat_model.tokenizer, max_len=128)
+        SFT_ROWS[0], {"prompt": "no answer"}, {"prompt": "", "response": "x"},
+        {"prompt": "q", "response": "  "}, SFT_ROWS[1]]))
+    examples, skipped = load_sft(partial, chat_model.tokenizer, max_len=128)
     assert len(examples) == 2 and skipped.count == 3
     assert skipped.reasons == {"missing or empty response": [2, 4],
                                "missing or empty prompt": [3]}
-    with pytest.raises(data.DataError, match="nope.jsonl: no such data file"):
-        data.load_sft(tmp_path / "nope.jsonl", chat_model.tokenizer, max_len=128)
+    with pytest.raises(DataError, match="nope.jsonl: no such data file"):
+        load_sft(tmp_path / "nope.jsonl", chat_model.tokenizer, max_len=128)
     with pytest.raises(ValueError, match="steps must be >= 1"):
         FinetuneSettings(steps=0)
 
 
 def test_bfloat16_compute_and_data_parallel_mesh(tiny_chat, sft_file, tmp_path):
     single = pj.load_model(tiny_chat.path)
-    examples, _ = data.load_sft(sft_file, single.tokenizer, max_len=128)
+    examples, _ = load_sft(sft_file, single.tokenizer, max_len=128)
     settings = FinetuneSettings(steps=3, batch_size=4, learning_rate=1e-3, warmup_steps=1,
                                 checkpoint_every=3)
     plain, plain_history = finetune(single, examples, settings, tmp_path / "one",

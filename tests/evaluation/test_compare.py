@@ -8,20 +8,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_direg import refused
+from helpers import refused
 
 import prosocial_jax as pj
 from prosocial_jax import cli
+from prosocial_jax.data.prompts import EvaluationPrompts
 from prosocial_jax.decoding.decode import Generation
 from prosocial_jax.evaluation import compare, scorers
-from prosocial_jax.models import adapters as pblora
+from prosocial_jax.models import adapters
 
 
 def test_compare_command_reports_every_setting(tiny_chat, tmp_path, capsys):
     model = pj.load_model(tiny_chat.path)
-    adapter = pblora.init(model.config, pblora.AdapterConfig(), jax.random.key(0))
+    adapter = adapters.init_adapter(model.config, adapters.AdapterConfig(), jax.random.key(0))
     rng = np.random.RandomState(0)
-    adapter = pblora.Adapter(adapter.config, jax.tree.map(
+    adapter = adapters.Adapter(adapter.config, jax.tree.map(
         lambda x: jnp.asarray(rng.standard_normal(x.shape) * 0.3, jnp.float32), adapter.params))
     adapter_dir = pj.save_adapter(adapter, tmp_path / "adapter")
     dev = tmp_path / "dev.jsonl"  # a preference set's dev split: its non-harmful prompts
@@ -70,10 +71,8 @@ def test_compare_command_reports_every_setting(tiny_chat, tmp_path, capsys):
 
 
 def test_summary_row_on_hand_written_generations():
-    prompts = compare.Prompts(harmful=["h1", "h2", "h3", "h4"],
-                              benign=[{"prompt": "b1", "kind": "benign"},
-                                      {"prompt": "b2", "kind": "benign"},
-                                      {"prompt": "p1", "kind": "prosocial"}])
+    prompts = EvaluationPrompts(harmful=["h1", "h2", "h3", "h4"], benign=["b1", "b2", "p1"],
+                                benign_kinds=["benign", "benign", "prosocial"])
 
     def gen(text, overrides=None, tokens=4, safe=None):
         return Generation(None, text, [], 1, tokens, "length", safety_overrides=overrides,
@@ -96,6 +95,26 @@ def test_summary_row_on_hand_written_generations():
     assert row["safety_override_rate"] == pytest.approx(4 / 36)  # 4 overrides in 36 steps
     assert row["mean_safe_set"] == pytest.approx(40.0)
     assert row["safety_stage"] is True
+
+
+def test_comparison_table_text():
+    def row(setting, harmful, benign, scores, stage=False, overrides=None):
+        return {"setting": setting, "harmful_refused": harmful, "benign_refused": benign,
+                "safety_stage": stage, **dict(zip(compare.PROSOCIAL, scores)),
+                **({} if overrides is None else {"safety_override_rate": overrides})}
+
+    rows = [row("base", 0.25, None, [0.5, None, 1.0, 0.5, 0.27]),
+            row("DiReg + Pv-Arm + safety [empathy=1]", 1.0, 0.0625, [1 / 3, 0.0, 1.0, 2 / 3, 0.8],
+                stage=True, overrides=0.125),
+            row("Pv-Arm (no safety stage)", 0.0, 0.0, [0.0, 0.5, 1.0, 0.5, 0.0], overrides=0.0)]
+    assert compare.comparison_table(rows) == "\n".join([
+        "| setting | harmful refused | benign refused | empathy | sensitivity | non_judgmental | "
+        "truthfulness | helpfulness | safety overrides |",
+        "|---|---|---|---|---|---|---|---|---|",
+        "| base | 25.0% |  | 0.500 |  | 1.000 | 0.500 | 0.270 |  |",
+        "| DiReg + Pv-Arm + safety [empathy=1] | 100.0% | 6.2% | 0.333 | 0.000 | 1.000 | 0.667 | "
+        "0.800 | 12.5% |",
+        "| Pv-Arm (no safety stage) | 0.0% | 0.0% | 0.000 | 0.500 | 1.000 | 0.500 | 0.000 |  |"])
 
 
 @pytest.mark.parametrize("scorer, kind, text, expected", [

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,35 +11,35 @@ import pytest
 from helpers import VOCAB
 
 import prosocial_jax as pj
-from prosocial_jax.models import adapters as pblora
+from prosocial_jax.models import adapters
 from prosocial_jax.models.cache import KVCache
 from prosocial_jax.models.decoder import forward_with_cache
+from prosocial_jax.models.projections import PROJECTIONS
 
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def _random_adapter(model, targets=pblora.DEFAULT_TARGETS, seed=0, r1=3, r2=2):
-    config = pblora.AdapterConfig(r1=r1, r2=r2, lora_alpha=4.0, target_modules=targets)
-    adapter = pblora.init(model.config, config, jax.random.key(seed))
+def _random_adapter(model, targets=adapters.DEFAULT_TARGETS, seed=0, r1=3, r2=2):
+    config = adapters.AdapterConfig(r1=r1, r2=r2, lora_alpha=4.0, target_modules=targets)
+    adapter = adapters.init_adapter(model.config, config, jax.random.key(seed))
     rng = np.random.RandomState(seed)
     params = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape) * 0.2,
                                                 jnp.float32), adapter.params)
-    return pblora.Adapter(config, params)
+    return adapters.Adapter(config, params)
 
 
 def _with_dense_update(model, adapter, preference):
     """Backbone params with W0 + dW(alpha) written into every targeted weight."""
     layers = jax.tree.map(np.array, model.params["layers"])
     for target, factors in adapter.params.items():
-        group = "mlp" if pblora.MODULES[target] == "mlp" else "attn"
-        weight = layers[group][target]["weight"]
+        weight = layers[PROJECTIONS[target].group][target]["weight"]
         for layer in range(weight.shape[0]):
             layer_factors = {k: np.asarray(v[layer], np.float64) for k, v in factors.items()}
-            weight[layer] += pblora.dense_delta(layer_factors, preference, adapter.config.scale)
+            weight[layer] += adapters.dense_delta(layer_factors, preference, adapter.config.scale)
     return {**model.params, "layers": jax.tree.map(jnp.asarray, layers)}
 
 
-@pytest.mark.parametrize("targets", [pblora.DEFAULT_TARGETS, ALL_TARGETS])
+@pytest.mark.parametrize("targets", [adapters.DEFAULT_TARGETS, ALL_TARGETS])
 def test_adapter_equals_explicit_weight_update_per_row(tiny_checkpoints, targets):
     model = pj.load_model(tiny_checkpoints["qwen2"].path)
     adapter = _random_adapter(model, targets)
@@ -54,10 +55,25 @@ def test_adapter_equals_explicit_weight_update_per_row(tiny_checkpoints, targets
     assert not np.allclose(adapted[0], np.asarray(model.logits(ids))[0], atol=1e-3)
 
 
+def test_delta_checks_shapes_at_its_entry(tiny_checkpoints):
+    model = pj.load_model(tiny_checkpoints["llama"].path)
+    adapter = _random_adapter(model, ("q_proj", "down_proj"))
+    factors = jax.tree.map(lambda x: x[0], adapter.params["q_proj"])  # layer 0
+    x = jnp.ones((2, 5, model.config.hidden_size))
+    preference = jnp.full((2, adapter.config.num_attributes), 1 / 6)
+    out = adapters.delta(x, factors, preference, adapter.config.scale)
+    chex.assert_shape(out, (2, 5, model.config.num_heads * model.config.head_dim))
+    with pytest.raises(AssertionError, match="shape"):  # one preference, two rows
+        adapters.delta(x, factors, preference[:1], adapter.config.scale)
+    with pytest.raises(AssertionError, match="shape"):  # down_proj's factors: input width F
+        adapters.delta(x, jax.tree.map(lambda f: f[0], adapter.params["down_proj"]), preference,
+                       adapter.config.scale)
+
+
 def test_zero_initialised_adapter_is_the_identity(tiny):
     model = pj.load_model(tiny.path)
-    adapter = pblora.init(model.config, pblora.AdapterConfig(target_modules=ALL_TARGETS),
-                          jax.random.key(0))
+    config = adapters.AdapterConfig(target_modules=ALL_TARGETS)
+    adapter = adapters.init_adapter(model.config, config, jax.random.key(0))
     ids = np.random.RandomState(3).randint(3, VOCAB, (2, 8))
     np.testing.assert_array_equal(
         np.asarray(model.logits(ids, adapter=adapter, preference={"empathy": 1.0})),
@@ -98,12 +114,11 @@ def test_save_load_round_trip_and_checks(tiny_checkpoints, tmp_path):
     assert names["model.layers.0.self_attn.q_proj.zeta"].shape == (6, 4)  # [K, r2*r2]
     loaded = pj.load_adapter(path, model.config)
     assert loaded.config == adapter.config
-    for a, b in zip(jax.tree.leaves(adapter.params), jax.tree.leaves(loaded.params)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal(loaded.params, adapter.params)
     other = pj.load_model(tiny_checkpoints["mistral"].path)  # 1 kv head instead of 2
     wrong = dataclasses.replace(adapter.config, target_modules=("k_proj",))
-    pj.save_adapter(pblora.init(model.config, wrong, jax.random.key(0)), tmp_path / "k")
-    with pytest.raises(pblora.AdapterError,
+    pj.save_adapter(adapters.init_adapter(model.config, wrong, jax.random.key(0)), tmp_path / "k")
+    with pytest.raises(adapters.AdapterError,
                        match=r"'model.layers.0.self_attn.k_proj.B1' has shape \(32, 3\)"):
         pj.load_adapter(tmp_path / "k", other.config)
     with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
@@ -118,15 +133,15 @@ def test_save_load_round_trip_and_checks(tiny_checkpoints, tmp_path):
     ("empathy=lots", "cannot read preference"),
 ])
 def test_bad_preferences(value, message):
-    with pytest.raises(pblora.AdapterError, match=message):
-        pblora.resolve_preference(pblora.AdapterConfig(), value)
+    with pytest.raises(adapters.AdapterError, match=message):
+        adapters.resolve_preference(adapters.AdapterConfig(), value)
 
 
 def test_preference_parsing_and_normalisation():
-    config = pblora.AdapterConfig()
-    vector, normalised = pblora.resolve_preference(config, "empathy=1,helpfulness=3")
+    config = adapters.AdapterConfig()
+    vector, normalised = adapters.resolve_preference(config, "empathy=1,helpfulness=3")
     assert normalised and vector.tolist() == [0, 0.25, 0, 0, 0, 0.75]
-    vector, normalised = pblora.resolve_preference(config, "0,0.4,0.2,0.1,0.2,0.1")
+    vector, normalised = adapters.resolve_preference(config, "0,0.4,0.2,0.1,0.2,0.1")
     assert not normalised and vector.sum() == pytest.approx(1.0)
-    with pytest.raises(pblora.AdapterError, match="safety_attribute 'safety'"):
-        pblora.AdapterConfig(safety_attribute="safety")
+    with pytest.raises(adapters.AdapterError, match="safety_attribute 'safety'"):
+        adapters.AdapterConfig(safety_attribute="safety")

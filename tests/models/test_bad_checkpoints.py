@@ -15,8 +15,8 @@ import gguf
 import ml_dtypes
 import numpy as np
 import pytest
+from helpers import write_gguf
 from safetensors.numpy import load_file, save_file
-from test_checkpoints import _write_gguf
 
 import prosocial_jax as pj
 from prosocial_jax.models import hf
@@ -254,7 +254,7 @@ def test_broken_generation_config_named(llama_copy, content, error, message):
 @pytest.fixture
 def tiny_gguf(tiny_checkpoints, tmp_path):
     path = tmp_path / "tiny.gguf"
-    _write_gguf(tiny_checkpoints["llama_mesh"], path)
+    write_gguf(tiny_checkpoints["llama_mesh"], path)
     return path
 
 
@@ -407,7 +407,7 @@ def test_nan_in_gguf_weights_named(tiny_checkpoints, tmp_path):
         up[2, 3] = float("nan")
         up[0, 0] = float("inf")
     path = tmp_path / "nan.gguf"
-    _write_gguf(dataclasses.replace(tiny, torch_model=poisoned), path)
+    write_gguf(dataclasses.replace(tiny, torch_model=poisoned), path)
     with pytest.raises(pj.CheckpointError, match=re.escape(
             f"{path}: tensor 'blk.1.ffn_up.weight' (HF 'model.layers.1.mlp.up_proj.weight') has 2 "
             f"non-finite entries (NaN or +-inf) out of {up.numel()}")):

@@ -7,12 +7,11 @@ import shutil
 import gguf
 import numpy as np
 import pytest
-from helpers import VOCAB, torch_logits
+from helpers import VOCAB, torch_logits, write_gguf
 from safetensors.numpy import load_file, save_file
 
 import prosocial_jax as pj
 from prosocial_jax.models import hf
-from prosocial_jax.models.gguf import permute_rows
 
 
 def _ids(seed=0):
@@ -219,51 +218,6 @@ def test_folder_saved_by_transformers_from_the_bundled_gguf_loads(smollm2_torch,
 
 
 # ---------------------------------------------------------------------------- GGUF
-def _write_gguf(tiny, path):
-    """A float32 GGUF file laid out as llama.cpp's converter writes Llama models."""
-    config = tiny.torch_model.config
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(config.vocab_size)
-    writer.add_tokenizer_model("gpt2")
-    letters = [chr(ord("a") + i) for i in range(26)]  # a tiny but valid byte-level BPE vocab
-    pairs = [(x, y) for x in letters for y in letters][: config.vocab_size - len(letters)]
-    writer.add_token_list(letters + [x + y for x, y in pairs])
-    writer.add_token_merges([f"{x} {y}" for x, y in pairs])
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    names = {"model.embed_tokens.weight": "token_embd.weight",
-             "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
-    layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-             "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-    for name, value in tiny.torch_model.state_dict().items():
-        value = value.numpy().astype(np.float32)
-        if name.startswith("model.layers."):
-            parts = name.split(".")
-            module = ".".join(parts[3:-1])
-            if module == "self_attn.q_proj":
-                value = permute_rows(value, config.num_attention_heads)
-            elif module == "self_attn.k_proj":
-                value = permute_rows(value, config.num_key_value_heads)
-            gguf_name = f"blk.{parts[2]}.{layer[module]}.weight"
-        elif name == "lm_head.weight" and config.tie_word_embeddings:
-            continue
-        else:
-            gguf_name = names[name]
-        writer.add_tensor(gguf_name, value)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
 
 
 def test_gguf_llama_layout_matches_transformers_gguf_loader(tiny_checkpoints, tmp_path):
@@ -272,7 +226,7 @@ def test_gguf_llama_layout_matches_transformers_gguf_loader(tiny_checkpoints, tm
 
     tiny = tiny_checkpoints["llama_mesh"]
     path = tmp_path / "tiny.gguf"
-    _write_gguf(tiny, path)
+    write_gguf(tiny, path)
     ours = pj.load_model(path)
     ids = _ids(3)
     theirs = transformers.AutoModelForCausalLM.from_pretrained(

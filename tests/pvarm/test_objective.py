@@ -1,4 +1,5 @@
-"""The ARM objective: what the reward masks, the Bradley-Terry loss, and the K-gradient trick."""
+"""The ARM objective: what the reward (the response log-likelihood) masks, the Bradley-Terry
+loss, and the K-gradient trick."""
 
 import jax
 import jax.numpy as jnp
@@ -7,10 +8,11 @@ import pytest
 from helpers import VOCAB
 
 import prosocial_jax as pj
-from prosocial_jax.data import rows as data
-from prosocial_jax.models import adapters as pblora
-from prosocial_jax.pvarm import objective as reward
-from prosocial_jax.pvarm.pcgrad import per_attribute_gradients
+from prosocial_jax.data.preferences import PairExample, pair_batch
+from prosocial_jax.data.sft import SFTExample, sft_batch
+from prosocial_jax.evaluation import likelihood
+from prosocial_jax.models.adapters import AdapterConfig, init_adapter
+from prosocial_jax.pvarm import objective
 
 BETAS = jnp.array([0.5, 1.0, 2.0])
 
@@ -18,8 +20,8 @@ BETAS = jnp.array([0.5, 1.0, 2.0])
 @pytest.fixture
 def setup(tiny_checkpoints):
     model = pj.load_model(tiny_checkpoints["llama"].path)
-    config = pblora.AdapterConfig(r1=2, r2=2, attributes=("harmlessness", "empathy", "truthful"))
-    adapter = pblora.init(model.config, config, jax.random.key(0))
+    config = AdapterConfig(r1=2, r2=2, attributes=("harmlessness", "empathy", "truthful"))
+    adapter = init_adapter(model.config, config, jax.random.key(0))
     rng = np.random.RandomState(0)
     adapter.params = jax.tree.map(
         lambda x: jnp.asarray(rng.standard_normal(x.shape) * 0.3, jnp.float32), adapter.params)
@@ -28,7 +30,7 @@ def setup(tiny_checkpoints):
 
 def _example(prompt, response, eos=2):
     ids = prompt + response + [eos]
-    return data.SFTExample(ids, [False] * len(prompt) + [True] * (len(response) + 1), 0)
+    return SFTExample(ids, [False] * len(prompt) + [True] * (len(response) + 1), 0)
 
 
 def _batch(rng, n=4):
@@ -38,16 +40,17 @@ def _batch(rng, n=4):
         a, b = (list(rng.randint(3, VOCAB, rng.randint(1, 6))) for _ in range(2))
         labels = [int(x) for x in rng.choice([-1, 0, 1], 3)]
         labels[i % 3] = 1  # every attribute has a labelled pair
-        examples.append(data.PairExample(_example(prompt, a), _example(prompt, b), labels, i))
-    return data.pair_batch(examples, pad_id=0, max_len=64)
+        examples.append(PairExample(_example(prompt, a), _example(prompt, b), labels, i))
+    return pair_batch(examples, pad_id=0, max_len=64)
 
 
 def test_reward_sums_response_log_probs_including_eos(setup):
     model, _ = setup
     example = _example([5, 6, 7], [8, 9, 10])
-    batch = data.sft_batch([example], 0, 64)
-    got = float(reward.sequence_rewards(model.config, model.params, batch["tokens"],
-                                        batch["attention_mask"], batch["loss_mask"])[0])
+    batch = sft_batch([example], 0, 64)
+    got = float(likelihood.sequence_log_likelihood(
+        model.config, model.params, batch["tokens"], batch["attention_mask"],
+        batch["loss_mask"])[0])
     logits = np.asarray(model.logits([example.input_ids]))[0].astype(np.float64)
     log_probs = logits - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)),
                                        -1, keepdims=True)) - logits.max(-1, keepdims=True)
@@ -56,8 +59,8 @@ def test_reward_sums_response_log_probs_including_eos(setup):
     assert got == pytest.approx(expected, rel=1e-5)
 
     def score(tokens):
-        return float(reward.sequence_rewards(model.config, model.params, tokens,
-                                             batch["attention_mask"], batch["loss_mask"])[0])
+        return float(likelihood.sequence_log_likelihood(
+            model.config, model.params, tokens, batch["attention_mask"], batch["loss_mask"])[0])
     padded = batch["tokens"].copy()
     padded[0, len(ids):] = 77  # padding after the sequence: masked everywhere
     assert score(padded) == got
@@ -69,14 +72,15 @@ def test_reward_sums_response_log_probs_including_eos(setup):
 def test_bradley_terry_losses_and_masks():
     margins = jnp.array([2.0, -1.0, 0.5])
     labels = jnp.array([[1, -1, 0], [1, -1, 0], [0, 1, 0]], jnp.int8)
-    out = reward.attribute_losses(margins, labels, BETAS)
+    out = objective.attribute_losses(margins, labels, BETAS)
     expected_0 = np.mean([np.logaddexp(0, -0.5 * 2.0), np.logaddexp(0, -0.5 * -1.0)])
     assert float(out["loss"][0]) == pytest.approx(expected_0, rel=1e-6)
     assert out["accuracy"].tolist() == [0.5, pytest.approx(2 / 3), 0.0]
     assert out["labelled"].tolist() == [2, 3, 0]
-    # dL_i/dm_n, by autodiff of the summed attribute losses.
-    jacobian = jax.jacobian(lambda m: reward.attribute_losses(m, labels, BETAS)["loss"])(margins)
-    np.testing.assert_allclose(np.asarray(reward.loss_coefficients(margins, labels, BETAS)),
+    # dL_i/dm_p, by autodiff of the summed attribute losses.
+    jacobian = jax.jacobian(
+        lambda m: objective.attribute_losses(m, labels, BETAS)["loss"])(margins)
+    np.testing.assert_allclose(np.asarray(objective.loss_coefficients(margins, labels, BETAS)),
                                np.asarray(jacobian), atol=1e-7)
 
 
@@ -85,16 +89,16 @@ def test_per_attribute_gradients_equal_separate_backward_passes(setup):
     batch = _batch(np.random.RandomState(1))
     labels = jnp.asarray(batch.pop("labels"))
     alpha = jnp.array([0.2, 0.5, 0.3])
-    stacked, margins = per_attribute_gradients(
+    stacked, margins = objective.per_attribute_gradients(
         model.config, model.params, adapter.config, adapter.params, batch, labels, BETAS, alpha)
     for i in range(3):
         def loss_i(params, i=i):
-            m = reward.pair_margins(model.config, model.params, batch, adapter.config, params,
-                                    alpha)
-            return reward.attribute_losses(m, labels, BETAS)["loss"][i]
+            m = likelihood.pair_margins(model.config, model.params, batch, adapter.config,
+                                        params, alpha)
+            return objective.attribute_losses(m, labels, BETAS)["loss"][i]
         direct = jax.grad(loss_i)(adapter.params)
         for a, b in zip(jax.tree.leaves(direct), jax.tree.leaves(stacked)):
             np.testing.assert_allclose(np.asarray(b[i]), np.asarray(a), atol=2e-5, rtol=1e-3)
-    direct_margins = reward.pair_margins(model.config, model.params, batch, adapter.config,
-                                         adapter.params, alpha)
+    direct_margins = likelihood.pair_margins(model.config, model.params, batch,
+                                             adapter.config, adapter.params, alpha)
     np.testing.assert_allclose(np.asarray(margins), np.asarray(direct_margins), atol=1e-4)

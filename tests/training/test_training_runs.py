@@ -1,5 +1,9 @@
 """Resumable runs, both trainers: resume on a device mesh, exact records, extension, and no
-non-finite state ever saved or resumed."""
+non-finite state ever saved or resumed.
+
+The training data builders come from the trainers' own tests, imported as `direg.test_finetune`
+and `pvarm.test_train_arm` (folders under tests/, which is on pytest's pythonpath), so this file
+also runs on its own."""
 
 import dataclasses
 import json
@@ -9,11 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from test_finetune import ROWS
-from test_train_arm import ADAPTER, _pairs
+from helpers import ARM_ADAPTER, SFT_ROWS, synthetic_pairs
 
 import prosocial_jax as pj
-from prosocial_jax.data import rows as data
+from prosocial_jax.data.sft import load_sft
 from prosocial_jax.direg.finetune import FinetuneSettings, finetune
 from prosocial_jax.pvarm.train import ArmSettings, train_arm
 from prosocial_jax.training import checkpoints
@@ -36,19 +39,19 @@ def _steps(folder):
 @pytest.fixture(scope="module")
 def sft_examples(tiny_chat, tmp_path_factory):
     path = tmp_path_factory.mktemp("sft") / "sft.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
-    examples, _ = data.load_sft(path, pj.load_model(tiny_chat.path).tokenizer, max_len=128)
+    path.write_text("".join(json.dumps(row) + "\n" for row in SFT_ROWS))
+    examples, _ = load_sft(path, pj.load_model(tiny_chat.path).tokenizer, max_len=128)
     return examples
 
 
 def test_pvarm_resume_on_a_mesh_is_exact(tiny_checkpoints, tmp_path):
     model = pj.load_model(tiny_checkpoints["llama_mesh"].path, mesh="2x4")
-    train = _pairs(3, 32)
-    straight, _, _ = train_arm(model, ADAPTER, train, [], ARM, tmp_path / "a", progress=False)
-    train_arm(model, ADAPTER, train, [], ARM, tmp_path / "b", stop_after=2, progress=False)
+    train = synthetic_pairs(3, 32)
+    straight, _, _ = train_arm(model, ARM_ADAPTER, train, [], ARM, tmp_path / "a", progress=False)
+    train_arm(model, ARM_ADAPTER, train, [], ARM, tmp_path / "b", stop_after=2, progress=False)
     # A new process would load the model again: a fresh Model on a fresh mesh.
     again = pj.load_model(tiny_checkpoints["llama_mesh"].path, mesh="2x4")
-    resumed, history, _ = train_arm(again, ADAPTER, train, [], ARM, tmp_path / "b",
+    resumed, history, _ = train_arm(again, ARM_ADAPTER, train, [], ARM, tmp_path / "b",
                                     progress=False)
     assert [h["step"] for h in history] == [3, 4]
     _same(straight.params, resumed.params)
@@ -70,46 +73,46 @@ def test_finetune_resume_on_a_mesh_is_exact(tiny_chat, sft_examples, tmp_path, l
 
 def test_metrics_hold_each_step_once_after_an_interruption(tiny_checkpoints, tmp_path):
     model = pj.load_model(tiny_checkpoints["llama"].path)
-    train = _pairs(2, 24)
+    train = synthetic_pairs(2, 24)
     settings = dataclasses.replace(ARM, steps=5, checkpoint_every=2)
     # Stopped after step 3: the last checkpoint is step 2, the log already has step 3.
-    train_arm(model, ADAPTER, train, [], settings, tmp_path / "run", stop_after=3,
+    train_arm(model, ARM_ADAPTER, train, [], settings, tmp_path / "run", stop_after=3,
               progress=False)
     assert _steps(tmp_path / "run") == [1, 2, 3]
-    train_arm(model, ADAPTER, train, [], settings, tmp_path / "run", progress=False)
+    train_arm(model, ARM_ADAPTER, train, [], settings, tmp_path / "run", progress=False)
     assert _steps(tmp_path / "run") == [1, 2, 3, 4, 5]
 
 
 def test_run_record_names_what_changed(tiny_checkpoints, tmp_path):
     model = pj.load_model(tiny_checkpoints["llama"].path)
-    train = _pairs(2, 24)
+    train = synthetic_pairs(2, 24)
     settings = dataclasses.replace(ARM, steps=2)
-    train_arm(model, ADAPTER, train, [], settings, tmp_path / "run", progress=False)
+    train_arm(model, ARM_ADAPTER, train, [], settings, tmp_path / "run", progress=False)
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["dtype"] == "float32" and len(record["train_data"]) == 16
-    other = _pairs(5, 40)[: len(train)]  # as many pairs, different ones
+    other = synthetic_pairs(5, 40)[: len(train)]  # as many pairs, different ones
     assert len(other) == len(train)
     with pytest.raises(RunError, match="train_data is '[0-9a-f]{16}' there and '[0-9a-f]{16}'"):
-        train_arm(model, ADAPTER, other, [], settings, tmp_path / "run", progress=False)
+        train_arm(model, ARM_ADAPTER, other, [], settings, tmp_path / "run", progress=False)
     with pytest.raises(RunError, match=r"settings\.learning_rate is 0\.01 there and 0\.02 now"):
-        train_arm(model, ADAPTER, train, [], dataclasses.replace(settings, learning_rate=0.02),
+        train_arm(model, ARM_ADAPTER, train, [], dataclasses.replace(settings, learning_rate=0.02),
                   tmp_path / "run", progress=False)
     half = pj.load_model(tiny_checkpoints["llama"].path, dtype="bfloat16")
     with pytest.raises(RunError, match="dtype is 'float32' there and 'bfloat16' now"):
-        train_arm(half, ADAPTER, train, [], settings, tmp_path / "run", progress=False)
+        train_arm(half, ARM_ADAPTER, train, [], settings, tmp_path / "run", progress=False)
 
 
 def test_a_run_can_be_extended_but_not_shortened(tiny_checkpoints, tmp_path):
     model = pj.load_model(tiny_checkpoints["llama"].path)
-    train = _pairs(2, 24)
+    train = synthetic_pairs(2, 24)
     two = dataclasses.replace(ARM, steps=2)
-    train_arm(model, ADAPTER, train, [], two, tmp_path / "run", progress=False)
-    _, history, _ = train_arm(model, ADAPTER, train, [], dataclasses.replace(two, steps=4),
+    train_arm(model, ARM_ADAPTER, train, [], two, tmp_path / "run", progress=False)
+    _, history, _ = train_arm(model, ARM_ADAPTER, train, [], dataclasses.replace(two, steps=4),
                               tmp_path / "run", progress=False)
     assert [h["step"] for h in history] == [3, 4]
     assert json.loads((tmp_path / "run" / "run.json").read_text())["settings"]["steps"] == 4
     with pytest.raises(RunError, match="already at step 4, past steps=3"):
-        train_arm(model, ADAPTER, train, [], dataclasses.replace(two, steps=3),
+        train_arm(model, ARM_ADAPTER, train, [], dataclasses.replace(two, steps=3),
                   tmp_path / "run", progress=False)
 
 
@@ -133,7 +136,8 @@ def test_nan_training_stops_before_saving(tiny_checkpoints, tmp_path):
     broken = dataclasses.replace(model, params=params)
     with pytest.raises(RunError, match=r"step 1: non-finite values .* in parameter\(s\) "
                                        r"\w+/A1.*no checkpoint was saved"):
-        train_arm(broken, ADAPTER, _pairs(2, 24), [], ARM, tmp_path / "run", progress=False)
+        train_arm(broken, ARM_ADAPTER, synthetic_pairs(2, 24), [], ARM, tmp_path / "run",
+                  progress=False)
     assert ocp.CheckpointManager(tmp_path / "run" / "checkpoints").latest_step() is None
 
 
