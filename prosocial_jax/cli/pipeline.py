@@ -57,7 +57,6 @@ def _cmd_compare(args) -> int:
     import time
 
     import prosocial_jax as pj
-    from prosocial_jax.data.prompts import EvaluationPrompts
     from prosocial_jax.evaluation import compare
     from prosocial_jax.files import cache_dir, check_output_file, check_output_folder
 
@@ -73,9 +72,7 @@ def _cmd_compare(args) -> int:
     adapter = pj.load_adapter(inputs.adapter, reward.config)
     for preference in chosen.preferences:  # fail before any decoding
         adapter.preference(preference)
-    prompts = EvaluationPrompts.held_out(
-        chosen.harmful_split, chosen.harmful_limit, chosen.benign_limit,
-        Path(inputs.benign_from) if inputs.benign_from else None)
+    prompts = chosen.prompts(inputs.benign_from)
     generations = args.generations or cache_dir() / "compare" / "generations.jsonl"
     settings = compare.default_settings(adapter, chosen.preferences)
     rows = compare.run(models, reward, adapter, settings, prompts, chosen.guidance,

@@ -17,7 +17,9 @@ import dataclasses
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from prosocial_jax import settings
 
 HARMBENCH_SPLITS = ("val", "test")
 
@@ -107,6 +109,30 @@ class EvaluationPrompts:
 
 
 # ---------------------------------------------------------------------------- prompt files
+@dataclasses.dataclass(frozen=True)
+class HeldOutSettings:
+    """Which held-out prompts an evaluation decodes, and its token budget: the settings a
+    strength sweep and the side-by-side comparison share (each adds its own)."""
+
+    harmful_split: str = "test"  # HarmBench split of the harmful prompts
+    harmful_limit: int | None = None  # only the first N behaviours
+    benign_limit: int | None = None  # only the first N benign prompts
+    max_new_tokens: int = 48
+    batch_size: int = 32
+    where: ClassVar[str] = "held-out settings"  # how errors name these settings
+
+    def __post_init__(self):
+        settings.coerce(self, self.where)
+        settings.positive(self, self.where, "max_new_tokens", "batch_size")
+        if self.harmful_split not in HARMBENCH_SPLITS:
+            raise ValueError(f"{self.where}: harmful_split must be one of "
+                             f"{list(HARMBENCH_SPLITS)}, got {self.harmful_split!r}")
+
+    def prompts(self, preference_dev: str | Path | None = None) -> EvaluationPrompts:
+        return EvaluationPrompts.held_out(self.harmful_split, self.harmful_limit,
+                                          self.benign_limit, preference_dev)
+
+
 @dataclasses.dataclass
 class PromptRow:
     line: int

@@ -14,12 +14,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from prosocial_jax import settings as settings_module
-from prosocial_jax.data.prompts import HARMBENCH_SPLITS, EvaluationPrompts
+from prosocial_jax.data.prompts import EvaluationPrompts, HeldOutSettings
 from prosocial_jax.decoding.decode import generate
 from prosocial_jax.decoding.guidance import DEFAULT_SAFETY_MARGIN
 from prosocial_jax.evaluation import refusal, scorers
@@ -38,8 +38,9 @@ PROSOCIAL = ("empathy", "sensitivity", "non_judgmental", "truthfulness", "helpfu
 
 
 @dataclasses.dataclass(frozen=True)
-class CompareSettings:
-    """What `prosocial-jax compare` decodes, and with which guidance."""
+class CompareSettings(HeldOutSettings):
+    """What `prosocial-jax compare` decodes (the held-out prompts and budget), and with which
+    guidance."""
 
     # Preference vectors compared under DiReg + Pv-Arm + safety (each "name=w,..." text, so a
     # list of them is separated by ';' on the command line).
@@ -48,20 +49,11 @@ class CompareSettings:
     guidance: float = 1.0  # w, the Pv-Arm's weight
     safety_margin: float = dataclasses.field(  # tau, nats; inf turns the safety stage off
         default=DEFAULT_SAFETY_MARGIN, metadata={"allow_infinity": True})
-    harmful_split: str = "test"  # HarmBench split of the harmful prompts
-    harmful_limit: int | None = None  # only the first N behaviours
-    benign_limit: int | None = None  # only the first N benign prompts
-    max_new_tokens: int = 48
-    batch_size: int = 32
+    where: ClassVar[str] = "compare settings"
 
     def __post_init__(self):
-        settings_module.coerce(self, "compare settings")
-        settings_module.positive(self, "compare settings", "max_new_tokens", "batch_size")
-        settings_module.positive(self, "compare settings", "guidance", "safety_margin",
-                                 allow_zero=True)
-        if self.harmful_split not in HARMBENCH_SPLITS:
-            raise ValueError(f"compare settings: harmful_split must be one of "
-                             f"{list(HARMBENCH_SPLITS)}, got {self.harmful_split!r}")
+        super().__post_init__()
+        settings_module.positive(self, self.where, "guidance", "safety_margin", allow_zero=True)
 
 
 @dataclasses.dataclass(frozen=True)

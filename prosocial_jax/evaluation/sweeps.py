@@ -14,12 +14,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
-from prosocial_jax import settings as settings_module
-from prosocial_jax.data.prompts import HARMBENCH_SPLITS, EvaluationPrompts
+from prosocial_jax.data.prompts import EvaluationPrompts, HeldOutSettings
 from prosocial_jax.decoding.decode import generate
 from prosocial_jax.evaluation import likelihood, refusal
 from prosocial_jax.evaluation.reports import markdown_table, new_figure, percent, save_figure
@@ -28,25 +27,10 @@ from prosocial_jax.models.model import Model
 
 
 @dataclasses.dataclass(frozen=True)
-class SweepSettings:
+class SweepSettings(HeldOutSettings):
     """The prompts and decoding budget of a sweep (the grid itself is the edit's)."""
 
-    harmful_split: str = "test"  # HarmBench split of the harmful prompts
-    harmful_limit: int | None = None  # only the first N behaviours
-    benign_limit: int | None = None  # only the first N benign prompts
-    max_new_tokens: int = 48
-    batch_size: int = 32
-
-    def __post_init__(self):
-        settings_module.coerce(self, "sweep settings")
-        settings_module.positive(self, "sweep settings", "max_new_tokens", "batch_size")
-        if self.harmful_split not in HARMBENCH_SPLITS:
-            raise ValueError(f"sweep settings: harmful_split must be one of "
-                             f"{list(HARMBENCH_SPLITS)}, got {self.harmful_split!r}")
-
-    def prompts(self) -> EvaluationPrompts:
-        return EvaluationPrompts.held_out(self.harmful_split, self.harmful_limit,
-                                          self.benign_limit)
+    where: ClassVar[str] = "sweep settings"
 
 
 def _evaluate_setting(model: Model, prompts: EvaluationPrompts, references: list[str],

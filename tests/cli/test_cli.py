@@ -12,7 +12,9 @@ from prosocial_jax import cli
 ROOT = Path(__file__).parents[2]
 
 
-@pytest.mark.parametrize("command", [[], ["generate"], ["prompts"], ["memory"]])
+@pytest.mark.parametrize("command", [[], ["generate"], ["prompts"], ["memory"], ["harmful-data"],
+                                     ["finetune"], ["harm-vector"], ["preference-set"],
+                                     ["train-arm"], ["compare"]])
 def test_help_on_every_command(command):
     out = subprocess.run([sys.executable, "-m", "prosocial_jax.cli", *command, "--help"],
                          capture_output=True, text=True, check=True)
@@ -95,3 +97,26 @@ def test_memory_command(capsys):
 @pytest.mark.parametrize("script", sorted((ROOT / "launch").glob("*.sh")))
 def test_launch_scripts_parse(script):
     subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def test_every_command_with_settings_reads_its_config(tmp_path, capsys):
+    """harm-vector, compare, harmful-data and preference-set once ignored --config; each now
+    reads its own section (checked before any model is loaded) and rejects other keys."""
+    config = tmp_path / "config.py"
+    config.write_text("import ml_collections\n\ndef get_config():\n"
+                      "    return ml_collections.ConfigDict({'base': 'b', 'harmful': 'h', "
+                      "'edit': {'top_k': (0.1, 0.2)}})\n")
+    assert cli.main(["harm-vector", "--config", str(config), "--out", str(tmp_path / "o")]) == 2
+    assert "--top-k and --scale take one value each" in capsys.readouterr().err
+    bad = tmp_path / "bad.py"
+    bad.write_text("import ml_collections\n\ndef get_config():\n"
+                   "    return ml_collections.ConfigDict({'compare': {'guidnce': 2.0}})\n")
+    assert cli.main(["compare", "--config", str(bad), "--out", str(tmp_path / "c")]) == 2
+    assert "['compare.guidnce'] are not compare settings" in capsys.readouterr().err
+    for command in ("harmful-data", "preference-set"):
+        assert cli.main([command, "--config", str(bad)]) == 2
+        assert f"are not {command} settings" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # no settings, no --config
+        cli.main(["prompts", "--config", str(bad), "--out", str(tmp_path / "p.jsonl")])
+    with pytest.raises(SystemExit):  # --distributed only where it initialises
+        cli.main(["compare", "--distributed", "--out", str(tmp_path / "c")])
