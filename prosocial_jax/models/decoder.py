@@ -369,6 +369,25 @@ def forward_logits(config: ModelConfig, params, tokens: jax.Array, token_mask: j
     return decoder.apply({"params": params}, hidden, method=Decoder.unembed)
 
 
+def forward_hidden(config: ModelConfig, params, tokens: jax.Array, token_mask: jax.Array
+                   ) -> jax.Array:
+    """Final-norm hidden states [B, T, D] for tokens [B, T], no cache: what a score head reads
+    (sequence classifiers and reward models). `params` need no `lm_head`."""
+    _check_inputs(config, tokens, token_mask)
+    hidden, _ = Decoder(config).apply({"params": params}, tokens,
+                                      positions_from_mask(token_mask), token_mask)
+    return hidden
+
+
+def forward_logits_at(config: ModelConfig, params, tokens: jax.Array, token_mask: jax.Array,
+                      positions_BxP: jax.Array) -> jax.Array:
+    """Float32 logits [B, P, V] at chosen positions [B, P] of each row: a judge that reads a
+    few answer tokens never materialises the [B, T, V] logits of the whole sequence."""
+    hidden_BxTxD = forward_hidden(config, params, tokens, token_mask)
+    picked_BxPxD = jnp.take_along_axis(hidden_BxTxD, positions_BxP[..., None], axis=1)
+    return Decoder(config).apply({"params": params}, picked_BxPxD, method=Decoder.unembed)
+
+
 def forward_with_cache(config: ModelConfig, params, tokens: jax.Array, positions: jax.Array,
                        mask: jax.Array, cache: KVCache | None, last_only: bool = True,
                        adapter_config=None, adapter=None, preference=None):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 
 import ml_dtypes
@@ -44,11 +44,14 @@ class TensorSpec:
     per_layer: bool
 
 
-def tensor_specs(config: ModelConfig) -> list[TensorSpec]:
-    """Every tensor of a checkpoint of this architecture, in the order a save writes them."""
+def tensor_specs(config: ModelConfig, lm_head: bool = True) -> list[TensorSpec]:
+    """Every tensor of a checkpoint of this architecture, in the order a save writes them.
+
+    `lm_head=False`: the trunk only (a sequence classifier or reward model has a score head
+    instead, read by `prosocial_jax.models.classifier`)."""
     specs = [TensorSpec("model.embed_tokens.weight", ("embed", "embedding"), False),
              TensorSpec("model.norm.weight", ("final_norm", "scale"), False)]
-    if not config.tie_word_embeddings:
+    if lm_head and not config.tie_word_embeddings:
         specs.append(TensorSpec("lm_head.weight", ("lm_head", "weight"), False))
     layer = "model.layers.{i}."
     specs += [TensorSpec(layer + "input_layernorm.weight", ("layers", "input_norm", "scale"), True),
@@ -75,10 +78,11 @@ def _set_path(tree: dict, path, value):
 
 def params_from_tensors(config: ModelConfig, names: set[str],
                         get_tensor: Callable[[str], np.ndarray], dtype=None,
-                        source: str = "checkpoint") -> dict:
+                        source: str = "checkpoint", lm_head: bool = True) -> dict:
     """Builds the parameter pytree (numpy) from HF-named tensors, checking every name and shape.
 
-    `dtype=None` keeps the checkpoint's floating dtype.
+    `dtype=None` keeps the checkpoint's floating dtype. `lm_head=False` builds the trunk only
+    (no `lm_head` entry, even for untied configs): `names` must then hold no head tensors.
     """
     shapes = init_params_shapes(config)
     unused = set(names)
@@ -95,7 +99,7 @@ def params_from_tensors(config: ModelConfig, names: set[str],
                                   f"expected {expected} from config.json")
         return tensor
 
-    for spec in tensor_specs(config):
+    for spec in tensor_specs(config, lm_head):
         shape = tuple(_get_path(shapes, spec.path).shape)
         if not spec.per_layer:
             value = take(spec.hf_name, shape)
@@ -110,7 +114,7 @@ def params_from_tensors(config: ModelConfig, names: set[str],
             stacked[i] = value
         _set_path(params, spec.path, stacked)
 
-    if config.tie_word_embeddings and "lm_head.weight" in unused:
+    if lm_head and config.tie_word_embeddings and "lm_head.weight" in unused:
         # Some exporters store the tied head anyway; accept it only if it really is the embedding.
         head = get_tensor("lm_head.weight")
         embed = params["embed"]["embedding"]
@@ -234,14 +238,15 @@ def _open_error(path: Path, err: Exception) -> CheckpointError:
                            f"({type(err).__name__}: {err})")
 
 
-def read_safetensors(checkpoint: SafetensorsCheckpoint | list[Path]
+def read_safetensors(checkpoint: SafetensorsCheckpoint | list[Path], skip: Collection[str] = ()
                      ) -> tuple[set[str], Callable[[str], np.ndarray]]:
     """Names and a lazy getter over several safetensors files (each tensor read when asked).
 
     Every header is read up front: a corrupt or truncated file, a tensor with a non-floating
     dtype, a tensor in two files, or an index that disagrees with its shards is a CheckpointError
     naming the file and the tensor before any weight is read. Each tensor is checked for NaN and
-    +-inf as it is read.
+    +-inf as it is read. Tensors named in `skip` (bookkeeping buffers such as a reward
+    model's integer `normalizer.count`) are left out, whatever their dtype.
     """
     if not isinstance(checkpoint, SafetensorsCheckpoint):
         checkpoint = SafetensorsCheckpoint(list(checkpoint))
@@ -254,6 +259,8 @@ def read_safetensors(checkpoint: SafetensorsCheckpoint | list[Path]
         except Exception as err:  # SafetensorError, OSError
             raise _open_error(f, err) from err
         for name, dtype in dtypes.items():
+            if name in skip:
+                continue
             if name in where:
                 raise CheckpointError(f"tensor {name!r} appears in both {where[name]} and {f}")
             if dtype not in FLOAT_DTYPES:
@@ -261,7 +268,7 @@ def read_safetensors(checkpoint: SafetensorsCheckpoint | list[Path]
                                       f"weights must be floating ({', '.join(FLOAT_DTYPES)})")
             where[name] = f
     if checkpoint.weight_map is not None:
-        _check_index(checkpoint, where)
+        _check_index(checkpoint, where, skip)
 
     def get(name: str) -> np.ndarray:
         path = where[name]
@@ -276,10 +283,13 @@ def read_safetensors(checkpoint: SafetensorsCheckpoint | list[Path]
     return set(where), get
 
 
-def _check_index(checkpoint: SafetensorsCheckpoint, where: dict[str, Path]) -> None:
+def _check_index(checkpoint: SafetensorsCheckpoint, where: dict[str, Path],
+                 skip: Collection[str] = ()) -> None:
     """The index and the shards must agree tensor by tensor; either one alone may be wrong."""
     index, weight_map = checkpoint.index, checkpoint.weight_map or {}
     for tensor, shard in sorted(weight_map.items()):
+        if tensor in skip:
+            continue
         if tensor not in where:
             raise CheckpointError(f"{index}: lists tensor {tensor!r} in {shard!r}, which has no "
                                   "such tensor")

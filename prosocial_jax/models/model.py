@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from prosocial_jax.files import write_output_folder
 from prosocial_jax.models import adapters, hf, sharding
 from prosocial_jax.models.config import ModelConfig, token_ids
-from prosocial_jax.models.decoder import forward_logits
+from prosocial_jax.models.decoder import forward_logits, forward_logits_at
 from prosocial_jax.models.gguf import GGUFFile
 from prosocial_jax.models.tokenizer import load_tokenizer
 
@@ -57,6 +57,11 @@ def _jit_logits(config: ModelConfig, adapter_config, params, tokens_BxT, mask_Bx
                 preference_BxK):
     return forward_logits(config, params, tokens_BxT, mask_BxT, adapter_config, adapter,
                           preference_BxK)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _jit_logits_at(config: ModelConfig, params, tokens_BxT, mask_BxT, positions_BxP):
+    return forward_logits_at(config, params, tokens_BxT, mask_BxT, positions_BxP)
 
 
 @dataclasses.dataclass
@@ -121,6 +126,24 @@ class Model:
             tokens, mask = placed["tokens"], placed["mask"]
         return _jit_logits(self.config, adapter_config, self.params, tokens, mask, adapter_params,
                            preference_BxK)
+
+    def logits_at(self, token_ids, attention_mask, positions) -> jax.Array:
+        """Float32 logits [B, P, V] at `positions` [B, P] of padded rows [B, T] (a judge reading
+        its answer tokens: one forward pass, no [B, T, V] logits)."""
+        tokens = np.asarray(token_ids, np.int32)
+        positions = np.asarray(positions, np.int32)
+        mask = np.asarray(attention_mask).astype(bool)
+        if tokens.ndim != 2 or mask.shape != tokens.shape or positions.ndim != 2 or (
+                positions.shape[0] != tokens.shape[0]):
+            raise ValueError(f"token_ids {tokens.shape}, attention_mask {mask.shape} and "
+                             f"positions {positions.shape} must be [B, T], [B, T] and [B, P]")
+        if positions.size and (positions.min() < 0 or positions.max() >= tokens.shape[1]):
+            raise ValueError(f"positions must lie in [0, {tokens.shape[1]})")
+        batch = {"tokens": tokens, "mask": mask, "positions": positions}
+        if self.mesh is not None:
+            batch = sharding.place_batch(batch, self.mesh)
+        return _jit_logits_at(self.config, self.params, batch["tokens"], batch["mask"],
+                              batch["positions"])
 
 
 # ---------------------------------------------------------------------------- loading
