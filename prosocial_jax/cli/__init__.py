@@ -2,7 +2,8 @@
 
 Commands live in modules by stage: `decoding` (generate, plain or guided; prompts; memory),
 `direg` (harmful-data, finetune, harm-vector), `pvarm` (preference-set, train-arm),
-`pipeline` (compare: every stage side by side). Each command's settings are dataclasses of the
+`pipeline` (compare: every stage side by side), `evaluation` (evaluate: judges, metrics and
+report; metrics: from score rows). Each command's settings are dataclasses of the
 stage it runs; `options` turns them into flags and config keys (see its docstring for the
 precedence of flags, config files and defaults).
 """
@@ -13,9 +14,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from prosocial_jax.cli import decoding, direg, options, pipeline, pvarm
+from prosocial_jax.cli import decoding, direg, evaluation, options, pipeline, pvarm
 
-COMMAND_MODULES = (decoding, direg, pvarm, pipeline)
+COMMAND_MODULES = (decoding, direg, pvarm, pipeline, evaluation)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, options.Command]]:

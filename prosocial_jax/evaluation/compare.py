@@ -35,6 +35,7 @@ from prosocial_jax.models.adapters import Adapter
 from prosocial_jax.models.model import Model
 
 PROSOCIAL = ("empathy", "sensitivity", "non_judgmental", "truthfulness", "helpfulness")
+SWEEP = "DiReg + Pv-Arm + safety"  # in the generations file: every preference, one sweep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,12 +129,32 @@ def run(models: dict[str, Model], reward: Model, adapter: Adapter, settings: Seq
         for index, setting in enumerate(group):
             results[setting] = rows[index * len(texts):(index + 1) * len(texts)]
     if generations_path is not None:
-        write_jsonl(generations_path, [
-            {"setting": s.name, "prompt": g.prompt, "response": g.text,
-             "kind": "harmful" if i < split else prompts.benign_kinds[i - split],
-             "safety_overrides": g.safety_overrides}
-            for s in settings for i, g in enumerate(results[s])])
+        write_jsonl(generations_path, generation_rows(settings, results, prompts,
+                                                      adapter.config.attributes))
     return [_summarise(s, results[s][:split], results[s][split:], prompts) for s in settings]
+
+
+def generation_rows(settings: Sequence[Setting], results: dict[Setting, list],
+                    prompts: EvaluationPrompts, attributes: Sequence[str]) -> list[dict]:
+    """The generations file `prosocial-jax evaluate` reads: one row per (setting, prompt).
+
+    Guided rows carry their (normalised) preference. DiReg + Pv-Arm + safety under every
+    preference is one setting there, so that the evaluation sees its preferences as the points
+    of one sweep (the summary table keeps them apart)."""
+    split = len(prompts.harmful)
+    rows = []
+    for s in settings:
+        name = SWEEP if (s.model, s.safety_stage) == ("direg", True) and s.preference else s.name
+        for i, g in enumerate(results[s]):
+            kind = "harmful" if i < split else prompts.benign_kinds[i - split]
+            row = {"id": f"{s.name}|{i}", "setting": name,
+                   "prompt_id": f"harmful-{i}" if i < split else f"benign-{i - split}",
+                   "kind": kind, "prompt": g.prompt, "response": g.text}
+            if g.preference is not None:
+                row["preference"] = dict(zip(attributes, g.preference))
+                row["safety_overrides"] = g.safety_overrides
+            rows.append(row)
+    return rows
 
 
 def comparison_table(rows: Sequence[dict[str, Any]]) -> str:

@@ -326,7 +326,11 @@ def write_report_files(folder: Path, metrics: dict[str, Any], *,
     """`report.md` and the figures (see the module docstring) in the existing `folder`;
     returns the names of the files written, `report.md` first."""
     folder = Path(folder)
-    settings, sweeps = metrics["settings"], metrics["sweeps"]
+    settings = metrics["settings"]
+    # A setting decoded under one preference only is no sweep to draw (its MIP is 0 and its
+    # hypervolume empty by definition); it is named, not plotted.
+    sweeps = {k: v for k, v in metrics["sweeps"].items() if len(v["points"]) > 1}
+    single = [k for k, v in metrics["sweeps"].items() if len(v["points"]) == 1]
     reference = metrics.get("reference")
     written: list[str] = []
 
@@ -346,7 +350,10 @@ def write_report_files(folder: Path, metrics: dict[str, Any], *,
     if sweeps:
         lines += [_sweep_table(sweeps), ""]
     else:
-        lines += ["No setting has rows with a preference vector.", ""]
+        lines += ["No setting has rows with more than one preference vector.", ""]
+    if single:
+        lines += ["Decoded under a single preference (no sweep): "
+                  + ", ".join(_escape(name) for name in single) + ".", ""]
     lines += [figure("sweeps.png", "MIP and hypervolume per sweep", _draw_sweeps, sweeps), ""]
     used_names: set[str] = set()
     for name, sweep in sweeps.items():
@@ -370,6 +377,14 @@ def write_report_files(folder: Path, metrics: dict[str, Any], *,
                   else "There is no other setting to compare with the reference.", ""]
     lines += [figure("win_rates.png", "Win, tie and loss shares against the reference",
                      _draw_win_rates, metrics["win_rates"], reference), ""]
+    pairwise = metrics.get("pairwise_win_rates")
+    if pairwise:  # a rubric judge's head-to-head verdicts (evaluate --pairwise)
+        lines += [f"### Head to head against {_escape(reference)} (rubric judge, pairwise)", "",
+                  "The judge saw both answers to each prompt, in an order drawn at random, and "
+                  "said which is better or that they are equally good.", "",
+                  _win_rate_table(pairwise), "",
+                  figure("pairwise_win_rates.png", "Head-to-head verdicts against the reference",
+                         _draw_win_rates, pairwise, reference), ""]
 
     lines += ["## By judge", "",
               _per_judge_table(per_judge) if per_judge else "No per-judge metrics were given.",

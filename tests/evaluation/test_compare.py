@@ -49,7 +49,7 @@ def test_compare_command_reports_every_setting(tiny_chat, tmp_path, capsys):
     assert len(generations) == len(names) * 4  # 2 harmful, 1 prosocial, 1 benign per setting
     for row in report["rows"]:
         # The oracle: the written generations of this setting, the rule applied here.
-        mine = [g for g in generations if g["setting"] == row["setting"]]
+        mine = [g for g in generations if g["id"].split("|")[0] == row["setting"]]
         assert [g["kind"] for g in mine] == ["harmful", "harmful", "prosocial", "benign"]
         for kind, key in (("harmful", "harmful_refused"), ("benign", "benign_refused")):
             texts = [g["response"] for g in mine if g["kind"] == kind]
@@ -60,7 +60,10 @@ def test_compare_command_reports_every_setting(tiny_chat, tmp_path, capsys):
             assert row[attribute] == pytest.approx(np.mean(scores), abs=1e-12), attribute
         guided = row["preference"] is not None
         assert ("safety_override_rate" in row) == guided
-        assert all((g["safety_overrides"] is not None) == guided for g in mine)
+        assert all(("safety_overrides" in g) == guided for g in mine)
+        assert all(("preference" in g) == guided for g in mine)
+        assert [g["prompt_id"] for g in mine] == ["harmful-0", "harmful-1", "benign-0",
+                                                  "benign-1"]
     # No safety stage: nothing can be overridden.
     assert report["rows"][2]["safety_override_rate"] == 0.0
     base, direg = ([g["response"] for g in generations if g["setting"] == name]
@@ -68,6 +71,22 @@ def test_compare_command_reports_every_setting(tiny_chat, tmp_path, capsys):
     assert base == direg  # same weights, same greedy text
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert "| DiReg + Pv-Arm + safety [empathy=1] |" in capsys.readouterr().out
+    # The generations file is the evaluation's input: DiReg + Pv-Arm + safety under its three
+    # preferences (uniform, empathy, helpfulness) is one sweep of three points.
+    code = cli.main(["evaluate", "--generations", str(tmp_path / "generations.jsonl"),
+                     "--judge", "rules", "--reference", "base", "--validate", "false",
+                     "--resamples", "50", "--out", str(tmp_path / "evaluation")])
+    assert code == 0
+    metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+    sweep = metrics["sweeps"]["DiReg + Pv-Arm + safety"]
+    attributes = adapter.config.attributes
+    expected = [{a: 1 / len(attributes) for a in attributes},
+                {a: float(a == "empathy") for a in attributes},
+                {a: float(a == "helpfulness") for a in attributes}]
+    assert len(sweep["points"]) == 3
+    for point, preference in zip(sweep["points"], expected):
+        assert point["preference"] == pytest.approx(preference)
+    assert metrics["settings"]["DiReg + Pv-Arm + safety"]["n"] == 12
 
 
 def test_summary_row_on_hand_written_generations():
