@@ -1,6 +1,7 @@
 # prosocial_jax. On a fresh machine:
 #   make demo   creates .venv if needed and runs the main job on the bundled SmolLM2 (offline):
-#               DiReg + Pv-Arm built on first run (cached), then the pipeline side by side
+#               DiReg + Pv-Arm built on first run (cached), then the pipeline side by side,
+#               judged and reported (out/evaluation/report.md)
 #   make test   creates .venv (with test extras) if needed, lints, and runs the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -79,10 +80,17 @@ $(DIREG_MODEL)/config.json: $(DIREG)/smollm2-harmful/config.json | $(VENV)/.runt
 	$(BIN)/prosocial-jax harm-vector --base bundled:smollm2 --harmful $(DIREG)/smollm2-harmful \
 		--top-k 0.1 --scale 1 --overwrite --out $(DIREG_MODEL)
 
+# It ends with the evaluation stage: the rule judge and SmolLM2 itself as rubric judge score
+# every generation (and the bundled labelled set, for their agreement), then the paper's
+# metrics and the report (out/evaluation/report.md).
+GENERATIONS := $(CACHE)/compare/generations.jsonl
 demo: $(DIREG_MODEL)/config.json $(PVARM)/adapter-pcgrad/adapter_config.json | $(VENV)/.runtime
 	$(BIN)/prosocial-jax compare --base bundled:smollm2 --direg $(DIREG_MODEL) \
 		--adapter $(PVARM)/adapter-pcgrad --benign-from $(PVARM)/preferences/dev.jsonl \
-		--harmful-limit 16 --benign-limit 16 --out out/demo --overwrite
+		--harmful-limit 16 --benign-limit 16 --out out/demo --generations $(GENERATIONS) \
+		--overwrite
+	$(BIN)/prosocial-jax evaluate --generations $(GENERATIONS) --judge rules \
+		--judge rubric:bundled:smollm2 --reference base --out out/evaluation --overwrite
 
 # The guidance weight w and safety margin tau, one at a time, on the demo's prompts (~10 min).
 DEMO_COMPARE = $(BIN)/prosocial-jax compare --base bundled:smollm2 --direg $(DIREG_MODEL) \

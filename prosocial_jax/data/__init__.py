@@ -7,10 +7,13 @@
   HelpSteer2 converters), tokenised as two `sft` sequences plus per-attribute labels.
 - `order`: which examples each training step sees, a pure function of (seed, step).
 - `prompts`: the HarmBench and aplomb prompt sets, `EvaluationPrompts`, JSONL prompt files.
+- `benchmarks`: the safety benchmarks (HarmBench, AdvBench, HarmfulQA, DangerousQA, CatQA,
+  HEx-PHI, XSTest, BeaverTails, PKU-SafeRLHF, aplomb, prosocial) as prompt rows.
 
 Imports only `models` (the tokenizer's chat template, hub references) from this package.
 """
 
+from prosocial_jax.data.benchmarks import BENCHMARKS, load_benchmark
 from prosocial_jax.data.preferences import (
     PairExample,
     PreferencePair,
@@ -26,7 +29,7 @@ from prosocial_jax.data.prompts import (
 from prosocial_jax.data.rows import DataError, DataFileNotFoundError, SkippedRows, load_rows
 from prosocial_jax.data.sft import SFTExample, encode_sft, load_sft
 
-__all__ = ["DataError", "DataFileNotFoundError", "EvaluationPrompts", "PairExample",
-           "PreferencePair", "SFTExample", "SkippedRows", "benign_prompts", "encode_pairs",
-           "encode_sft", "harmbench_behaviors", "load_preference_pairs", "load_rows", "load_sft",
-           "read_prompt_file"]
+__all__ = ["BENCHMARKS", "DataError", "DataFileNotFoundError", "EvaluationPrompts",
+           "PairExample", "PreferencePair", "SFTExample", "SkippedRows", "benign_prompts",
+           "encode_pairs", "encode_sft", "harmbench_behaviors", "load_benchmark",
+           "load_preference_pairs", "load_rows", "load_sft", "read_prompt_file"]
