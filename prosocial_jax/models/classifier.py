@@ -34,7 +34,7 @@ from jax.sharding import Mesh
 from prosocial_jax.models import hf, sharding
 from prosocial_jax.models.config import ModelConfig
 from prosocial_jax.models.decoder import forward_hidden
-from prosocial_jax.models.model import Model, parse_dtype, resolve_checkpoint
+from prosocial_jax.models.model import Model, parse_dtype, prefix_array, resolve_checkpoint
 from prosocial_jax.models.tokenizer import load_tokenizer
 
 # architecture -> the model_type its trunk must have
@@ -77,8 +77,8 @@ class ScoreHead:
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _end_scores(config: ModelConfig, params, weight_RxD, bias_R, tokens_BxT, mask_BxT,
-                end_BxT):
-    hidden_BxTxD = forward_hidden(config, params, tokens_BxT, mask_BxT)
+                end_BxT, prefix_1xP):
+    hidden_BxTxD = forward_hidden(config, params, tokens_BxT, mask_BxT, prefix_1xP)
     # The last position each row's head reads (rows with no such position read position 0).
     last_B = jnp.argmax(jnp.where(end_BxT, jnp.arange(end_BxT.shape[1]), -1), axis=-1)
     end_BxD = jnp.take_along_axis(hidden_BxTxD, last_B[:, None, None], axis=1)[:, 0]
@@ -104,9 +104,10 @@ class ScoreModel:
     def pad_id(self) -> int:
         return self.trunk.pad_id
 
-    def scores(self, token_ids, attention_mask) -> np.ndarray:
+    def scores(self, token_ids, attention_mask, prefix=None) -> np.ndarray:
         """Float32 scores [B, R] of padded rows [B, T] (mask 1 on real tokens), normalised
-        when the checkpoint says so."""
+        when the checkpoint says so. `prefix`: token ids every row starts with, run once
+        (see `Model.logits_at`); the rows are then their right-padded continuations."""
         tokens = np.asarray(token_ids, np.int32)
         mask = np.asarray(attention_mask).astype(bool)
         if tokens.ndim != 2 or mask.shape != tokens.shape:
@@ -122,7 +123,8 @@ class ScoreModel:
         if self.trunk.mesh is not None:
             batch = sharding.place_batch(batch, self.trunk.mesh)
         raw = np.asarray(_end_scores(self.trunk.config, self.trunk.params, self.weight,
-                                     self.bias, batch["tokens"], batch["mask"], batch["end"]))
+                                     self.bias, batch["tokens"], batch["mask"], batch["end"],
+                                     prefix_array(prefix, self.trunk.config)))
         return normalise_scores(self.head, raw)
 
 

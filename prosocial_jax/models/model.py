@@ -60,8 +60,9 @@ def _jit_logits(config: ModelConfig, adapter_config, params, tokens_BxT, mask_Bx
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _jit_logits_at(config: ModelConfig, params, tokens_BxT, mask_BxT, positions_BxP):
-    return forward_logits_at(config, params, tokens_BxT, mask_BxT, positions_BxP)
+def _jit_logits_at(config: ModelConfig, params, tokens_BxT, mask_BxT, positions_BxP,
+                   prefix_1xP):
+    return forward_logits_at(config, params, tokens_BxT, mask_BxT, positions_BxP, prefix_1xP)
 
 
 @dataclasses.dataclass
@@ -127,9 +128,11 @@ class Model:
         return _jit_logits(self.config, adapter_config, self.params, tokens, mask, adapter_params,
                            preference_BxK)
 
-    def logits_at(self, token_ids, attention_mask, positions) -> jax.Array:
+    def logits_at(self, token_ids, attention_mask, positions, prefix=None) -> jax.Array:
         """Float32 logits [B, P, V] at `positions` [B, P] of padded rows [B, T] (a judge reading
-        its answer tokens: one forward pass, no [B, T, V] logits)."""
+        its answer tokens: one forward pass, no [B, T, V] logits). `prefix`: token ids every
+        row starts with, run once (`decoder.forward_hidden`); rows and positions then count
+        from the end of the prefix."""
         tokens = np.asarray(token_ids, np.int32)
         positions = np.asarray(positions, np.int32)
         mask = np.asarray(attention_mask).astype(bool)
@@ -143,7 +146,17 @@ class Model:
         if self.mesh is not None:
             batch = sharding.place_batch(batch, self.mesh)
         return _jit_logits_at(self.config, self.params, batch["tokens"], batch["mask"],
-                              batch["positions"])
+                              batch["positions"], prefix_array(prefix, self.config))
+
+
+def prefix_array(prefix, config: ModelConfig) -> jax.Array | None:
+    """A shared prefix as a [1, P] int32 array (None or empty: no prefix)."""
+    if prefix is None or len(prefix) == 0:
+        return None
+    ids = np.asarray(prefix, np.int32).reshape(1, -1)
+    if ids.min() < 0 or ids.max() >= config.vocab_size:
+        raise ValueError(f"prefix token ids must lie in [0, {config.vocab_size})")
+    return jnp.asarray(ids)
 
 
 # ---------------------------------------------------------------------------- loading

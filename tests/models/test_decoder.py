@@ -87,3 +87,27 @@ def test_out_of_vocabulary_token_rejected(tiny_checkpoints):
         model.logits([[1, VOCAB]])
     with pytest.raises(ValueError, match="must be \\[batch, time\\]"):
         model.logits([1, 2, 3])
+
+
+def test_shared_prefix_run_once_equals_whole_rows(tiny):
+    """Rows that start with the same tokens: the prefix run once (one row, its keys and values
+    continued by every row) gives the logits of running each row whole, for every family
+    (Mistral's sliding window of 6 is shorter than the prefix here)."""
+    model = pj.load_model(tiny.path)
+    rng = np.random.default_rng(7)
+    prefix = rng.integers(3, VOCAB, 9).tolist()
+    rests = [rng.integers(3, VOCAB, n).tolist() for n in (5, 2, 7)]
+    width = 8
+    whole = np.zeros((3, 9 + width), np.int32)
+    whole_mask = np.zeros(whole.shape, bool)
+    rest = np.zeros((3, width), np.int32)
+    rest_mask = np.zeros(rest.shape, bool)
+    for row, ids in enumerate(rests):
+        whole[row, :9 + len(ids)] = prefix + ids
+        whole_mask[row, :9 + len(ids)] = True
+        rest[row, :len(ids)] = ids
+        rest_mask[row, :len(ids)] = True
+    last = np.array([[len(ids) - 1, 0] for ids in rests])
+    split = model.logits_at(rest, rest_mask, last, prefix=prefix)
+    full = model.logits_at(whole, whole_mask, last + np.array([[9, 9]]))
+    np.testing.assert_allclose(split, full, atol=2e-5, rtol=2e-5)

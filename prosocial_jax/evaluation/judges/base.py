@@ -89,39 +89,60 @@ def single_token(tokenizer, text: str, what: str) -> int:
     return int(ids[0])
 
 
-def bucket_length(length: int) -> int:
-    """Padded length of a batch: few distinct shapes, so few compilations."""
-    step = 64 if length <= 512 else 256
-    return -(-length // step) * step
+PAD_STEP = 16  # padded lengths are multiples of this: little padding, few compilations
+
+
+def bucket_length(length: int, step: int = PAD_STEP) -> int:
+    """Padded length of a batch: a multiple of `step`, so few distinct shapes compile."""
+    return max(step, -(-length // step) * step)
+
+
+def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    first = sequences[0]
+    length = min(len(s) for s in sequences)
+    for other in sequences[1:]:
+        length = next((i for i in range(length) if other[i] != first[i]), length)
+    return length
 
 
 @dataclasses.dataclass
 class Batch:
     rows: np.ndarray  # [b] indices into the encoded inputs (b <= batch size)
-    tokens: np.ndarray  # [B, T] int32, right-padded
+    prefix: np.ndarray  # [P] ids every row of the batch starts with (run once; may be empty)
+    tokens: np.ndarray  # [B, T] int32: each row after the prefix, right-padded
     mask: np.ndarray  # [B, T] bool
-    lengths: np.ndarray  # [B] real tokens per row (1 for filler rows)
+    lengths: np.ndarray  # [B] real tokens per row after the prefix (1 for filler rows)
 
 
 def padded_batches(encoded: Sequence[Sequence[int]], batch_size: int, pad_id: int,
-                   extra_length: int = 0) -> Iterator[Batch]:
+                   extra_length: int = 0, keep: int = 1) -> Iterator[Batch]:
     """Right-padded batches of `batch_size` rows, longest first (similar lengths share a batch,
     so little compute goes to padding). A short last batch is filled with one-token rows so
-    that every batch has the same shape; `extra_length` reserves room for appended tokens."""
+    that every batch has the same shape; `extra_length` reserves room for appended tokens.
+
+    Judge inputs share long openings (a chat template's system turn, a rubric's instructions):
+    the tokens all rows of a batch start with (rounded down to a multiple of PAD_STEP, leaving
+    each row at least `keep` tokens) become the batch's `prefix`, which the model runs once
+    (`Model.logits_at`, `ScoreModel.scores`); `tokens` and `lengths` count from its end.
+    """
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     for start in range(0, len(order), batch_size):
         rows = np.asarray(order[start:start + batch_size])
-        width = bucket_length(max(len(encoded[i]) for i in rows) + extra_length)
+        members = [encoded[i] for i in rows]
+        shared = min(common_prefix_length(members),
+                     min(len(m) for m in members) - keep) // PAD_STEP * PAD_STEP
+        shared = max(shared, 0)
+        width = bucket_length(max(len(m) for m in members) - shared + extra_length)
         tokens = np.full((batch_size, width), pad_id, np.int32)
         mask = np.zeros((batch_size, width), bool)
         lengths = np.ones(batch_size, np.int64)
         mask[len(rows):, 0] = True  # filler rows: one real token, results dropped
-        for slot, index in enumerate(rows):
-            ids = encoded[index]
-            tokens[slot, :len(ids)] = ids
-            mask[slot, :len(ids)] = True
-            lengths[slot] = len(ids)
-        yield Batch(rows, tokens, mask, lengths)
+        for slot, ids in enumerate(members):
+            rest = ids[shared:]
+            tokens[slot, :len(rest)] = rest
+            mask[slot, :len(rest)] = True
+            lengths[slot] = len(rest)
+        yield Batch(rows, np.asarray(members[0][:shared], np.int32), tokens, mask, lengths)
 
 
 def data_parallel_batch_size(batch_size: int, mesh) -> int:

@@ -68,7 +68,7 @@ class GuardJudge:
         out = np.zeros((len(encoded), self.model.config.vocab_size), np.float32)
         for batch in padded_batches(encoded, self.batch_size, self.model.pad_id):
             last = (batch.lengths - 1)[:, None]
-            logits = self.model.logits_at(batch.tokens, batch.mask, last)[:, 0]
+            logits = self.model.logits_at(batch.tokens, batch.mask, last, batch.prefix)[:, 0]
             probs = np.asarray(jax.nn.softmax(logits, axis=-1))
             out[batch.rows] = probs[:len(batch.rows)]
         return out

@@ -130,13 +130,14 @@ class RubricJudge:
                      [JudgeInput(str(i), "", "", "benign") for i in range(len(full))], what)
         out = np.zeros((len(full), 2, self.model.config.vocab_size), np.float32)
         bar = tqdm(total=len(full), desc=what, unit="seq", disable=not progress)
-        for batch in padded_batches(full, self.batch_size, self.model.pad_id):
-            answer = np.array([len(sequences[i]) - 1 for i in batch.rows]
+        keep = 1 + max((len(t) for t in tails), default=0)  # the answer position stays in
+        for batch in padded_batches(full, self.batch_size, self.model.pad_id, keep=keep):
+            answer = np.array([len(sequences[i]) - 1 - len(batch.prefix) for i in batch.rows]
                               + [0] * (len(batch.lengths) - len(batch.rows)))
             after = np.where(batch.lengths > answer + 1, answer + 1, answer)
             positions = np.stack([answer, after], axis=1)
-            probs = jax.nn.softmax(self.model.logits_at(batch.tokens, batch.mask, positions),
-                                   axis=-1)
+            probs = jax.nn.softmax(self.model.logits_at(batch.tokens, batch.mask, positions,
+                                                        batch.prefix), axis=-1)
             out[batch.rows] = np.asarray(probs)[:len(batch.rows)]
             bar.update(len(batch.rows))
         bar.close()

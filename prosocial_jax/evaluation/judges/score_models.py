@@ -83,7 +83,7 @@ class ScoreModelJudge:
         results: list[Judgement | None] = [None] * len(items)
         bar = tqdm(total=len(items), desc=self.name, unit="resp", disable=not progress)
         for batch in padded_batches(encoded, self.batch_size, self.model.pad_id):
-            scores = self.model.scores(batch.tokens, batch.mask)
+            scores = self.model.scores(batch.tokens, batch.mask, batch.prefix)
             for slot, index in enumerate(batch.rows):
                 values = {a: float(v) for a, v in zip(self.attributes, scores[slot])}
                 unsafe = values[self.attributes[0]] > 0 if self.kind == "cost" else None
