@@ -90,6 +90,7 @@ def single_token(tokenizer, text: str, what: str) -> int:
 
 
 PAD_STEP = 16  # padded lengths are multiples of this: little padding, few compilations
+MIN_PREFIX = 8  # shorter shared openings are run with every row
 
 
 def bucket_length(length: int, step: int = PAD_STEP) -> int:
@@ -121,17 +122,18 @@ def padded_batches(encoded: Sequence[Sequence[int]], batch_size: int, pad_id: in
     that every batch has the same shape; `extra_length` reserves room for appended tokens.
 
     Judge inputs share long openings (a chat template's system turn, a rubric's instructions):
-    the tokens all rows of a batch start with (rounded down to a multiple of PAD_STEP, leaving
-    each row at least `keep` tokens) become the batch's `prefix`, which the model runs once
+    the tokens all rows of a batch start with (at least MIN_PREFIX of them, leaving each row at
+    least `keep` tokens) become the batch's `prefix`, which the model runs once
     (`Model.logits_at`, `ScoreModel.scores`); `tokens` and `lengths` count from its end.
     """
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     for start in range(0, len(order), batch_size):
         rows = np.asarray(order[start:start + batch_size])
         members = [encoded[i] for i in rows]
-        shared = min(common_prefix_length(members),
-                     min(len(m) for m in members) - keep) // PAD_STEP * PAD_STEP
-        shared = max(shared, 0)
+        shared = max(min(common_prefix_length(members), min(len(m) for m in members) - keep),
+                     0)
+        if shared < MIN_PREFIX:  # too short to be worth a second program
+            shared = 0
         width = bucket_length(max(len(m) for m in members) - shared + extra_length)
         tokens = np.full((batch_size, width), pad_id, np.int32)
         mask = np.zeros((batch_size, width), bool)
