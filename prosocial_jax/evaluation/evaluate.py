@@ -10,8 +10,9 @@ in for rows without one) and `"preference"` ({attribute: weight}). A malformed r
 with its line number and skipped.
 
 Each judge scores every row; a score row keeps every judge's output under `"judges"`, and its
-top-level `"scores"`, `"unsafe"`, `"refused"`, `"degenerate"` (what the metrics read) come from
-the first judge, in the order given, that provides each of them (`metrics.json` records which).
+top-level `"scores"`, `"unsafe"`, `"refused"`, `"degenerate"` (what the metrics read) each come
+from one judge for the whole file: the first, in the order given, that provides that field
+(`metrics.json` records which), so that no rate mixes judges from row to row.
 "prosocial" rows count as benign for the metrics (`"subset"` keeps the finer kind). Per-judge
 metrics use one judge's fields alone. Judges that give flags are also run on the bundled
 labelled set (`validation`), and their accuracy and Cohen's kappa go in the report.
@@ -186,10 +187,20 @@ def read_generations(path: str | Path, default_kind: str | None = None
 def score_rows(rows: Sequence[GenerationRow], judges: Sequence[Judge],
                progress: bool = False) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Score rows (the metrics' input, with every judge's output under "judges") and, per
-    top-level field, the judge it came from."""
+    top-level field, the judge it comes from: the first judge, in the order given, that gives
+    that field for any row. One judge per field for the whole file, so that no rate mixes
+    judges from row to row (a row that judge left out has no value for it)."""
     items = [row.judge_input() for row in rows]
     outputs = {judge.name: judge.judge(items, progress=progress) for judge in judges}
     sources: dict[str, str] = {}
+    for judge in judges:
+        for judgement in outputs[judge.name]:
+            for attribute, value in judgement.scores.items():
+                if math.isfinite(value):
+                    sources.setdefault(f"scores.{attribute}", judge.name)
+            for flag in FLAGS:
+                if getattr(judgement, flag) is not None:
+                    sources.setdefault(flag, judge.name)
     scored = []
     for index, row in enumerate(rows):
         out: dict[str, Any] = {
@@ -198,17 +209,14 @@ def score_rows(rows: Sequence[GenerationRow], judges: Sequence[Judge],
         if row.preference is not None:
             out["preference"] = row.preference
         scores: dict[str, float] = {}
-        for judge in judges:
-            judgement = outputs[judge.name][index]
-            for attribute, value in judgement.scores.items():
-                if attribute not in scores and math.isfinite(value):
-                    scores[attribute] = value
-                    sources.setdefault(f"scores.{attribute}", judge.name)
-            for flag in FLAGS:
-                value = getattr(judgement, flag)
-                if value is not None and flag not in out:
-                    out[flag] = value
-                    sources.setdefault(flag, judge.name)
+        for field, name in sources.items():
+            judgement = outputs[name][index]
+            if field.startswith("scores."):
+                value = judgement.scores.get(field[len("scores."):])
+                if value is not None and math.isfinite(value):
+                    scores[field[len("scores."):]] = value
+            elif getattr(judgement, field) is not None:
+                out[field] = getattr(judgement, field)
         out["scores"] = scores
         out["judges"] = {judge.name: outputs[judge.name][index].to_json() for judge in judges}
         out["prompt"], out["response"] = row.prompt, row.response
