@@ -82,6 +82,20 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def json_lines(path: str | Path) -> Iterator[tuple[int, Any, str | None]]:
+    """(line number, decoded value, None) for every non-blank line of a JSONL file, or
+    (line number, None, "not valid JSON (why)") for a line that does not decode: each reader
+    decides whether a bad line is skipped and reported or stops the read."""
+    with Path(path).open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line), None
+            except json.JSONDecodeError as err:
+                yield number, None, f"not valid JSON ({err.msg}, column {err.colno})"
+
+
 def check_output_file(path: str | Path, overwrite: bool, flag: str = "--overwrite") -> None:
     """Refuses to replace an existing file unless asked to (and never replaces a folder)."""
     path = Path(path)

@@ -41,7 +41,7 @@ from prosocial_jax.evaluation.judges import (
     parse_judge_spec,
 )
 from prosocial_jax.evaluation.judges.rubric import CRITERIA_BY_KIND, RUBRICS
-from prosocial_jax.files import write_output_folder
+from prosocial_jax.files import json_lines, write_output_folder
 
 FLAGS = ("unsafe", "refused", "degenerate")
 
@@ -163,23 +163,20 @@ def read_generations(path: str | Path, default_kind: str | None = None
     rows: list[GenerationRow] = []
     errors: list[RowError] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = parse_generation_row(json.loads(line), number, default_kind)
-            except json.JSONDecodeError as err:
-                errors.append(RowError(number, f"not valid JSON ({err.msg})"))
-                continue
-            except ValueError as err:
-                errors.append(RowError(number, str(err)))
-                continue
-            if row.id in seen:
-                errors.append(RowError(number, f'"id" {row.id!r} repeats line {seen[row.id]}'))
-                continue
-            seen[row.id] = number
-            rows.append(row)
+    for number, raw, error in json_lines(path):
+        if error is not None:
+            errors.append(RowError(number, error))
+            continue
+        try:
+            row = parse_generation_row(raw, number, default_kind)
+        except ValueError as err:
+            errors.append(RowError(number, str(err)))
+            continue
+        if row.id in seen:
+            errors.append(RowError(number, f'"id" {row.id!r} repeats line {seen[row.id]}'))
+            continue
+        seen[row.id] = number
+        rows.append(row)
     return rows, errors
 
 

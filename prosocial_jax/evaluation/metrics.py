@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from prosocial_jax.files import json_lines
+
 KINDS = ("harmful", "benign")
 FLAGS = ("unsafe", "refused", "degenerate")
 
@@ -102,18 +104,12 @@ def read_score_rows(path: str | Path) -> list[dict[str, Any]]:
     `path:line`, the field and its value. Blank lines are skipped."""
     path = Path(path)
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ScoreRowError(f"{where}: not valid JSON ({err.msg}, column {err.colno})"
-                                    ) from None
-            validate_score_row(row, where)
-            rows.append(row)
+    for line_number, row, error in json_lines(path):
+        where = f"{path}:{line_number}"
+        if error is not None:
+            raise ScoreRowError(f"{where}: {error}")
+        validate_score_row(row, where)
+        rows.append(row)
     return rows
 
 

@@ -39,7 +39,6 @@ say how a judge behaves on this pipeline's responses, not how it behaves in gene
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -49,6 +48,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import cohen_kappa_score
+
+from prosocial_jax.files import json_lines
 
 LABELS = ("unsafe", "refused", "degenerate", "on_topic")
 KINDS = ("harmful", "benign", "prosocial")
@@ -101,21 +102,16 @@ def load_validation_set(path: str | Path | None = None) -> list[dict]:
     """
     path = bundled_path() if path is None else Path(path)
     rows, first_line_of = [], {}
-    with path.open(encoding="utf-8") as file:
-        for line_number, line in enumerate(file, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
-            row = _check_row(row, where)
-            if row["id"] in first_line_of:
-                raise ValueError(f"{where}: field 'id' repeats {row['id']!r} "
-                                 f"(first on line {first_line_of[row['id']]})")
-            first_line_of[row["id"]] = line_number
-            rows.append(row)
+    for line_number, raw, error in json_lines(path):
+        where = f"{path}:{line_number}"
+        if error is not None:
+            raise ValueError(f"{where}: {error}")
+        row = _check_row(raw, where)
+        if row["id"] in first_line_of:
+            raise ValueError(f"{where}: field 'id' repeats {row['id']!r} "
+                             f"(first on line {first_line_of[row['id']]})")
+        first_line_of[row["id"]] = line_number
+        rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no labelled rows")
     return rows

@@ -224,12 +224,7 @@ def load_score_model(path: str | os.PathLike, dtype=None,
     params = hf.params_from_tensors(config, names - set(head_names), get, target_dtype,
                                     source=str(source), lm_head=False)
     weight = weight.astype(target_dtype or weight.dtype)
-    if isinstance(mesh, str | tuple | list):
-        mesh = sharding.make_mesh(mesh)
-    if mesh is not None:
-        params = sharding.shard_params(config, params, mesh)
-    else:
-        params = jax.device_put(params)
+    params, mesh = sharding.place_params(config, params, mesh)
     trunk = Model(config=config, params=params, tokenizer=load_tokenizer(source), mesh=mesh,
                   source=str(source))
     return ScoreModel(trunk, head, jnp.asarray(weight), jnp.asarray(bias, jnp.float32))

@@ -284,12 +284,7 @@ def load_model(path: str | os.PathLike, dtype=None, mesh: Mesh | str | None = No
         raise hf.CheckpointError(f"{source}: expected a checkpoint folder (with config.json) or "
                                  "a .gguf file")
     params = hf.params_from_tensors(config, names, get, target_dtype, source=str(source))
-    if isinstance(mesh, str | tuple | list):
-        mesh = sharding.make_mesh(mesh)
-    if mesh is not None:
-        params = sharding.shard_params(config, params, mesh)
-    else:
-        params = jax.device_put(params)
+    params, mesh = sharding.place_params(config, params, mesh)
     return Model(config=config, params=params, tokenizer=tokenizer, mesh=mesh, source=str(source))
 
 

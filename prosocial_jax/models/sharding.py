@@ -153,6 +153,16 @@ def shard_params(config: ModelConfig, params, mesh: Mesh):
     return jax.device_put(params, param_shardings(config, params, mesh))
 
 
+def place_params(config: ModelConfig, params, mesh: Mesh | str | Sequence[int] | None):
+    """Host parameters onto the devices, sharded when a mesh (or its shape, "2x4") is given:
+    the one way a loaded model's weights go there. Returns (params, mesh)."""
+    if isinstance(mesh, str | tuple | list):
+        mesh = make_mesh(mesh)
+    if mesh is None:
+        return jax.device_put(params), None
+    return shard_params(config, params, mesh), mesh
+
+
 def _per_device_bytes(shapes, shardings) -> int:
     total = 0
     for leaf, sharding in zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings)):

@@ -9,12 +9,12 @@ no external row get an empty judgement and are counted in `missing`.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from prosocial_jax.evaluation.judges.base import JudgeError, JudgeInput, Judgement
+from prosocial_jax.files import json_lines
 
 FLAGS = ("unsafe", "refused", "degenerate")
 
@@ -49,19 +49,14 @@ def read_external_scores(path: str | Path) -> dict[str, Judgement]:
     if not path.is_file():
         raise JudgeError(f"{path}: no such external scores file")
     rows: dict[str, Judgement] = {}
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise JudgeError(f"{where}: not valid JSON ({err.msg})") from None
-            row_id, judgement = _parse(raw, where)
-            if row_id in rows:
-                raise JudgeError(f"{where}: id {row_id!r} appears twice")
-            rows[row_id] = judgement
+    for number, raw, error in json_lines(path):
+        where = f"{path}:{number}"
+        if error is not None:
+            raise JudgeError(f"{where}: {error}")
+        row_id, judgement = _parse(raw, where)
+        if row_id in rows:
+            raise JudgeError(f"{where}: id {row_id!r} appears twice")
+        rows[row_id] = judgement
     if not rows:
         raise JudgeError(f"{path}: no score rows")
     return rows
