@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from typing import Any
 
@@ -144,13 +143,7 @@ def _read_config(folder) -> dict[str, Any]:
     if not path.is_file():
         raise hf.CheckpointError(f"{folder}: no config.json (a score model is a checkpoint "
                                  "folder)")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise hf.CheckpointError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(raw, dict):
-        raise hf.CheckpointError(f"{path}: not a JSON object")
-    return raw
+    return hf.read_json_object(path)
 
 
 def _architecture(raw: dict[str, Any], where: str) -> str:

@@ -185,6 +185,18 @@ def check_finite(value: np.ndarray, where: str, name: str, hf_name: str | None =
     return value
 
 
+def read_json_object(path: Path) -> dict:
+    """A checkpoint's JSON file (config.json, generation_config.json) as a dict, or a
+    CheckpointError naming the file."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return raw
+
+
 def refuse_pickle(path: Path) -> None:
     raise CheckpointError(
         f"{path}: refusing to load a pickle checkpoint ({path.suffix}): unpickling can run "

@@ -246,12 +246,7 @@ def _with_generation_stop_ids(config: ModelConfig, path: Path) -> ModelConfig:
     """Adds generation_config.json's EOS ids (Llama-3 instruct lists more than config.json)."""
     if not path.exists():
         return config
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise hf.CheckpointError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(raw, dict):
-        raise hf.CheckpointError(f"{path}: not a JSON object")
+    raw = hf.read_json_object(path)
     extra = token_ids(raw.get("eos_token_id"), "eos_token_id", str(path))
     merged = tuple(dict.fromkeys([*config.eos_token_ids, *extra]))
     return dataclasses.replace(config, eos_token_ids=merged)
