@@ -46,8 +46,6 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.metrics import cohen_kappa_score
 
 from prosocial_jax.files import json_lines
 
@@ -138,6 +136,12 @@ def agreement(predicted: Sequence[bool | None], truth: Sequence[bool]) -> dict:
              for i, (p, t) in enumerate(zip(predicted, truth)) if p is not None]
     if not pairs:
         return {"n": 0, "accuracy": None, "kappa": None}
+    # scikit-learn is imported where kappa is computed, not with the package: it costs about a
+    # second, and through scipy's array-API layer it inspects whatever `torch` module
+    # sys.modules holds, which broke `import prosocial_jax` where torch is blocked.
+    from sklearn.exceptions import UndefinedMetricWarning
+    from sklearn.metrics import cohen_kappa_score
+
     pred, true = (list(side) for side in zip(*pairs))
     accuracy = sum(p == t for p, t in pairs) / len(pairs)
     with warnings.catch_warnings():
