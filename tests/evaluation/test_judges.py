@@ -264,3 +264,11 @@ def test_external_judge_joins_by_id_and_names_bad_lines(tmp_path):
     path.write_text('{"id": "r1", "unsafe": "yes"}\n')
     with pytest.raises(JudgeError, match=r"api.jsonl:1: \"unsafe\" must be true or false"):
         load_judge(f"external:{path}")
+
+
+def test_an_input_longer_than_the_model_is_named(tiny_chat):
+    judge = RubricJudge("r", pj.load_model(tiny_chat.path), ("helpfulness",))
+    long = JudgeInput("essay", "Write an essay.", "word " * 600, "benign")
+    with pytest.raises(JudgeError, match=r"row 'essay' \(helpfulness\) is \d+ tokens, more "
+                                         r"than the model's 512 positions"):
+        judge.judge([ITEMS[0], long])

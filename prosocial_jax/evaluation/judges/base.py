@@ -155,9 +155,10 @@ def data_parallel_batch_size(batch_size: int, mesh) -> int:
     return -(-batch_size // data) * data
 
 
-def check_length(encoded: Sequence[Sequence[int]], limit: int, items: Sequence[JudgeInput],
+def check_length(encoded: Sequence[Sequence[int]], limit: int, names: Sequence[str],
                  what: str) -> None:
-    for ids, item in zip(encoded, items):
+    """Every input fits the model's positions; else a JudgeError naming the input."""
+    for ids, name in zip(encoded, names, strict=True):
         if len(ids) > limit:
-            raise JudgeError(f"{what}: input for row {item.id!r} is {len(ids)} tokens, more "
-                             f"than the model's {limit} positions")
+            raise JudgeError(f"{what}: the input for {name} is {len(ids)} tokens, more than "
+                             f"the model's {limit} positions")

@@ -79,7 +79,7 @@ class GuardJudge:
     def judge(self, items: Sequence[JudgeInput], progress: bool = False) -> list[Judgement]:
         encoded = [self.encode(item) for item in items]
         check_length(encoded, self.model.config.max_position_embeddings - CATEGORY_TOKENS - 1,
-                     items, f"judge {self.name}")
+                     [f"row {item.id!r}" for item in items], f"judge {self.name}")
         bar = tqdm(total=len(items), desc=self.name, unit="resp", disable=not progress)
         probs = self._first_token_probs(encoded)
         blank = [i for i, p in enumerate(probs) if self._is_blank(int(p.argmax()))]

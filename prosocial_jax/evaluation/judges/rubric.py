@@ -121,13 +121,12 @@ class RubricJudge:
         self.letter_ids = [single_token(tok, letter, what) for letter in "ABC"]
 
     # ------------------------------------------------------------------ one forward pass
-    def _read(self, sequences: Sequence[list[int]], tails: Sequence[list[int]], what: str,
-              progress: bool) -> np.ndarray:
+    def _read(self, sequences: Sequence[list[int]], tails: Sequence[list[int]],
+              names: Sequence[str], what: str, progress: bool) -> np.ndarray:
         """Softmax [N, 2, V] at the answer position and one token after it (the appended tail
         token, when there is one)."""
         full = [[*s, *t] for s, t in zip(sequences, tails)]
-        check_length(full, self.model.config.max_position_embeddings,
-                     [JudgeInput(str(i), "", "", "benign") for i in range(len(full))], what)
+        check_length(full, self.model.config.max_position_embeddings, names, what)
         out = np.zeros((len(full), 2, self.model.config.vocab_size), np.float32)
         bar = tqdm(total=len(full), desc=what, unit="seq", disable=not progress)
         keep = 1 + max((len(t) for t in tails), default=0)  # the answer position stays in
@@ -178,7 +177,8 @@ class RubricJudge:
                 sequences.append(self._encode(question_prompt(
                     criterion, prompt_text(item.prompt), item.response)))
                 tails.append([])
-        probs = self._read(sequences, tails, self.name, progress)
+        names = [f"row {items[i].id!r} ({criterion})" for i, criterion in jobs]
+        probs = self._read(sequences, tails, names, self.name, progress)
         results = [Judgement() for _ in items]
         for (i, criterion), p in zip(jobs, probs):
             if criterion in RUBRICS:
@@ -209,8 +209,9 @@ class RubricJudge:
             first, second = (b, a) if swap else (a, b)
             swaps.append(swap)
             sequences.append(self._encode(pair_prompt(criterion, text, first, second)))
-        probs = self._read(sequences, [[] for _ in sequences], f"{self.name} pairwise",
-                           progress)
+        probs = self._read(sequences, [[] for _ in sequences],
+                           [f"comparison {k} ({criterion})" for k in range(len(sequences))],
+                           f"{self.name} pairwise", progress)
         verdicts = []
         for swap, p in zip(swaps, probs):
             choice = "ABC"[int(np.argmax(p[0, self.letter_ids]))]

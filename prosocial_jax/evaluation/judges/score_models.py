@@ -78,8 +78,8 @@ class ScoreModelJudge:
 
     def judge(self, items: Sequence[JudgeInput], progress: bool = False) -> list[Judgement]:
         encoded = [self.encode(item) for item in items]
-        check_length(encoded, self.model.trunk.config.max_position_embeddings, items,
-                     f"judge {self.name}")
+        check_length(encoded, self.model.trunk.config.max_position_embeddings,
+                     [f"row {item.id!r}" for item in items], f"judge {self.name}")
         results: list[Judgement | None] = [None] * len(items)
         bar = tqdm(total=len(items), desc=self.name, unit="resp", disable=not progress)
         for batch in padded_batches(encoded, self.batch_size, self.model.pad_id):
