@@ -3,7 +3,6 @@ position, the rubric's probability-weighted mean recomputed from transformers' l
 rule and external judgements, and sharded judges equal to one device."""
 
 import json
-import re
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from prosocial_jax.evaluation.judges import (
     load_judge,
     parse_judge_spec,
 )
-from prosocial_jax.evaluation.judges.guard import GuardJudge
+from prosocial_jax.evaluation.judges.guard import GuardJudge, parse_categories
 from prosocial_jax.evaluation.judges.rubric import RubricJudge, pair_prompt, score_prompt
 
 ITEMS = [
@@ -156,6 +155,14 @@ def test_guard_probability_equals_transformers_softmax(tiny_chat):
         assert result.scores["safety"] == pytest.approx(1 - probs[unsafe_id], abs=1e-5)
 
 
+@pytest.mark.parametrize("answer,categories", [
+    ("unsafe\nS1", "S1"), ("\n\nunsafe\nS1,S10", "S1,S10"), ("safe", ""),
+    ("unsafe\nS2, S14 and S3", "S2,S14,S3"), ("unsafe\nS123 SS1 xS2", ""),
+])
+def test_guard_categories_parsed_from_the_answer(answer, categories):
+    assert parse_categories(answer) == categories
+
+
 def test_guard_continuation_equals_transformers_greedy(tiny_chat):
     """Rows over the threshold get a short greedy continuation (the verdict and categories):
     it equals transformers' greedy tokens after the same answer position."""
@@ -172,8 +179,6 @@ def test_guard_continuation_equals_transformers_greedy(tiny_chat):
         greedy = hf_greedy(tiny_chat.torch_model, ids, 12)
         assert result.unsafe is True
         assert result.extra["answer"] == model.tokenizer.decode(greedy, skip_special_tokens=True)
-        assert result.extra["category"] == ",".join(
-            re.findall(r"\bS\d{1,2}\b", result.extra["answer"]))
 
 
 # ---------------------------------------------------------------------------- rubric

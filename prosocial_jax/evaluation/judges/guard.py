@@ -36,6 +36,11 @@ CATEGORY = re.compile(r"\bS\d{1,2}\b")
 CATEGORY_TOKENS = 12  # enough for "unsafe\nS1,S10,S11"
 
 
+def parse_categories(answer: str) -> str:
+    """The violated categories of a guard's answer ("unsafe\nS1,S10" -> "S1,S10")."""
+    return ",".join(CATEGORY.findall(answer))
+
+
 def first_token(tokenizer, text: str) -> int:
     return int(tokenizer(text, add_special_tokens=False)["input_ids"][0])
 
@@ -102,7 +107,7 @@ class GuardJudge:
             extra = {"p_unsafe": float(p)}
             if i in answers:
                 extra.update(answer=answers[i],
-                             category=",".join(CATEGORY.findall(answers[i])))
+                             category=parse_categories(answers[i]))
             results.append(Judgement(scores={"safety": float(1.0 - p)},
                                      unsafe=bool(p > self.threshold), extra=extra))
         return results
