@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from prosocial_jax import settings as settings_module
 from prosocial_jax.data.prompts import RowError, parse_prompt_row
 from prosocial_jax.evaluation import judge_report, metrics, validation
@@ -302,6 +304,27 @@ def pairwise_win_rates(rows: Sequence[GenerationRow], judge: RubricJudge, refere
     return out
 
 
+def rubric_format(scored: Sequence[dict[str, Any]], judges: Sequence[Judge]
+                  ) -> dict[str, dict[str, float]]:
+    """Per rubric judge, how well it kept to the answer format: the probability it put on a
+    valid score token (median, min, max over its 1-10 scores) and the mean and spread of those
+    scores. A judge that rarely answers with a number, or gives every answer the same score, is
+    not measuring anything."""
+    out = {}
+    for judge in judges:
+        if not isinstance(judge, RubricJudge):
+            continue
+        own = [row["judges"][judge.name] for row in scored]
+        mass = [v for j in own for k, v in j.get("extra", {}).items() if k.endswith("_mass")]
+        scores = [v for j in own for v in j["scores"].values() if math.isfinite(v)]
+        if mass and scores:
+            out[judge.name] = {"scores": len(scores), "mass_median": float(np.median(mass)),
+                               "mass_min": float(np.min(mass)), "mass_max": float(np.max(mass)),
+                               "score_mean": float(np.mean(scores)),
+                               "score_sd": float(np.std(scores))}
+    return out
+
+
 # ---------------------------------------------------------------------------- the stage
 def evaluate(generations: str | Path, out: str | Path, settings: EvaluateSettings,
              *, mesh=None, dtype=None, overwrite: bool = False, progress: bool = True,
@@ -338,7 +361,8 @@ def evaluate(generations: str | Path, out: str | Path, settings: EvaluateSetting
     result.update(sources=sources, judges=list(settings.judge),
                   generations=str(generations), rows=len(rows),
                   skipped=[str(e) for e in errors], agreement=agreement,
-                  unscored_preference_attributes=unscored)
+                  unscored_preference_attributes=unscored,
+                  rubric_format=rubric_format(scored, judges))
     if per_judge:
         result["per_judge"] = per_judge
 

@@ -126,6 +126,16 @@ def _agreement_table(agreement: dict[str, dict[str, Any]]) -> str:
          for judge, labels in agreement.items() for label, a in labels.items()])
 
 
+def _rubric_format_table(formats: dict[str, dict[str, Any]]) -> str:
+    return markdown_table(
+        ["judge", "scores", "probability on a score token: median [min, max]",
+         "score mean", "score sd"],
+        [[_escape(judge), str(f["scores"]),
+          f"{percent(f['mass_median'])} [{percent(f['mass_min'])}, {percent(f['mass_max'])}]",
+          number(f["score_mean"], 2), number(f["score_sd"], 2)]
+         for judge, f in formats.items()])
+
+
 def _how_to_read(confidence: float) -> str:
     return (
         "**Leakage** is the share of answers to harmful prompts that the judges marked unsafe "
@@ -391,6 +401,10 @@ def write_report_files(folder: Path, metrics: dict[str, Any], *,
               "", "## Judge agreement", "",
               _agreement_table(agreement) if agreement
               else "No judge agreement was measured.", ""]
+    if metrics.get("rubric_format"):
+        lines += ["How well each rubric judge kept to the answer format (probability on a valid "
+                  "1-10 score token; the scores' mean and spread):", "",
+                  _rubric_format_table(metrics["rubric_format"]), ""]
     with atomic_open(folder / "report.md") as handle:
         handle.write("\n".join(lines))
     return ["report.md", *written]

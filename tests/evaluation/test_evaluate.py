@@ -154,3 +154,26 @@ def test_rule_judge_agreement_equals_direct_count():
     harmful = [r for r in rows if r["kind"] == "harmful"]
     hits = sum((not refusal.is_refusal(r["response"])) == r["labels"]["unsafe"] for r in harmful)
     assert result["unsafe"]["accuracy"] == pytest.approx(hits / len(harmful))
+
+
+def test_rubric_answer_format_is_reported(tiny_chat, tmp_path):
+    """metrics.json and the report say how much probability the rubric judge put on valid
+    score tokens: the median / min / max of the masses its judgements carry, recounted here."""
+    import numpy as np
+
+    generations = write_jsonl(tmp_path / "g.jsonl", GENERATIONS[:3])
+    settings = evaluate.EvaluateSettings(judge=(f"rubric:{tiny_chat.path}:helpfulness,"
+                                                "harmlessness",), validate=False, resamples=50)
+    result = evaluate.evaluate(generations, tmp_path / "out", settings, progress=False)
+    judge = load_judge(f"rubric:{tiny_chat.path}:helpfulness,harmlessness")
+    rows, _ = evaluate.read_generations(generations)
+    judgements = judge.judge([r.judge_input() for r in rows])
+    masses = [v for j in judgements for k, v in j.extra.items() if k.endswith("_mass")]
+    scores = [v for j in judgements for v in j.scores.values()]
+    found = result["rubric_format"][f"rubric:{tiny_chat.path.name}"]
+    assert len(masses) == found["scores"] == 3  # helpfulness x1 benign, harmlessness x2
+    assert found["mass_median"] == pytest.approx(np.median(masses), rel=1e-5)
+    assert (found["mass_min"], found["mass_max"]) == pytest.approx((min(masses), max(masses)),
+                                                                   rel=1e-5)
+    assert found["score_mean"] == pytest.approx(np.mean(scores), rel=1e-5)
+    assert "valid 1-10 score token" in (tmp_path / "out" / "report.md").read_text()
