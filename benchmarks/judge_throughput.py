@@ -256,11 +256,8 @@ def jax_matmul_gflops() -> float:
             for seed in (0, 1))
     product = jax.jit(jnp.matmul)
     jax.block_until_ready(product(a, b))
-    best = float("inf")
-    for _ in range(MATMUL_REPEATS):
-        start = time.perf_counter()
-        jax.block_until_ready(product(a, b))
-        best = min(best, time.perf_counter() - start)
+    best = min(timed_call(lambda: jax.block_until_ready(product(a, b)))
+               for _ in range(MATMUL_REPEATS))
     return 2 * MATMUL_SIZE**3 / best / 1e9
 
 
@@ -346,17 +343,21 @@ def measure_rubric(items) -> dict:
             "mass": [j.extra[f"{CRITERION}_mass"] for j in run["result"]]}
 
 
+def reference_run(score_all, ids: list[list[int]], pad_id: int) -> dict:
+    """The reference's timings and scores, and the token positions its padding computes."""
+    run = timed(score_all)
+    return {"median_s": run["median_s"], "times_s": run["times_s"],
+            "padded_tokens": int(sum(t.size for _, t, _ in exact_batches(ids, pad_id))),
+            "scores": run["result"].tolist()}
+
+
 def torch_matmul_gflops() -> float:
     import torch
 
     generator = torch.Generator().manual_seed(0)
     a, b = (torch.randn(MATMUL_SIZE, MATMUL_SIZE, generator=generator) for _ in range(2))
     torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(MATMUL_REPEATS):
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - start)
+    best = min(timed_call(lambda: torch.matmul(a, b)) for _ in range(MATMUL_REPEATS))
     return 2 * MATMUL_SIZE**3 / best / 1e9
 
 
@@ -395,10 +396,7 @@ def torch_worker(classifier: Path, causal: Path, inputs: Path) -> dict:
                 scores[rows] = model(input_ids=torch.from_numpy(tokens),
                                      attention_mask=torch.from_numpy(mask)).logits[:, 0].numpy()
         return scores
-    run = timed(reward_scores)
-    out["reward"] = {"median_s": run["median_s"], "times_s": run["times_s"],
-                     "padded_tokens": int(sum(t.size for _, t, _ in exact_batches(ids, pad_id))),
-                     "scores": run["result"].tolist()}
+    out["reward"] = reference_run(reward_scores, ids, pad_id)
     del model
 
     # ---- rubric judge
@@ -421,10 +419,7 @@ def torch_worker(classifier: Path, causal: Path, inputs: Path) -> dict:
                 for slot, index in enumerate(rows):
                     scores[index] = expected_score(probs[slot, 0], probs[slot, 1], tokenizer)
         return scores
-    run = timed(rubric_scores)
-    out["rubric"] = {"median_s": run["median_s"], "times_s": run["times_s"],
-                     "padded_tokens": int(sum(t.size for _, t, _ in exact_batches(ids, pad_id))),
-                     "scores": run["result"].tolist()}
+    out["rubric"] = reference_run(rubric_scores, ids, pad_id)
     return out
 
 
