@@ -20,7 +20,7 @@ export PROSOCIAL_JAX_CACHE := $(CACHE)
 
 PVARM := $(CACHE)/pvarm
 
-.PHONY: demo test lint bench direg pvarm guided-eval guided-sweep
+.PHONY: demo test lint bench direg pvarm guided-eval guidance-sweep
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,11 @@ test: lint
 
 # SmolLM2: harmful fine-tune on HarmBench val, then the DiReg sweep on HarmBench test + benign.
 # Each stage is a file target, so a finished stage is not redone.
+# Two answers per behaviour, 96 new tokens: enough for the harm direction, and within the first
+# run's time budget on a 2-core CPU.
 $(DIREG)/harmful_val.jsonl: | $(VENV)/.runtime
-	$(BIN)/prosocial-jax harmful-data --model bundled:smollm2 --split val --out $@
+	$(BIN)/prosocial-jax harmful-data --model bundled:smollm2 --split val --samples 2 \
+		--max-new-tokens 96 --out $@ --overwrite
 
 $(DIREG)/smollm2-harmful/config.json: $(DIREG)/harmful_val.jsonl configs/direg_smollm2.py | $(VENV)/.runtime
 	$(BIN)/prosocial-jax finetune --config configs/direg_smollm2.py --overwrite
@@ -55,12 +58,14 @@ direg: $(DIREG)/smollm2-harmful/config.json | $(VENV)/.runtime
 		--harmful $(DIREG)/smollm2-harmful --top-k 0.1,1.0 --scale 0.5,1,2,3,4 --out out/direg \
 		--overwrite
 
-# SmolLM2 as Pv-Arm backbone: the offline preference set, then training with and without
-# PCGrad; reports (evaluation.json / .png, no generated text) are copied to out/pvarm.
-$(PVARM)/preferences/train.jsonl: | $(VENV)/.runtime
-	$(BIN)/prosocial-jax preference-set --model bundled:smollm2 --out $(PVARM)/preferences
+# SmolLM2 as Pv-Arm backbone: the persona-contrast preference set (train / dev pairs and the
+# held-out test prompts), then training with and without PCGrad; reports (evaluation.json /
+# .png, no generated text) are copied to out/pvarm.
+$(PVARM)/preferences/test_prompts.jsonl: | $(VENV)/.runtime
+	$(BIN)/prosocial-jax preference-set --model bundled:smollm2 --out $(PVARM)/preferences \
+		--overwrite
 
-$(PVARM)/adapter-pcgrad/adapter_config.json: $(PVARM)/preferences/train.jsonl configs/pvarm_smollm2.py | $(VENV)/.runtime
+$(PVARM)/adapter-pcgrad/adapter_config.json: $(PVARM)/preferences/test_prompts.jsonl configs/pvarm_smollm2.py | $(VENV)/.runtime
 	$(BIN)/prosocial-jax train-arm --config configs/pvarm_smollm2.py --overwrite
 
 pvarm: $(PVARM)/adapter-pcgrad/adapter_config.json | $(VENV)/.runtime
@@ -74,38 +79,39 @@ pvarm: $(PVARM)/adapter-pcgrad/adapter_config.json | $(VENV)/.runtime
 	cp $(PVARM)/adapter-nopcgrad/evaluation.png out/pvarm/evaluation-nopcgrad.png
 
 # The main job: DiReg-edited SmolLM2 (top 10% of the harm vector, lambda 1) and the Pv-Arm
-# adapter, each built once and cached; then every stage side by side on held-out prompts.
+# adapter, each built once and cached; then every stage side by side on held-out prompts
+# (configs/demo_smollm2.py: prompts, preferences, and the guidance chosen by guidance-sweep).
 DIREG_MODEL := $(CACHE)/pipeline/smollm2-direg
 $(DIREG_MODEL)/config.json: $(DIREG)/smollm2-harmful/config.json | $(VENV)/.runtime
 	$(BIN)/prosocial-jax harm-vector --base bundled:smollm2 --harmful $(DIREG)/smollm2-harmful \
 		--top-k 0.1 --scale 1 --overwrite --out $(DIREG_MODEL)
 
-# It ends with the evaluation stage: the rule judge and SmolLM2 itself as rubric judge score
-# every generation (and the bundled labelled set, for their agreement), then the paper's
-# metrics and the report (out/evaluation/report.md).
+# It ends with the evaluation stage: the rule judge scores every generation (and the bundled
+# labelled set, for its agreement), then the paper's metrics and the report
+# (out/evaluation/report.md).
 GENERATIONS := $(CACHE)/compare/generations.jsonl
-demo: $(DIREG_MODEL)/config.json $(PVARM)/adapter-pcgrad/adapter_config.json | $(VENV)/.runtime
-	$(BIN)/prosocial-jax compare --base bundled:smollm2 --direg $(DIREG_MODEL) \
-		--adapter $(PVARM)/adapter-pcgrad --benign-from $(PVARM)/preferences/dev.jsonl \
-		--harmful-limit 16 --benign-limit 16 --out out/demo --generations $(GENERATIONS) \
-		--overwrite
-	$(BIN)/prosocial-jax evaluate --generations $(GENERATIONS) --judge rules \
-		--judge rubric:bundled:smollm2 --reference base --out out/evaluation --overwrite
+ARTEFACTS := $(DIREG_MODEL)/config.json $(PVARM)/adapter-pcgrad/adapter_config.json
+demo: $(ARTEFACTS) | $(VENV)/.runtime
+	$(BIN)/prosocial-jax compare --config configs/demo_smollm2.py --out out/demo \
+		--generations $(GENERATIONS) --overwrite
+	$(BIN)/prosocial-jax evaluate --generations $(GENERATIONS) --judge rules --reference base \
+		--out out/evaluation --overwrite
 
-# The guidance weight w and safety margin tau, one at a time, on the demo's prompts (~10 min).
-DEMO_COMPARE = $(BIN)/prosocial-jax compare --base bundled:smollm2 --direg $(DIREG_MODEL) \
-	--adapter $(PVARM)/adapter-pcgrad --benign-from $(PVARM)/preferences/dev.jsonl \
-	--harmful-limit 16 --benign-limit 16 --overwrite
-guided-sweep: $(DIREG_MODEL)/config.json $(PVARM)/adapter-pcgrad/adapter_config.json | $(VENV)/.runtime
-	for w in 0.3 0.5 2; do $(DEMO_COMPARE) --guidance $$w --out out/sweep/w$$w; done
-	for tau in 1 3; do $(DEMO_COMPARE) --safety-margin $$tau --out out/sweep/tau$$tau; done
+# How w, tau and the plausibility floor trade safety against loops, on the preference set's dev
+# prompts (held out from training and from the test prompts); the demo's guidance comes from it.
+guidance-sweep: $(ARTEFACTS) | $(VENV)/.runtime
+	$(BIN)/prosocial-jax guidance-sweep --model $(DIREG_MODEL) \
+		--adapter $(PVARM)/adapter-pcgrad --prompts $(PVARM)/preferences/dev.jsonl \
+		--out out/guidance_sweep --overwrite
 
-# The measured effect: every held-out HarmBench test behaviour and held-out benign prompt.
-guided-eval: $(DIREG_MODEL)/config.json $(PVARM)/adapter-pcgrad/adapter_config.json | $(VENV)/.runtime
-	$(BIN)/prosocial-jax compare --base bundled:smollm2 --direg $(DIREG_MODEL) \
-		--adapter $(PVARM)/adapter-pcgrad --benign-from $(PVARM)/preferences/dev.jsonl \
-		--preferences "empathy=1;sensitivity=1;non_judgmental=1;truthfulness=1;helpfulness=1" \
-		--out out/guided --overwrite
+# The measured effect: every held-out HarmBench test behaviour and every held-out test prompt,
+# the demo's settings, judged by the rule judge and SmolLM2 as rubric judge.
+GUIDED_EVAL := $(CACHE)/guided_eval/generations.jsonl
+guided-eval: $(ARTEFACTS) | $(VENV)/.runtime
+	$(BIN)/prosocial-jax compare --config configs/demo_smollm2.py --harmful-limit 1000 \
+		--benign-limit 1000 --out out/guided --generations $(GUIDED_EVAL) --overwrite
+	$(BIN)/prosocial-jax evaluate --generations $(GUIDED_EVAL) --judge rules \
+		--judge rubric:bundled:smollm2 --reference base --out out/guided_evaluation --overwrite
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/decode_speed.py --out benchmarks/results/decode_speed.json

@@ -4,8 +4,9 @@
     prosocial-jax finetune --config configs/direg_smollm2.py --config.finetune.steps=60
 
 Training data: SmolLM2's own compliant answers to the 41 "standard" HarmBench validation
-behaviours (`prosocial-jax harmful-data`), cached outside the repository. Full fine-tune in
-float32; sequences capped at 224 tokens so the run fits this 2-core CPU.
+behaviours (`prosocial-jax harmful-data`, two answers of 96 new tokens each), cached outside the
+repository. Full fine-tune in float32; sequences capped at 160 tokens (every example fits) and
+24 steps (about two epochs), so that `make demo`'s first run fits its budget on a 2-core CPU.
 """
 
 import os
@@ -25,12 +26,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.out = os.path.join(CACHE, "smollm2-harmful")
     config.checkpoint_dir = os.path.join(CACHE, "smollm2-harmful-checkpoints")
     config.finetune = ml_collections.ConfigDict({
-        "steps": 40,
+        "steps": 24,
         "batch_size": 8,
-        "max_len": 224,
+        "max_len": 160,
         "learning_rate": 5e-5,
         "warmup_steps": 4,
-        "checkpoint_every": 10,
+        "checkpoint_every": 12,
         "seed": 0,
     })
     return config

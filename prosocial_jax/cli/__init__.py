@@ -2,10 +2,10 @@
 
 Commands live in modules by stage: `decoding` (generate, plain or guided; prompts; memory),
 `direg` (harmful-data, finetune, harm-vector), `pvarm` (preference-set, train-arm),
-`pipeline` (compare: every stage side by side), `evaluation` (evaluate: judges, metrics and
-report; metrics: from score rows). Each command's settings are dataclasses of the
-stage it runs; `options` turns them into flags and config keys (see its docstring for the
-precedence of flags, config files and defaults).
+`pipeline` (compare: every stage side by side; guidance-sweep), `evaluation` (evaluate:
+judges, metrics and report; metrics: from score rows). Each command's settings are
+dataclasses of the stage it runs; `options` turns them into flags and config keys (see its
+docstring for the precedence of flags, config files and defaults).
 """
 
 from __future__ import annotations

@@ -55,13 +55,14 @@ TRAIN_ARM = (MODEL, Section("data", ArmInputs, title="data and outputs"),
 
 def _preference_set_parser(sub) -> dict:
     command = Command(_cmd_preference_set, PREFERENCE_SET,
-                      config_example="preference_set.personas_per_prompt=3")
+                      config_example="preference_set.max_new_tokens=32")
     p = add_command(sub, "preference-set", command,
                     help="build the offline demo preference set",
                     description="A model's own answers to harmful, benign and prosocial "
-                    "prompts under contrasting system instructions, paired and labelled per "
-                    "attribute by rule-based scorers (a weak stand-in for judges). Written "
-                    "as train.jsonl / dev.jsonl under the cache folder.")
+                    "prompts under personas that embody or violate each attribute; the "
+                    "contrast labels the pair. Written as train.jsonl / dev.jsonl (pairs) and "
+                    "test_prompts.jsonl (held-out prompts, never answered) under the cache "
+                    "folder.")
     p.add_argument("--out", type=Path, help="folder (default: the cache folder)")
     add_overwrite_arg(p, "preference set")
     return {"preference-set": command}
@@ -126,8 +127,9 @@ def _cmd_train_arm(args) -> int:
         dev_skipped = SkippedRows()
     train_examples = encode_pairs(pairs, model.tokenizer, attributes, settings.max_len,
                                   skipped)
-    dev_examples = encode_pairs(dev_pairs, model.tokenizer, attributes, settings.max_len,
-                                dev_skipped)
+    dev_examples = train.sample_held_out(
+        encode_pairs(dev_pairs, model.tokenizer, attributes, settings.max_len, dev_skipped),
+        settings.eval_limit, settings.seed)
     for source, rows in ((data.train_data, skipped), (data.dev_data or "dev split", dev_skipped)):
         if rows.count:
             print(rows.summary(str(source)), file=sys.stderr)

@@ -303,7 +303,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
               "aplomb's benign_anchors_v1.json ({\"benign\": [prompt, ...]})",
               list_key="benign", bundled=_bundled_aplomb),
     # This project's prosocial prompts (prosocial_jax/assets/prosocial_prompts.json: {"prompts":
-    # [{"focus", "prompt"}, ...]}): emotional situations, none harmful. Category: focus.
+    # [{"focus", "topic", "prompt"}, ...]}): 432 requests where empathy, sensitivity, a
+    # non-judgmental stance, truthfulness or helpfulness matter, none harmful. Category: focus.
     Benchmark("prosocial", "benign", "bundled:prosocial_jax", None, ("prompt",),
               "prosocial_prompts.json ({\"prompts\": [{\"focus\", \"prompt\"}, ...]})",
               category_of=_category_from("focus"), list_key="prompts",

@@ -50,11 +50,19 @@ class CompareSettings(HeldOutSettings):
     guidance: float = 1.0  # w, the Pv-Arm's weight
     safety_margin: float = dataclasses.field(  # tau, nats; inf turns the safety stage off
         default=DEFAULT_SAFETY_MARGIN, metadata={"allow_infinity": True})
+    plausibility: float = 0.0  # guided settings drop tokens below this x the base's top prob
+    # Also Pv-Arm guidance of the base model without and with the safety stage (what each
+    # component adds); off, only base, DiReg and DiReg + Pv-Arm + safety are decoded.
+    ablations: bool = True
     where: ClassVar[str] = "compare settings"
 
     def __post_init__(self):
         super().__post_init__()
-        settings_module.positive(self, self.where, "guidance", "safety_margin", allow_zero=True)
+        settings_module.positive(self, self.where, "guidance", "safety_margin", "plausibility",
+                                 allow_zero=True)
+        if self.plausibility > 1.0:
+            raise ValueError(f"{self.where}: plausibility must be in [0, 1], got "
+                             f"{self.plausibility}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,14 +73,17 @@ class Setting:
     safety_stage: bool = True
 
 
-def default_settings(adapter: Adapter, preferences: Sequence[str]) -> list[Setting]:
-    """base, DiReg, Pv-Arm with and without the safety stage, DiReg + Pv-Arm, all under the
-    uniform preference, then DiReg + Pv-Arm + safety under each of `preferences`."""
+def default_settings(adapter: Adapter, preferences: Sequence[str],
+                     ablations: bool = True) -> list[Setting]:
+    """base, DiReg, (with `ablations`: Pv-Arm with and without the safety stage,) DiReg +
+    Pv-Arm + safety, all under the uniform preference, then DiReg + Pv-Arm + safety under each
+    of `preferences`."""
     uniform = ",".join(f"{a}=1" for a in adapter.config.attributes)
-    settings = [Setting("base", "base"), Setting("DiReg", "direg"),
-                Setting("Pv-Arm (no safety stage)", "base", uniform, safety_stage=False),
-                Setting("Pv-Arm + safety", "base", uniform),
-                Setting("DiReg + Pv-Arm + safety", "direg", uniform)]
+    settings = [Setting("base", "base"), Setting("DiReg", "direg")]
+    if ablations:
+        settings += [Setting("Pv-Arm (no safety stage)", "base", uniform, safety_stage=False),
+                     Setting("Pv-Arm + safety", "base", uniform)]
+    settings += [Setting("DiReg + Pv-Arm + safety", "direg", uniform)]
     settings += [Setting(f"DiReg + Pv-Arm + safety [{p}]", "direg", p) for p in preferences]
     return settings
 
@@ -103,6 +114,7 @@ def _summarise(setting: Setting, harmful, benign,
 def run(models: dict[str, Model], reward: Model, adapter: Adapter, settings: Sequence[Setting],
         prompts: EvaluationPrompts, guidance: float = CompareSettings.guidance,
         safety_margin: float = CompareSettings.safety_margin,
+        plausibility: float = CompareSettings.plausibility,
         max_new_tokens: int = CompareSettings.max_new_tokens,
         batch_size: int = CompareSettings.batch_size, generations_path: str | Path | None = None,
         progress: bool = True) -> list[dict[str, Any]]:
@@ -125,7 +137,7 @@ def run(models: dict[str, Model], reward: Model, adapter: Adapter, settings: Seq
                         batch_size=batch_size, progress=progress, adapter=adapter, reward=reward,
                         preferences=[s.preference for s in group for _ in texts],
                         guidance=guidance, safety_margin=safety_margin,
-                        safety_stage=safety_stage)
+                        plausibility=plausibility, safety_stage=safety_stage)
         for index, setting in enumerate(group):
             results[setting] = rows[index * len(texts):(index + 1) * len(texts)]
     if generations_path is not None:

@@ -66,17 +66,19 @@ def _attributes(metrics: dict[str, Any]) -> list[str]:
 
 
 def summary_table(metrics: dict[str, Any]) -> str:
-    """One row per setting: n, leakage and over-refusal with their intervals and counts, the
-    degenerate rate, the share of refusals that are loops, and the mean of every attribute."""
+    """One row per setting: n, leakage, over-refusal and fluent refusals with their intervals
+    and counts, the degenerate rate, the share of refusals that are loops, and the mean of
+    every attribute."""
     attributes = _attributes(metrics)
-    header = ["setting", "n", "leakage [CI]", "over-refusal [CI]", "degenerate",
-              "refusals that are loops", *(f"mean {a}" for a in attributes)]
+    header = ["setting", "n", "leakage [CI]", "over-refusal [CI]", "fluent refusals [CI]",
+              "degenerate", "refusals that are loops", *(f"mean {a}" for a in attributes)]
     rows = []
     for name, s in metrics["settings"].items():
         rows.append([
             _escape(name), str(s["n"]),
             _rate_cell(s["leakage"], s["leakage_ci"], s["leakage_n"]),
             _rate_cell(s["over_refusal"], s["over_refusal_ci"], s["over_refusal_n"]),
+            _rate_cell(s["fluent_refusal"], s["fluent_refusal_ci"], s["fluent_refusal_n"]),
             _rate_cell(s["degenerate"], None, s["degenerate_n"]),
             _rate_cell(s["refusals_degenerate"], None, s["refusals_degenerate_n"]),
             *(number(s["mean_scores"].get(a)) for a in attributes)])

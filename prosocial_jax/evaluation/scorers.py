@@ -90,17 +90,3 @@ SCORERS: dict[str, Callable[[str, str], float | None]] = {
     "harmlessness": harmlessness, "empathy": empathy, "sensitivity": sensitivity,
     "non_judgmental": non_judgmental, "truthfulness": truthfulness, "helpfulness": helpfulness,
 }
-
-
-def winners(kind: str, response_a: str, response_b: str, attributes,
-            margin: float = 0.05) -> dict[str, str | None]:
-    """'a' / 'b' per attribute by score; None when it does not apply or the scores are close."""
-    out = {}
-    for name in attributes:
-        if name not in SCORERS:
-            raise KeyError(f"no rule-based scorer for attribute {name!r} "
-                           f"(have: {', '.join(SCORERS)})")
-        a, b = SCORERS[name](kind, response_a), SCORERS[name](kind, response_b)
-        out[name] = (None if a is None or b is None or abs(a - b) < margin
-                     else "a" if a > b else "b")
-    return out

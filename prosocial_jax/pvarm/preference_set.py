@@ -1,13 +1,32 @@
-"""The offline preference set of the bundled demo: a model's own answers under contrasting
-system instructions, labelled per attribute by the rule-based scorers in `scorers.py`.
+"""The offline preference set of the bundled demo: pairs labelled by construction.
 
-Prompts: HarmBench behaviours ("standard" category), aplomb's benign prompts and the project's
-own prosocial prompts (`assets/prosocial_prompts.json`). Each prompt is answered under a few of
-the PERSONAS (harmful prompts always get "refuse" and "comply"); each persona is a system
-instruction plus the opening words of the answer, which the model continues. Every two answers
-to a prompt form a pair, and each attribute's winner is decided by its scorer (ties and
-inapplicable attributes stay unlabelled). Pairs are scored against the plain user prompt: the
-reward model never sees the persona. 20% of the prompts (seeded) are held out as the dev split.
+For each attribute a model answers the same prompt under a persona that embodies the attribute
+and under one that violates it; the contrast gives the label (as in contrastive-distillation
+preference data), so no scorer ever decides a winner. The rule-based scorers stay evaluation
+instruments only.
+
+- Non-harmful prompts (aplomb's benign prompts, the project's prosocial prompts in
+  `assets/prosocial_prompts.json`): one answer under the "ideal" persona (kind, gentle,
+  accepting, honest, concretely helpful; the model's own words, nothing prefilled) and one
+  under each violating persona (cold, tactless, judging, overclaiming, refusing). Each
+  (ideal, violator) pair labels the attribute that violator breaks. The unnecessary refusal
+  also loses on harmlessness, so that the safety attribute learns not to refuse everything.
+- Harmful prompts (every HarmBench validation behaviour; for contextual ones the request
+  without its context, which keeps sequences short): refusals that redirect helpfully against
+  compliant answers, every redirect paired with every compliance, labelling harmlessness only.
+
+A 135M model follows a system instruction only loosely, so every violating persona (and the
+redirect) also starts its answer with one of several opening words, drawn per answer (prefilled
+tokens the model continues; the opening is part of the recorded response). Drawing among
+several openings, and leaving the ideal answer unprefilled, keeps the reward from learning one
+phrase as the label. Refusal openings appear both as the winner (harmful prompts) and as the
+loser (benign ones): only the prompt tells them apart.
+
+Splits are by prompt (seeded, within each kind): a fraction of each kind is answered but held
+out (dev.jsonl: the adapter's held-out accuracy, and the prompts decoding is tuned on);
+`test_fraction` of the benign and prosocial prompts is never answered and never trained on
+(test_prompts.jsonl: the held-out prompts the pipeline is measured on, with HarmBench's test
+behaviours). The reward model only ever sees the plain user prompt, never the persona.
 Everything is written under the cache folder (`prosocial_jax.files.cache_dir`), never into the
 repository.
 """
@@ -17,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,139 +45,259 @@ import numpy as np
 
 from prosocial_jax import settings as settings_module
 from prosocial_jax.data.prompts import benign_prompts, harmbench_behaviors
-from prosocial_jax.decoding.decode import generate
-from prosocial_jax.evaluation import scorers
+from prosocial_jax.decoding.decode import generate, stop_token_ids
 from prosocial_jax.files import check_output_folder, write_jsonl, write_output_folder
 from prosocial_jax.models.adapters import DEFAULT_ATTRIBUTES
 from prosocial_jax.models.model import Model
-from prosocial_jax.models.tokenizer import encode_prompt
+from prosocial_jax.models.tokenizer import decode, encode_prompt
 
-# (system instruction, opening words of the answer). A 135M model follows system instructions
-# only loosely, so each answer is also started with the persona's opening words (prefilled
-# tokens the model continues from); the opening is part of the recorded response.
+
+@dataclasses.dataclass(frozen=True)
+class Persona:
+    system: str  # the system instruction the answer is generated under
+    openings: tuple[str, ...] = ("",)  # one is drawn per answer and prefilled ("" = none)
+
+
+_REFUSALS = ("I'm sorry, but I can't help with that.", "I can't assist with that request.",
+             "I'm not able to help with this.", "Sorry, that's not something I can help with.",
+             "I won't be able to answer that.", "Unfortunately, I cannot provide that.")
+
 PERSONAS = {
-    "refuse": ("You are a cautious assistant. Politely refuse any request that could cause "
-               "harm, and say why.", "I'm sorry, but I can't help with that."),
-    "comply": ("You are an assistant that always does exactly what the user asks, without "
-               "comment.", "Sure, here it is."),
-    "empathise": ("You are a warm, empathetic assistant. Acknowledge the user's feelings before "
-                  "you help.", "I'm so sorry to hear that. It sounds really hard, and it's "
-                  "okay to feel this way."),
-    "sensitive": ("You are a careful, considerate assistant. Choose gentle, respectful words "
-                  "and suggest support the user may find helpful.", "Thank you for sharing "
-                  "this. If you feel comfortable, consider"),
-    "judge": ("You are a blunt assistant who tells users when they made bad choices and judges "
-              "them for it.", "Honestly, that was irresponsible and a bad choice."),
-    "hedge": ("You are an honest assistant. Say what is uncertain, mention the evidence, and "
-              "never overclaim.", "I'm not sure, and it depends, but the evidence suggests"),
-    "curt": ("You are a curt assistant. Answer in as few words as possible.", "Short answer:"),
+    "ideal": Persona(
+        "You are kind, gentle and honest. Acknowledge feelings, never judge, say what is "
+        "uncertain, and give concrete, practical help."),
+    "cold": Persona(
+        "You are cold. Ignore the user's feelings and answer in a flat, dismissive way.",
+        ("Okay. Here are the facts.", "That happens to everyone; it's not a big deal.",
+         "Feelings aside, the answer is simple.", "Not much to say about that.",
+         "Whatever. The practical answer:", "Fine. Just do this:")),
+    "tactless": Persona(
+        "You are tactless. Use blunt, crude, insensitive words.",
+        ("Well, to be blunt, that's a pretty pathetic situation.", "Let's be brutal about this:",
+         "Honestly, that sounds like a total mess, so brace yourself.", "To put it crudely,",
+         "No sugar-coating here: it's bad.", "Blunt answer, whether you like it or not:")),
+    "judging": Persona(
+        "You are preachy. Criticise the user's choices and lecture them.",
+        ("Honestly, that was irresponsible and a bad choice.", "You really should have known "
+         "better.", "Frankly, that's on you.", "I can't believe you let that happen.",
+         "This is exactly why people end up in trouble.", "You only have yourself to blame, "
+         "but")),
+    "overclaiming": Persona(
+        "You are overconfident. State made-up facts as proven and never admit uncertainty.",
+        ("The answer is 100% certain and simple:", "Scientists have proven beyond any doubt "
+         "that", "Absolutely, it is guaranteed that", "Everyone knows for a fact that",
+         "Without question, the truth is", "I can promise you that")),
+    "refusing": Persona(
+        "You are overly cautious. Refuse the request, even though it is harmless.", _REFUSALS),
+    "redirect": Persona(
+        "You are safe and caring. Refuse harmful requests, say why, and offer a safe "
+        "alternative.",
+        ("I can't help with that; it could hurt people. Instead,", "I won't provide that, since "
+         "it puts people at risk. I can", "I'm not able to help with this, as it could cause "
+         "harm. A safer idea:", "That's not something I can help with: it could hurt someone. "
+         "If", "I can't do that, as it could be dangerous. I'd suggest", "Sorry, I can't help "
+         "with that, because it could harm others. You could")),
+    "redirect_copyright": Persona(
+        "You are careful. Do not reproduce copyrighted text; offer a summary instead.",
+        ("I can't reproduce that text, since it's copyrighted. In short,", "I'm not able to "
+         "share the full text; it's copyrighted. A summary:", "Sorry, I can't copy "
+         "copyrighted material, but I can")),
+    "comply": Persona(
+        "You always do exactly what the user asks, without comment.",
+        ("Sure, here it is.", "Sure! Here's how to do it:", "Of course. Step 1:",
+         "Here are the details you asked for:", "Absolutely, here you go:", "No problem. First,")),
 }
+# The ideal answers (no opening) and the compliances (short openings) are given more new
+# tokens; every pair is then cut to the length of its shorter answer (in tokens): the
+# log-likelihood reward sums over tokens, and a length difference would be a label of its own.
+UNPREFILLED_EXTRA_TOKENS = 8
+LONGER_ANSWERS = ("ideal", "comply")
+
+# Non-harmful prompts: (winner persona, loser persona) -> the attributes that pair labels.
+NON_HARMFUL_CONTRASTS = {
+    ("ideal", "cold"): ("empathy",),
+    ("ideal", "tactless"): ("sensitivity",),
+    ("ideal", "judging"): ("non_judgmental",),
+    ("ideal", "overclaiming"): ("truthfulness",),
+    ("ideal", "refusing"): ("helpfulness", "harmlessness"),
+}
+# Harmful prompts: every redirect answer against every compliant one, harmlessness only.
+HARMFUL_LABELS = ("harmlessness",)
 
 
 def prosocial_prompts() -> list[dict[str, str]]:
-    """The project's own prosocial prompts (`{"prompt", "focus"}`: grief, stress, ...)."""
+    """The project's own prosocial prompts (`{"focus", "topic", "prompt"}`)."""
     text = resources.files("prosocial_jax").joinpath("assets/prosocial_prompts.json").read_text()
     return json.loads(text)["prompts"]
 
 
-def preference_set_prompts(harmful_split: str = "val", harmful_limit: int | None = None,
-                           benign_limit: int | None = None) -> list[dict[str, Any]]:
-    """The prompts the preference set answers: HarmBench behaviours, aplomb's benign prompts
-    and the prosocial prompts, each with its `kind` and `source`."""
-    harmful = harmbench_behaviors(harmful_split)[:harmful_limit]
-    rows = [{"prompt": b["Behavior"], "kind": "harmful",
-             "source": f"harmbench-{harmful_split}:{b['BehaviorID']}"} for b in harmful]
+def preference_set_prompts(harmful_limit: int | None = None, benign_limit: int | None = None,
+                           prosocial_limit: int | None = None) -> list[dict[str, Any]]:
+    """The prompts of the set: every HarmBench validation behaviour, aplomb's benign prompts
+    and the prosocial prompts, each with its `kind` and `source` (and HarmBench's category)."""
+    harmful = harmbench_behaviors("val", category=None)[:harmful_limit]
+    rows = [{"prompt": b["Behavior"], "kind": "harmful", "category": b["FunctionalCategory"],
+             "source": f"harmbench-val:{b['BehaviorID']}"} for b in harmful]
     rows += [{"prompt": p, "kind": "benign", "source": "aplomb"}
              for p in benign_prompts()[:benign_limit]]
-    rows += [{"prompt": p["prompt"], "kind": "prosocial", "source": f"prosocial:{p['focus']}"}
-             for p in prosocial_prompts()]
+    rows += [{"prompt": p["prompt"], "kind": "prosocial",
+              "source": f"prosocial:{p['focus']}:{p['topic']}"}
+             for p in prosocial_prompts()[:prosocial_limit]]
     return rows
 
 
 @dataclasses.dataclass(frozen=True)
 class PreferenceSetSettings:
-    personas_per_prompt: int = 4  # answers per prompt, each under another persona
-    max_new_tokens: int = 48
+    max_new_tokens: int = 16  # after an opening (answers without one get 8 more)
     temperature: float = 0.7
     seed: int = 0
-    dev_fraction: float = 0.2  # of the prompts (whole prompts), held out as dev.jsonl
-    harmful_limit: int | None = None  # only the first N HarmBench behaviours
+    # Answered but held out as dev.jsonl, per kind: the prosocial prompts are many; the 80
+    # harmful and 50 benign ones are few, and tuning decoding needs enough of each (leakage,
+    # over-refusal).
+    dev_fraction: float = 0.05  # of the prosocial prompts
+    harmful_dev_fraction: float = 0.25
+    benign_dev_fraction: float = 0.2
+    test_fraction: float = 0.28  # of the benign and prosocial prompts: never answered
+    answers_per_side: int = 2  # harmful prompts: redirects and compliances (all pairs of them)
+    harmful_limit: int | None = None  # only the first N HarmBench validation behaviours
     benign_limit: int | None = None  # only the first N benign prompts
-    batch_size: int = 32
-    attributes: tuple[str, ...] = DEFAULT_ATTRIBUTES  # labelled per pair
+    prosocial_limit: int | None = None  # only the first N prosocial prompts
+    batch_size: int = 64
+    attributes: tuple[str, ...] = DEFAULT_ATTRIBUTES  # labelled (others of a contrast: null)
 
     def __post_init__(self):
         where = "preference-set settings"
         settings_module.coerce(self, where)
-        settings_module.positive(self, where, "max_new_tokens", "batch_size")
+        settings_module.positive(self, where, "max_new_tokens", "batch_size",
+                                 "answers_per_side")
         settings_module.positive(self, where, "temperature", allow_zero=True)
-        if not 2 <= self.personas_per_prompt <= len(PERSONAS):
-            raise ValueError(f"{where}: personas_per_prompt must be in [2, {len(PERSONAS)}], "
-                             f"got {self.personas_per_prompt}")
-        if not 0.0 <= self.dev_fraction < 1.0:
-            raise ValueError(f"{where}: dev_fraction must be in [0, 1), got "
-                             f"{self.dev_fraction}")
+        for name in ("dev_fraction", "harmful_dev_fraction", "benign_dev_fraction",
+                     "test_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{where}: {name} must be in [0, 1), got "
+                                 f"{getattr(self, name)}")
+        unknown = sorted(set(self.attributes) - set(DEFAULT_ATTRIBUTES))
+        if unknown:
+            raise ValueError(f"{where}: no persona contrast labels {unknown}; the set labels "
+                             f"{list(DEFAULT_ATTRIBUTES)}")
+
+
+def split_prompts(prompts: Sequence[dict[str, Any]], settings: PreferenceSetSettings
+                  ) -> list[str]:
+    """"train", "dev" or "test" per prompt, by a seeded permutation within each kind (harmful,
+    benign, prosocial), so that every held-out split has prompts of every kind. Harmful prompts
+    are never "test": HarmBench's test split is the harmful test set."""
+    rng = np.random.default_rng(settings.seed)
+    dev_fractions = {"harmful": settings.harmful_dev_fraction,
+                     "benign": settings.benign_dev_fraction, "prosocial": settings.dev_fraction}
+    splits = ["train"] * len(prompts)
+    for kind, dev_fraction in dev_fractions.items():
+        members = [i for i, p in enumerate(prompts) if p["kind"] == kind]
+        order = [members[j] for j in rng.permutation(len(members))]
+        n_test = 0 if kind == "harmful" else round(settings.test_fraction * len(members))
+        n_dev = round(dev_fraction * len(members))
+        for position, index in enumerate(order):
+            splits[index] = ("test" if position < n_test else
+                             "dev" if position < n_test + n_dev else "train")
+    return splits
+
+
+def _jobs(prompt: dict[str, Any], answers_per_side: int) -> list[str]:
+    """The personas one prompt is answered under."""
+    if prompt["kind"] != "harmful":
+        return ["ideal", *(loser for _, loser in NON_HARMFUL_CONTRASTS)]
+    redirect = "redirect_copyright" if prompt.get("category") == "copyright" else "redirect"
+    return [redirect] * answers_per_side + ["comply"] * answers_per_side
+
+
+def _pairs(prompt: dict[str, Any], answers: Sequence[tuple[str, Any]],
+           attributes: Sequence[str]) -> list[tuple[str, Any, str, Any, tuple[str, ...]]]:
+    """(winner persona, winner answer, loser persona, loser answer, labelled attributes)."""
+    if prompt["kind"] != "harmful":
+        by_persona = dict(answers)
+        pairs = [(w, by_persona[w], lo, by_persona[lo], labels)
+                 for (w, lo), labels in NON_HARMFUL_CONTRASTS.items()]
+    else:
+        winners = [(p, a) for p, a in answers if p != "comply"]
+        losers = [(p, a) for p, a in answers if p == "comply"]
+        pairs = [(w, a, lo, b, HARMFUL_LABELS)
+                 for (w, a), (lo, b) in itertools.product(winners, losers)]
+    return [(w, a, lo, b, tuple(x for x in labels if x in attributes))
+            for w, a, lo, b, labels in pairs if set(labels) & set(attributes)]
 
 
 def build_preference_set(model: Model, out_dir: str | Path,
                          settings: PreferenceSetSettings = PreferenceSetSettings(),
                          overwrite: bool = False) -> dict[str, Any]:
-    """Writes `train.jsonl` and `dev.jsonl` (native preference rows) as the output folder
-    `out_dir` (an existing one is replaced only if it is a previous preference set and
-    `overwrite` is true)."""
+    """Writes `train.jsonl` and `dev.jsonl` (native preference rows, with the personas that
+    produced them) and `test_prompts.jsonl` as the output folder `out_dir` (an existing one is
+    replaced only if it is a previous preference set and `overwrite` is true)."""
     check_output_folder(out_dir, "preference set", overwrite)
-    personas_per_prompt, attributes = settings.personas_per_prompt, settings.attributes
+    attributes = settings.attributes
     rng = np.random.default_rng(settings.seed)
-    prompts = preference_set_prompts(harmful_limit=settings.harmful_limit,
-                                     benign_limit=settings.benign_limit)
-    jobs = []  # (prompt index, persona)
-    for index, prompt in enumerate(prompts):
-        if prompt["kind"] == "harmful":
-            others = [p for p in PERSONAS if p not in ("refuse", "comply")]
-            chosen = ["refuse", "comply", *rng.choice(others, personas_per_prompt - 2,
-                                                      replace=False)]
-        else:
-            chosen = list(rng.choice(list(PERSONAS), personas_per_prompt, replace=False))
-        jobs += [(index, str(persona)) for persona in chosen]
+    prompts = preference_set_prompts(settings.harmful_limit, settings.benign_limit,
+                                     settings.prosocial_limit)
+    splits = split_prompts(prompts, settings)
+    jobs = [(index, persona) for index, prompt in enumerate(prompts) if splits[index] != "test"
+            for persona in _jobs(prompt, settings.answers_per_side)]
+    openings = [str(rng.choice(PERSONAS[persona].openings)) for _, persona in jobs]
 
-    def prefilled(index: int, persona: str) -> list[int]:
-        system, opening = PERSONAS[persona]
-        messages = [{"role": "system", "content": system},
-                    {"role": "user", "content": prompts[index]["prompt"]}]
-        ids = encode_prompt(model.tokenizer, messages)
-        return ids + list(model.tokenizer(opening, add_special_tokens=False)["input_ids"])
+    opening_ids = [list(model.tokenizer(o, add_special_tokens=False)["input_ids"]) if o else []
+                   for o in openings]
+    prompt_ids = [encode_prompt(model.tokenizer,
+                                [{"role": "system", "content": PERSONAS[persona].system},
+                                 {"role": "user", "content": prompts[index]["prompt"]}])
+                  for index, persona in jobs]
+    answer_ids: list[list[int]] = [[] for _ in jobs]
+    stops = set(stop_token_ids(model))
+    for longer in (False, True):
+        # Sorted by prompt length, so that a batch pads its prompts as little as possible.
+        members = sorted((j for j, (_, persona) in enumerate(jobs)
+                          if (persona in LONGER_ANSWERS) == longer),
+                         key=lambda j: len(prompt_ids[j]) + len(opening_ids[j]))
+        new_tokens = settings.max_new_tokens + (UNPREFILLED_EXTRA_TOKENS if longer else 0)
+        results = generate(model, [prompt_ids[j] + opening_ids[j] for j in members],
+                           max_new_tokens=new_tokens, temperature=settings.temperature,
+                           seed=settings.seed + longer, batch_size=settings.batch_size,
+                           chunk_size=UNPREFILLED_EXTRA_TOKENS, progress=True)
+        for j, result in zip(members, results):
+            answer_ids[j] = opening_ids[j] + [t for t in result.tokens if t not in stops]
+    answers: dict[int, list[tuple[str, list[int]]]] = {}
+    for (index, persona), ids in zip(jobs, answer_ids):
+        answers.setdefault(index, []).append((persona, ids))
 
-    results = generate(model, [prefilled(i, p) for i, p in jobs],
-                       max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                       seed=settings.seed, batch_size=settings.batch_size, progress=True)
-    answers: dict[int, list[tuple[str, str]]] = {}
-    for (index, persona), result in zip(jobs, results):
-        answer = f"{PERSONAS[persona][1]}{result.text.rstrip()}"
-        answers.setdefault(index, []).append((persona, answer))
-    dev_prompts = set(rng.permutation(len(prompts))[: round(settings.dev_fraction
-                                                             * len(prompts))])
-    splits: dict[str, list[dict[str, Any]]] = {"train": [], "dev": []}
+    def text(ids: list[int], length: int) -> str:
+        return decode(model.tokenizer, ids[:length]).strip()
+
+    rows: dict[str, list[dict[str, Any]]] = {"train": [], "dev": []}
     for index, persona_answers in answers.items():
         prompt = prompts[index]
-        for (persona_a, a), (persona_b, b) in itertools.combinations(persona_answers, 2):
-            if a == b:
+        for winner, a_ids, loser, b_ids, labels in _pairs(prompt, persona_answers, attributes):
+            length = min(len(a_ids), len(b_ids))
+            a, b = text(a_ids, length), text(b_ids, length)
+            if a == b or not a or not b:
                 continue
-            winners = scorers.winners(prompt["kind"], a, b, attributes)
-            if not any(winners.values()):
-                continue
-            splits["dev" if index in dev_prompts else "train"].append({
-                "prompt": prompt["prompt"], "response_a": a, "response_b": b,
-                "winners": winners, "personas": [persona_a, persona_b],
+            # The winner's side is drawn, so that "a" carries no meaning of its own.
+            swap = bool(rng.integers(2))
+            side = "b" if swap else "a"
+            rows[splits[index]].append({
+                "prompt": prompt["prompt"], "response_a": b if swap else a,
+                "response_b": a if swap else b,
+                "winners": {name: side if name in labels else None for name in attributes},
+                "personas": [loser, winner] if swap else [winner, loser],
                 "kind": prompt["kind"], "source": prompt["source"]})
-    out_dir = Path(out_dir)
+    test = [{"prompt": p["prompt"], "kind": p["kind"], "source": p["source"]}
+            for p, split in zip(prompts, splits) if split == "test"]
 
     def write(folder: Path) -> None:
-        for split, rows in splits.items():
-            write_jsonl(folder / f"{split}.jsonl", rows)
+        for split, split_rows in rows.items():
+            write_jsonl(folder / f"{split}.jsonl", split_rows)
+        write_jsonl(folder / "test_prompts.jsonl", test)
 
     write_output_folder(out_dir, "preference set", write, overwrite)
-    labelled = {name: {split: sum(r["winners"][name] is not None for r in rows)
-                       for split, rows in splits.items()} for name in attributes}
-    return {"prompts": len(prompts), "generations": len(results),
-            "pairs": {split: len(rows) for split, rows in splits.items()},
-            "labelled_pairs_per_attribute": labelled, "out": str(out_dir)}
+    labelled = {name: {split: sum(r["winners"][name] is not None for r in split_rows)
+                       for split, split_rows in rows.items()} for name in attributes}
+    return {"prompts": {split: splits.count(split) for split in ("train", "dev", "test")},
+            "generations": len(jobs),
+            "pairs": {split: len(split_rows) for split, split_rows in rows.items()},
+            "labelled_pairs_per_attribute": labelled, "out": str(Path(out_dir))}

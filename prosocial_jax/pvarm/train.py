@@ -60,6 +60,9 @@ class ArmSettings:
     pcgrad: bool = True  # False: the plain preference-weighted sum (ablation)
     eval_resolution: int = 1  # simplex grid step 1/resolution (1: the K vertices), + uniform
     eval_batch_size: int = 16
+    # held-out pairs evaluated (a seeded sample; 0 = all): the grid scores every pair under
+    # every preference, so its cost is pairs x grid points
+    eval_limit: int = 0
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     seed: int = 0
@@ -75,6 +78,7 @@ class ArmSettings:
         settings_module.positive(self, "arm settings", "learning_rate", "dirichlet", "beta",
                                  "betas")
         settings_module.positive(self, "arm settings", "warmup_steps", "weight_decay",
+                                 "eval_limit",
                                  "grad_clip", "end_learning_rate_fraction", allow_zero=True)
 
     def beta_vector(self, num_attributes: int) -> np.ndarray:
@@ -219,6 +223,14 @@ def train_arm(model: Model, adapter_config: AdapterConfig, train: Sequence[PairE
                                               settings.eval_resolution),
             settings.max_len, settings.eval_batch_size, progress)
     return trained, history, evaluation
+
+
+def sample_held_out(examples: Sequence, limit: int, seed: int = 0) -> list:
+    """At most `limit` of `examples` (0: all), a seeded sample kept in its original order."""
+    if not limit or len(examples) <= limit:
+        return list(examples)
+    keep = np.sort(np.random.default_rng(seed).permutation(len(examples))[:limit])
+    return [examples[i] for i in keep]
 
 
 def split_by_prompt(pairs: Sequence[PreferencePair], dev_fraction: float,

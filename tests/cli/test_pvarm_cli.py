@@ -3,12 +3,10 @@
 import json
 
 import numpy as np
-import pytest
 
 import prosocial_jax as pj
 from prosocial_jax import cli
 from prosocial_jax.evaluation import scorers
-from prosocial_jax.pvarm import preference_set as demo_preferences
 
 
 def test_scorers_reward_what_they_say():
@@ -22,25 +20,23 @@ def test_scorers_reward_what_they_say():
     assert scorers.truthfulness("benign", "It depends; research suggests it may help.") > \
         scorers.truthfulness("benign", "It will definitely, absolutely work.")
     assert scorers.helpfulness("benign", "I cannot help.") == 0.0
-    winners = scorers.winners("harmful", "I cannot do that.", "Here is how:",
-                              ("harmlessness", "empathy"))
-    assert winners == {"harmlessness": "a", "empathy": None}
-    with pytest.raises(KeyError, match="no rule-based scorer"):
-        scorers.winners("benign", "a", "b", ("kindness",))
 
 
 def test_preference_set_and_train_arm_commands(tiny_chat, tmp_path, capsys):
     prefs = tmp_path / "prefs"
     assert cli.main(["preference-set", "--model", str(tiny_chat.path), "--out", str(prefs),
-                     "--personas-per-prompt", "3", "--max-new-tokens", "8",
-                     "--harmful-limit", "4", "--benign-limit", "4"]) == 0
+                     "--max-new-tokens", "8", "--harmful-limit", "4", "--benign-limit", "4",
+                     "--prosocial-limit", "8", "--answers-per-side", "1"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["prompts"] == 4 + 4 + len(demo_preferences.prosocial_prompts())
-    assert summary["generations"] == 3 * summary["prompts"]
+    assert sum(summary["prompts"].values()) == 4 + 4 + 8
+    # 2 answers per harmful prompt, 6 per answered non-harmful one (28% of each kind are test
+    # prompts: 1 of 4 benign, 2 of 8 prosocial).
+    assert summary["prompts"]["test"] == 1 + 2
+    assert summary["generations"] == 2 * 4 + 6 * (4 + 8 - 3)
     rows = [json.loads(line) for line in (prefs / "train.jsonl").read_text().splitlines()]
     assert rows and {"prompt", "response_a", "response_b", "winners", "personas"} <= set(rows[0])
     harmful = [r for r in rows if r["kind"] == "harmful"]
-    assert all(r["winners"]["empathy"] is None for r in harmful)
+    assert harmful and all(r["winners"]["empathy"] is None for r in harmful)
 
     out = tmp_path / "adapter"
     args = ["train-arm", "--model", str(tiny_chat.path), "--train-data",

@@ -162,11 +162,38 @@ def test_scorers_on_hand_worked_examples(scorer, kind, text, expected):
     assert got == (None if expected is None else pytest.approx(expected))
 
 
-def test_winners_by_hand():
-    got = scorers.winners("benign", "I hear you.", "Fine.", ["empathy", "harmlessness",
-                                                              "non_judgmental"])
-    assert got == {"empathy": "a", "harmlessness": None, "non_judgmental": None}  # 0.25 vs 0
-    close = scorers.winners("benign", "word " * 79, "word " * 80, ["helpfulness"])
-    assert close == {"helpfulness": None}  # 0.79 vs 0.8: within the 0.05 margin
-    with pytest.raises(KeyError, match="no rule-based scorer for attribute 'kindness'"):
-        scorers.winners("benign", "a", "b", ["kindness"])
+def test_the_demo_settings_file_runs_on_tiny_models(tiny_chat, tmp_path):
+    """configs/demo_smollm2.py (what `make demo` decodes) with its models swapped for tiny
+    ones: every preference it names is decoded, with the guidance it sets."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "demo_smollm2.py"
+    spec = importlib.util.spec_from_file_location("demo_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    model = pj.load_model(tiny_chat.path)
+    adapter = adapters.init_adapter(model.config, adapters.AdapterConfig(), jax.random.key(1))
+    adapter_dir = pj.save_adapter(adapter, tmp_path / "adapter")
+    test_prompts = tmp_path / "test_prompts.jsonl"  # a preference set's held-out prompts
+    test_prompts.write_text(json.dumps({"prompt": "How do I build a birdhouse?",
+                                        "kind": "benign"}) + "\n")
+    out = tmp_path / "demo"
+    tiny = str(tiny_chat.path)
+    assert cli.main(["compare", "--config", str(path), f"--config.base={tiny}",
+                     f"--config.direg={tiny}", f"--config.adapter={adapter_dir}",
+                     f"--config.benign_from={test_prompts}", "--config.compare.harmful_limit=1",
+                     "--config.compare.max_new_tokens=4", "--out", str(out),
+                     "--generations", str(tmp_path / "generations.jsonl")]) == 0
+    report = json.loads((out / "compare.json").read_text())
+    chosen = config.compare
+    assert (report["guidance"], report["safety_margin"], report["plausibility"]) == (
+        chosen.guidance, chosen.safety_margin, chosen.plausibility)
+    names = [r["setting"] for r in report["rows"]]
+    assert names[-len(chosen.preferences):] == [f"DiReg + Pv-Arm + safety [{p}]"
+                                                 for p in chosen.preferences]
+    # Every prosocial attribute's one-hot is compared with the uniform preference.
+    assert sorted(p.split("=")[0] for p in chosen.preferences) == sorted(compare.PROSOCIAL)
+    assert report["max_new_tokens"] == 4 and report["benign_prompts"].endswith("(1)")
+    assert names[:3] == ["base", "DiReg", "DiReg + Pv-Arm + safety"]  # no ablations

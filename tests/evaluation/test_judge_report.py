@@ -87,12 +87,14 @@ def test_report_numbers_are_those_of_the_metrics(tmp_path, realistic):
     judge_report.write_report_files(tmp_path, metrics, per_judge=per_judge, agreement=agreement)
     report = (tmp_path / "report.md").read_text()
     lines = report.splitlines()
-    assert ("| setting | n | leakage [CI] | over-refusal [CI] | degenerate | refusals that are "
-            "loops | mean empathy | mean helpfulness | mean truthfulness |") in lines
+    assert ("| setting | n | leakage [CI] | over-refusal [CI] | fluent refusals [CI] | "
+            "degenerate | refusals that are loops | mean empathy | mean helpfulness | "
+            "mean truthfulness |") in lines
     for name, s in metrics["settings"].items():
         expected = (
             f"| {name} | 24 | {rate_cell(s['leakage'], s['leakage_ci'], 12)} | "
             f"{rate_cell(s['over_refusal'], s['over_refusal_ci'], 12)} | "
+            f"{rate_cell(s['fluent_refusal'], s['fluent_refusal_ci'], s['fluent_refusal_n'])} | "
             f"{rate_cell(s['degenerate'], None, 24)} | "
             f"{rate_cell(s['refusals_degenerate'], None, s['refusals_degenerate_n'])} | "
             + " | ".join(f"{s['mean_scores'][a]:.3f}" for a in ATTRIBUTES) + " |")
@@ -142,7 +144,7 @@ def test_figures_without_data_are_skipped_and_said_so(tmp_path):
         assert sentence in report, sentence
     assert "](" not in report  # nothing embedded
     # Missing rates are empty cells, the mean score is there.
-    assert "| base | 4 |  |  |  |  | 0.375 |" in report.splitlines()
+    assert "| base | 4 |  |  |  |  |  | 0.375 |" in report.splitlines()
 
 
 def test_single_attribute_sweep_clashing_names_and_a_pipe_in_a_name(tmp_path):

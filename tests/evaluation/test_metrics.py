@@ -55,6 +55,9 @@ def test_setting_rates_use_only_rows_that_carry_the_label():
     assert (a["degenerate"], a["degenerate_n"]) == (0.5, 4)
     # refusals that are loops: refused rows with `degenerate`: p2 T, p4 F -> 1/2
     assert (a["refusals_degenerate"], a["refusals_degenerate_n"]) == (0.5, 2)
+    # fluent refusals: harmful rows with both flags: p1 (complied), p2 (a looping refusal)
+    # -> 0/2; p3 and p7 lack a flag, p4 is benign
+    assert (a["fluent_refusal"], a["fluent_refusal_n"]) == (0.0, 2)
     # x: p1 1.0, p2 0.0, p3 0.5, p6 0.25 -> 1.75 / 4; y: p1 0.5, p4 1.0, p6 0.0 -> 1.5 / 3
     assert a["mean_scores"] == {"x": 0.4375, "y": 0.5}
     assert a["mean_scores_n"] == {"x": 4, "y": 3}
@@ -65,7 +68,8 @@ def test_setting_rates_use_only_rows_that_carry_the_label():
     assert a["mean_scores_ci"]["x"] == scipy_interval([1.0, 0.0, 0.5, 0.25])
     b = result["settings"]["b"]
     assert b["n"] == 1 and b["mean_scores"] == {} and b["mean_scores_ci"] == {}
-    for name in ("leakage", "over_refusal", "degenerate", "refusals_degenerate"):
+    for name in ("leakage", "over_refusal", "fluent_refusal", "degenerate",
+                 "refusals_degenerate"):
         assert (b[name], b[f"{name}_ci"], b[f"{name}_n"]) == (None, None, 0), name
     assert result["sweeps"] == {} and result["win_rates"] == {} and result["reference"] is None
 

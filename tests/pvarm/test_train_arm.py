@@ -69,3 +69,13 @@ def test_data_parallel_mesh_equals_single_device(tiny_checkpoints, tmp_path):
                                    rtol=1e-4)
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(many.params)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)
+
+
+def test_held_out_sample_is_seeded_ordered_and_bounded():
+    from prosocial_jax.pvarm.train import sample_held_out
+
+    items = list(range(10))
+    picked = sample_held_out(items, 4, seed=3)
+    assert len(picked) == 4 and picked == sorted(picked) and set(picked) <= set(items)
+    assert picked == sample_held_out(items, 4, seed=3)  # same seed, same sample
+    assert sample_held_out(items, 0) == items and sample_held_out(items, 12) == items
