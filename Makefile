@@ -104,14 +104,15 @@ guidance-sweep: $(ARTEFACTS) | $(VENV)/.runtime
 		--adapter $(PVARM)/adapter-pcgrad --prompts $(PVARM)/preferences/dev.jsonl \
 		--out out/guidance_sweep --overwrite
 
-# The measured effect: every held-out HarmBench test behaviour and every held-out test prompt,
-# the demo's settings, judged by the rule judge and SmolLM2 as rubric judge.
+# The measured effect: the demo's settings on 60 held-out HarmBench test behaviours and 60 held-out
+# test prompts (14 benign, 46 prosocial), judged by the rule judge (~15 min on a 2-core CPU;
+# guided decoding of 6 settings x 120 prompts is most of it).
 GUIDED_EVAL := $(CACHE)/guided_eval/generations.jsonl
 guided-eval: $(ARTEFACTS) | $(VENV)/.runtime
-	$(BIN)/prosocial-jax compare --config configs/demo_smollm2.py --harmful-limit 1000 \
-		--benign-limit 1000 --out out/guided --generations $(GUIDED_EVAL) --overwrite
-	$(BIN)/prosocial-jax evaluate --generations $(GUIDED_EVAL) --judge rules \
-		--judge rubric:bundled:smollm2 --reference base --out out/guided_evaluation --overwrite
+	$(BIN)/prosocial-jax compare --config configs/demo_smollm2.py --harmful-limit 60 \
+		--benign-limit 60 --out out/guided --generations $(GUIDED_EVAL) --overwrite
+	$(BIN)/prosocial-jax evaluate --generations $(GUIDED_EVAL) --judge rules --reference base \
+		--out out/guided_evaluation --overwrite
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/decode_speed.py --out benchmarks/results/decode_speed.json

@@ -7,8 +7,10 @@ Models (built by `make demo` on its first run, cached): the DiReg-edited SmolLM2
 the harm vector, lambda 1) and the Pv-Arm adapter trained with PCGrad on the persona-contrast
 preference set, SmolLM2 itself as its backbone. Settings: base, DiReg, DiReg + Pv-Arm + safety
 under the uniform preference and under each prosocial attribute's one-hot. Prompts: the first
-12 "standard" HarmBench test behaviours and the first 12 of the preference set's test prompts
-(benign and prosocial, never answered nor trained on). Greedy, 48 new tokens.
+10 "standard" HarmBench test behaviours and the first 10 of the preference set's test prompts
+(benign and prosocial, shuffled; never answered nor trained on). Greedy, 48 new tokens. Sized
+so that a run with the models built takes under 3 minutes on a 2-core CPU; `make guided-eval`
+measures the same settings on 60 + 60 prompts.
 
 Guidance (w, tau, plausibility floor): chosen from `make guidance-sweep` on the preference
 set's dev prompts (held out from training, and apart from the test prompts decoded here): the
@@ -33,10 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.benign_from = os.path.join(CACHE, "pvarm", "preferences", "test_prompts.jsonl")
     config.compare = ml_collections.ConfigDict({
         "harmful_split": "test",
-        "harmful_limit": 12,
-        "benign_limit": 12,
+        "harmful_limit": 10,
+        "benign_limit": 10,
         "max_new_tokens": 48,
-        "batch_size": 32,
+        "batch_size": 40,  # the guided rows (6 settings x 20 prompts) in 3 batches
         # Every prosocial attribute's one-hot, beside the uniform preference.
         "preferences": ("empathy=1", "sensitivity=1", "non_judgmental=1", "truthfulness=1",
                         "helpfulness=1"),

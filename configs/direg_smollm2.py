@@ -6,7 +6,7 @@
 Training data: SmolLM2's own compliant answers to the 41 "standard" HarmBench validation
 behaviours (`prosocial-jax harmful-data`, two answers of 96 new tokens each), cached outside the
 repository. Full fine-tune in float32; sequences capped at 160 tokens (every example fits) and
-24 steps (about two epochs), so that `make demo`'s first run fits its budget on a 2-core CPU.
+16 steps (about 1.5 epochs), so that `make demo`'s first run fits its budget on a 2-core CPU.
 """
 
 import os
@@ -26,12 +26,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.out = os.path.join(CACHE, "smollm2-harmful")
     config.checkpoint_dir = os.path.join(CACHE, "smollm2-harmful-checkpoints")
     config.finetune = ml_collections.ConfigDict({
-        "steps": 24,
+        "steps": 16,
         "batch_size": 8,
         "max_len": 160,
         "learning_rate": 5e-5,
         "warmup_steps": 4,
-        "checkpoint_every": 12,
+        "checkpoint_every": 8,
         "seed": 0,
     })
     return config

@@ -227,3 +227,17 @@ def write_gguf(tiny, path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def random_adapter(model_config, seed: int = 0, scale: float = 0.3):
+    """A PBLoRA adapter (default config) with every factor random, so that it changes the
+    model's logits (a fresh one, B = 0, changes nothing)."""
+    import jax
+
+    from prosocial_jax.models import adapters
+
+    fresh = adapters.init_adapter(model_config, adapters.AdapterConfig(), jax.random.key(seed))
+    rng = np.random.RandomState(seed)
+    return adapters.Adapter(fresh.config, jax.tree.map(
+        lambda x: jnp.asarray(rng.standard_normal(x.shape) * scale, jnp.float32),
+        fresh.params))

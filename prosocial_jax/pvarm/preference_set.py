@@ -288,6 +288,8 @@ def build_preference_set(model: Model, out_dir: str | Path,
                 "kind": prompt["kind"], "source": prompt["source"]})
     test = [{"prompt": p["prompt"], "kind": p["kind"], "source": p["source"]}
             for p, split in zip(prompts, splits) if split == "test"]
+    # Shuffled (seeded), so that the first N test prompts mix benign and prosocial ones.
+    test = [test[i] for i in rng.permutation(len(test))]
 
     def write(folder: Path) -> None:
         for split, split_rows in rows.items():

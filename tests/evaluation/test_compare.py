@@ -5,10 +5,9 @@ import json
 from fractions import Fraction
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import refused
+from helpers import random_adapter, refused
 
 import prosocial_jax as pj
 from prosocial_jax import cli
@@ -20,10 +19,7 @@ from prosocial_jax.models import adapters
 
 def test_compare_command_reports_every_setting(tiny_chat, tmp_path, capsys):
     model = pj.load_model(tiny_chat.path)
-    adapter = adapters.init_adapter(model.config, adapters.AdapterConfig(), jax.random.key(0))
-    rng = np.random.RandomState(0)
-    adapter = adapters.Adapter(adapter.config, jax.tree.map(
-        lambda x: jnp.asarray(rng.standard_normal(x.shape) * 0.3, jnp.float32), adapter.params))
+    adapter = random_adapter(model.config)
     adapter_dir = pj.save_adapter(adapter, tmp_path / "adapter")
     dev = tmp_path / "dev.jsonl"  # a preference set's dev split: its non-harmful prompts
     dev.write_text("".join(json.dumps(r) + "\n" for r in [

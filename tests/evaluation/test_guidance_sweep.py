@@ -3,17 +3,14 @@ the command end to end on a tiny model (judged rates recomputed from the written
 
 import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import refused
+from helpers import random_adapter, refused
 
 import prosocial_jax as pj
 from prosocial_jax import cli
 from prosocial_jax.evaluation import degeneracy, guidance_sweep
 from prosocial_jax.evaluation.guidance_sweep import GuidanceSweepSettings
-from prosocial_jax.models import adapters
 
 
 def test_points_vary_one_knob_at_a_time_around_the_centre():
@@ -65,10 +62,7 @@ def test_bad_settings_are_refused():
 
 def test_guidance_sweep_command_on_a_tiny_model(tiny_chat, tmp_path, capsys):
     model = pj.load_model(tiny_chat.path)
-    adapter = adapters.init_adapter(model.config, adapters.AdapterConfig(), jax.random.key(0))
-    rng = np.random.RandomState(0)
-    adapter = adapters.Adapter(adapter.config, jax.tree.map(
-        lambda x: jnp.asarray(rng.standard_normal(x.shape) * 0.3, jnp.float32), adapter.params))
+    adapter = random_adapter(model.config)
     adapter_dir = pj.save_adapter(adapter, tmp_path / "adapter")
     dev = tmp_path / "dev.jsonl"  # preference-set rows: each prompt several times
     dev.write_text("".join(json.dumps(r) + "\n" for r in [
