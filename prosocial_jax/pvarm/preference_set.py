@@ -112,6 +112,9 @@ PERSONAS = {
 # log-likelihood reward sums over tokens, and a length difference would be a label of its own.
 UNPREFILLED_EXTRA_TOKENS = 8
 LONGER_ANSWERS = ("ideal", "comply")
+# Decode steps per compiled chunk: a divisor of both answer lengths (16 and 24 by default), so
+# that no step is decoded past max_new_tokens (the decoder rounds up to whole chunks).
+GENERATION_CHUNK = 8
 
 # Non-harmful prompts: (winner persona, loser persona) -> the attributes that pair labels.
 NON_HARMFUL_CONTRASTS = {
@@ -259,7 +262,7 @@ def build_preference_set(model: Model, out_dir: str | Path,
         results = generate(model, [prompt_ids[j] + opening_ids[j] for j in members],
                            max_new_tokens=new_tokens, temperature=settings.temperature,
                            seed=settings.seed + longer, batch_size=settings.batch_size,
-                           chunk_size=UNPREFILLED_EXTRA_TOKENS, progress=True)
+                           chunk_size=GENERATION_CHUNK, progress=True)
         for j, result in zip(members, results):
             answer_ids[j] = opening_ids[j] + [t for t in result.tokens if t not in stops]
     answers: dict[int, list[tuple[str, list[int]]]] = {}
