@@ -198,12 +198,14 @@ def _describe(preference: dict[str, float]) -> str:
 
 
 def sweep_metrics(setting: str, rows: Sequence[dict[str, Any]],
-                  scored_attributes: Iterable[str]) -> dict[str, Any] | None:
+                  scored_attributes: Iterable[str], confidence: float = 0.95,
+                  resamples: int = 2000, seed: int = 0) -> dict[str, Any] | None:
     """The preference sweep of one setting's rows (those carrying a `preference`), or None if
     none does. `scored_attributes` are the attributes any row scores at all.
 
     Points are the distinct preferences as given (`{"a": 2}` and `{"a": 1}` are two points);
-    a point's score R_p[a] is the mean of `scores[a]` over its rows that have it. MIP is the
+    a point's score R_p[a] is the mean of `scores[a]` over its rows that have it (with its
+    bootstrap interval, `scores_ci`, so that points can be told apart or not). MIP is the
     mean over points of sum_a alpha_p[a] * Rn_p[a] (alpha_p the preference normalised to sum 1,
     Rn the scores min-max normalised per attribute over the points, 0 where all are equal);
     the hypervolume is that dominated by the points above the componentwise worst point (all
@@ -229,7 +231,9 @@ def sweep_metrics(setting: str, rows: Sequence[dict[str, Any]],
     attributes = list(dict.fromkeys(a for p in points.values() for a in p["preference"]))
 
     scores_PxA = np.zeros((len(points), len(attributes)))
+    intervals: list[dict[str, list[float] | None]] = []
     for i, point in enumerate(points.values()):
+        intervals.append({})
         for j, attribute in enumerate(attributes):
             values = [float(r["scores"][attribute]) for r in point["rows"]
                       if attribute in r["scores"]]
@@ -238,6 +242,7 @@ def sweep_metrics(setting: str, rows: Sequence[dict[str, Any]],
                                  f"{_describe(point['preference'])} has a score for "
                                  f"{attribute!r}")
             scores_PxA[i, j] = _mean(values)
+            intervals[i][attribute] = bootstrap_interval(values, confidence, resamples, seed)
 
     weights_PxA = np.array([[float(p["preference"].get(a, 0.0)) for a in attributes]
                             for p in points.values()])
@@ -253,7 +258,7 @@ def sweep_metrics(setting: str, rows: Sequence[dict[str, Any]],
     return {
         "points": [{"preference": p["preference"], "n": len(p["rows"]),
                     "scores": dict(zip(attributes, map(float, scores_PxA[i]))),
-                    "pareto": bool(pareto_P[i])}
+                    "scores_ci": intervals[i], "pareto": bool(pareto_P[i])}
                    for i, p in enumerate(points.values())],
         "attributes": attributes,
         "mip": mip,
@@ -325,7 +330,7 @@ def compute_metrics(rows: Sequence[dict[str, Any]], reference: str | None = None
     scored = _attribute_order(rows)
     sweeps = {}
     for setting, setting_rows in by_setting.items():
-        sweep = sweep_metrics(setting, setting_rows, scored)
+        sweep = sweep_metrics(setting, setting_rows, scored, confidence, resamples, seed)
         if sweep is not None:
             sweeps[setting] = sweep
     return {

@@ -169,6 +169,9 @@ def test_a_sweep_of_one_point():
     sweep = compute_metrics(rows)["sweeps"]["s"]
     assert len(sweep["points"]) == 1 and sweep["points"][0]["n"] == 2
     assert sweep["points"][0]["scores"] == {"a": pytest.approx(0.4), "b": pytest.approx(0.4)}
+    # Each point's mean carries scipy's percentile-bootstrap interval of exactly its sample.
+    assert sweep["points"][0]["scores_ci"] == {"a": scipy_interval([0.3, 0.5]),
+                                               "b": scipy_interval([0.6, 0.2])}
     assert (sweep["hypervolume"], sweep["pareto_coverage"], sweep["mip"]) == (0.0, 1.0, 0.0)
 
 
