@@ -104,9 +104,9 @@ guidance-sweep: $(ARTEFACTS) | $(VENV)/.runtime
 		--adapter $(PVARM)/adapter-pcgrad --prompts $(PVARM)/preferences/dev.jsonl \
 		--out out/guidance_sweep --overwrite
 
-# The measured effect: the demo's settings on 60 held-out HarmBench test behaviours and 60 held-out
-# test prompts (14 benign, 46 prosocial), judged by the rule judge (~15 min on a 2-core CPU;
-# guided decoding of 6 settings x 120 prompts is most of it).
+# The measured effect: the demo's settings on 60 held-out HarmBench test behaviours and the first
+# 60 (shuffled) test prompts, judged by the rule judge (~10 min on a 2-core CPU; guided decoding
+# of 6 settings x 120 prompts is most of it).
 GUIDED_EVAL := $(CACHE)/guided_eval/generations.jsonl
 guided-eval: $(ARTEFACTS) | $(VENV)/.runtime
 	$(BIN)/prosocial-jax compare --config configs/demo_smollm2.py --harmful-limit 60 \
