@@ -17,12 +17,13 @@
   grid.
 - `sweeps`: a model edit's strength sweep, refusals and fluency over (top_k, scale).
 - `compare`: the whole pipeline side by side (base, DiReg, Pv-Arm guidance).
+- `guidance_sweep`: w, tau and the plausibility floor against fluent refusals and loops.
 - `reports`: Markdown tables, PNG plots and report folders, for every stage.
 
 Imports `decoding` (to generate), `data` and `models`, never
-`direg` or `pvarm`: those stages use these instruments to build their data (refusals filter
-DiReg's harmful answers, scorers label Pv-Arm's preference pairs), and what a sweep evaluates is
-passed in as a function.
+`direg` or `pvarm`: those stages use these instruments (refusals filter DiReg's harmful
+answers; Pv-Arm training reports held-out accuracy), and what a sweep evaluates is passed in as
+a function.
 """
 
 from prosocial_jax.evaluation.compare import CompareSettings

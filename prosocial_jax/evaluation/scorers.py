@@ -1,10 +1,10 @@
-"""Transparent rule-based attribute scorers for the offline demo preference set.
+"""Transparent rule-based attribute scorers: the rule judge's attribute scores.
 
 A WEAK STAND-IN FOR REAL JUDGES. Each scorer counts phrases from a short, fixed lexicon (listed
 below, so anyone can see exactly what is rewarded) and returns a score in [0, 1], or None when
-the attribute does not apply to the prompt. They are good enough to give a reward model a
-learnable, attribute-specific signal on a 135M model's own outputs on a CPU; they are not
-measurements of empathy or truthfulness. Use human or model judges for real evaluations.
+the attribute does not apply to the prompt. They are evaluation rules only, never training
+labels (a reward trained on them learns the phrases); they are not measurements of empathy or
+truthfulness. Use human or model judges for real evaluations.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Pv-Arm: one preference-conditioned reward adapter (PBLoRA) for K attributes at once.
 
-- `preference_set`: the offline demo preference set, a model's own answers under contrasting
-  personas, labelled per attribute by `prosocial_jax.evaluation.scorers`.
+- `preference_set`: the offline demo preference set, a model's own answers under personas that
+  embody or violate each attribute; the persona contrast is the label.
 - `objective`: the autoregressive reward model's loss (Bradley-Terry per attribute), and the
   K attribute gradients from one backward pass (`per_attribute_gradients`).
 - `pcgrad`: PCGrad over the K attribute gradients, as an optax transformation.
