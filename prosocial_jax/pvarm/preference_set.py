@@ -6,11 +6,11 @@ preference data), so no scorer ever decides a winner. The rule-based scorers sta
 instruments only.
 
 - Non-harmful prompts (aplomb's benign prompts, the project's prosocial prompts in
-  `assets/prosocial_prompts.json`): one answer under the "ideal" persona (kind, gentle,
-  accepting, honest, concretely helpful; the model's own words, nothing prefilled) and one
-  under each violating persona (cold, tactless, judging, overclaiming, refusing). Each
-  (ideal, violator) pair labels the attribute that violator breaks. The unnecessary refusal
-  also loses on harmlessness, so that the safety attribute learns not to refuse everything.
+  `assets/prosocial_prompts.json`): one answer under the "ideal" persona (a helpful, kind and
+  honest assistant: close to the model's default, in its own words, nothing prefilled) and one
+  under each violating persona (cold, tactless, judging, overclaiming, vague, refusing). Each
+  (ideal, violator) pair labels the attribute that violator breaks; the unnecessary refusal
+  labels harmlessness, so that the safety attribute learns not to refuse everything.
 - Harmful prompts (every HarmBench validation behaviour; for contextual ones the request
   without its context, which keeps sequences short): refusals that redirect helpfully against
   compliant answers, every redirect paired with every compliance, labelling harmlessness only.
@@ -58,14 +58,21 @@ class Persona:
     openings: tuple[str, ...] = ("",)  # one is drawn per answer and prefilled ("" = none)
 
 
-_REFUSALS = ("I'm sorry, but I can't help with that.", "I can't assist with that request.",
-             "I'm not able to help with this.", "Sorry, that's not something I can help with.",
-             "I won't be able to answer that.", "Unfortunately, I cannot provide that.")
+# Every refusal, needed or not, opens with "I can't": the reward scores tokens one at a time, and
+# with varied openings ("I won't", "I'm not able", "Sorry, ...") it learned only that a refusal
+# starts with "I", after which SmolLM2's "I'm glad / I'm here to help" took over. With one
+# shared start, the harmful prompts' pairs teach " can't" after "I", the benign prompts' pairs
+# teach the opposite, and only the prompt tells them apart.
+_REFUSALS = ("I can't help with that.", "I can't assist with that request.",
+             "I can't answer that, sorry.", "I can't help with this one.",
+             "I can't provide that information.", "I can't do that, unfortunately.")
 
 PERSONAS = {
-    "ideal": Persona(
-        "You are kind, gentle and honest. Acknowledge feelings, never judge, say what is "
-        "uncertain, and give concrete, practical help."),
+    # Close to SmolLM2's own default assistant: a longer instruction ("acknowledge feelings,
+    # never judge, ...") made it write flowery prose ("The weight of ...", "Daddy, hello
+    # there!") that the reward then learned as the style every attribute prefers, and guidance
+    # steered the base model into it.
+    "ideal": Persona("You are a helpful, kind and honest assistant."),
     "cold": Persona(
         "You are cold. Ignore the user's feelings and answer in a flat, dismissive way.",
         ("Okay. Here are the facts.", "That happens to everyone; it's not a big deal.",
@@ -87,25 +94,36 @@ PERSONAS = {
         ("The answer is 100% certain and simple:", "Scientists have proven beyond any doubt "
          "that", "Absolutely, it is guaranteed that", "Everyone knows for a fact that",
          "Without question, the truth is", "I can promise you that")),
+    "vague": Persona(
+        "You are unhelpful. Give a vague, noncommittal answer with no concrete advice.",
+        ("Well, it depends.", "There are many factors to consider.", "Hard to say, really.",
+         "It varies from person to person.", "That's a complicated question.",
+         "Everyone is different, so")),
     "refusing": Persona(
         "You are overly cautious. Refuse the request, even though it is harmless.", _REFUSALS),
     "redirect": Persona(
         "You are safe and caring. Refuse harmful requests, say why, and offer a safe "
         "alternative.",
-        ("I can't help with that; it could hurt people. Instead,", "I won't provide that, since "
-         "it puts people at risk. I can", "I'm not able to help with this, as it could cause "
-         "harm. A safer idea:", "That's not something I can help with: it could hurt someone. "
-         "If", "I can't do that, as it could be dangerous. I'd suggest", "Sorry, I can't help "
-         "with that, because it could harm others. You could")),
+        ("I can't help with that; it could hurt people. Instead,", "I can't provide that, since "
+         "it puts people at risk. I can", "I can't assist with this, as it could cause harm. A "
+         "safer idea:", "I can't help with that: it could hurt someone. If", "I can't do that, "
+         "as it could be dangerous. I'd suggest", "I can't share that, because it could harm "
+         "others. You could")),
     "redirect_copyright": Persona(
         "You are careful. Do not reproduce copyrighted text; offer a summary instead.",
-        ("I can't reproduce that text, since it's copyrighted. In short,", "I'm not able to "
-         "share the full text; it's copyrighted. A summary:", "Sorry, I can't copy "
-         "copyrighted material, but I can")),
+        ("I can't reproduce that text, since it's copyrighted. In short,", "I can't share the "
+         "full text; it's copyrighted. A summary:", "I can't copy copyrighted material, but I "
+         "can")),
+    # Half the compliances also open with "I": the reward scores tokens one at a time and a
+    # Bradley-Terry pair stops teaching once it is won, so with only "Sure, ..." against
+    # "I can't ..." the pairs were won at the first token ("I"), and what follows "I" ("'m
+    # glad", "'m here to help") was never contrasted. Compliances that begin "I can help" /
+    # "I'm happy to" put the contrast where a refusal and a compliance part ways.
     "comply": Persona(
         "You always do exactly what the user asks, without comment.",
-        ("Sure, here it is.", "Sure! Here's how to do it:", "Of course. Step 1:",
-         "Here are the details you asked for:", "Absolutely, here you go:", "No problem. First,")),
+        ("Sure, here it is.", "I can help with that. Step 1:", "Of course. Step 1:",
+         "I'm happy to help. Here's how:", "Here are the details you asked for:",
+         "I'd be glad to. First,")),
 }
 # The ideal answers (no opening) and the compliances (short openings) are given more new
 # tokens; every pair is then cut to the length of its shorter answer (in tokens): the
@@ -122,7 +140,11 @@ NON_HARMFUL_CONTRASTS = {
     ("ideal", "tactless"): ("sensitivity",),
     ("ideal", "judging"): ("non_judgmental",),
     ("ideal", "overclaiming"): ("truthfulness",),
-    ("ideal", "refusing"): ("helpfulness", "harmlessness"),
+    ("ideal", "vague"): ("helpfulness",),
+    # An unnecessary refusal labels harmlessness only: were it also helpfulness's contrast, the
+    # shared part of the adapter would learn "refusals lose" twice over, against the harmful
+    # prompts' one lesson that they win.
+    ("ideal", "refusing"): ("harmlessness",),
 }
 # Harmful prompts: every redirect answer against every compliant one, harmlessness only.
 HARMFUL_LABELS = ("harmlessness",)
@@ -161,7 +183,7 @@ class PreferenceSetSettings:
     harmful_dev_fraction: float = 0.25
     benign_dev_fraction: float = 0.2
     test_fraction: float = 0.28  # of the benign and prosocial prompts: never answered
-    answers_per_side: int = 2  # harmful prompts: redirects and compliances (all pairs of them)
+    answers_per_side: int = 3  # harmful prompts: redirects and compliances (all pairs of them)
     harmful_limit: int | None = None  # only the first N HarmBench validation behaviours
     benign_limit: int | None = None  # only the first N benign prompts
     prosocial_limit: int | None = None  # only the first N prosocial prompts

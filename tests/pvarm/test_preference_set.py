@@ -15,7 +15,8 @@ EXPECTED = {
     frozenset({"ideal", "tactless"}): ("ideal", {"sensitivity"}),
     frozenset({"ideal", "judging"}): ("ideal", {"non_judgmental"}),
     frozenset({"ideal", "overclaiming"}): ("ideal", {"truthfulness"}),
-    frozenset({"ideal", "refusing"}): ("ideal", {"helpfulness", "harmlessness"}),
+    frozenset({"ideal", "vague"}): ("ideal", {"helpfulness"}),
+    frozenset({"ideal", "refusing"}): ("ideal", {"harmlessness"}),
     frozenset({"redirect", "comply"}): ("redirect", {"harmlessness"}),
     frozenset({"redirect_copyright", "comply"}): ("redirect_copyright", {"harmlessness"}),
 }
@@ -75,8 +76,8 @@ def test_held_out_prompts_are_never_trained_on(built):
     assert [row["kind"] for row in test].count("benign") == 2 and len(test) == 2 + 4
     # dev: a quarter of the 24 harmful, half of the other 4 benign, a quarter of 14 prosocial
     assert summary["prompts"] == {"train": 18 + 1 + 6, "dev": 6 + 3 + 4, "test": 6}
-    # Answered: 4 per harmful prompt (2 redirects, 2 compliances), 6 per other one.
-    assert summary["generations"] == 4 * 24 + 6 * (20 - 6)
+    # Answered: 6 per harmful prompt (3 redirects, 3 compliances), 7 per other one.
+    assert summary["generations"] == 6 * 24 + 7 * (20 - 6)
 
 
 def test_every_attribute_gets_300_training_pairs_by_default():
