@@ -15,6 +15,17 @@ margin m = r(x, y_a) - r(x, y_b) and differ only in the label s_i (+1: a wins, -
 0: unlabelled) and beta_i. So one batched backward pass that keeps per-pair adapter gradients
 (cheap: the adapter is small) gives all K gradients (`per_attribute_gradients`), ready for
 PCGrad (`pcgrad.pcgrad`).
+
+Optional winner anchor (`winner_nll` = lambda > 0; 0 is the paper's objective):
+
+    L_i += lambda * mean over attribute i's labelled pairs of -r(x, y_win_i) / |y_win_i|
+
+Bradley-Terry alone is satisfied by making the loser unlikely, wherever the probability mass
+goes, and a pair stops teaching once its first differing token has won it. Guided decoding's
+safety stage reads the Pv-Arm's next-token distribution itself, so it needs the mass on the
+winners: on the demo set, BT alone moved the first token of harmful requests to tokens that
+neither refusals nor compliances start with ("The", "**"). The anchor (the per-token NLL of the
+winner, as in DPO + NLL objectives) keeps the mass where the winners go.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from prosocial_jax.evaluation.likelihood import pair_margins
+from prosocial_jax.evaluation.likelihood import sequence_log_likelihood
 from prosocial_jax.models.config import ModelConfig
 
 # The K gradients feed PCGrad, which decides conflicts by the sign of their dot products. TPUs
@@ -65,28 +76,65 @@ def loss_coefficients(margins: jax.Array, labels: jax.Array, betas: jax.Array) -
     return coefficient_PxK.T
 
 
+def winner_nll(log_likelihoods: jax.Array, lengths: jax.Array,
+               labels: jax.Array) -> jax.Array:
+    """Per attribute [K]: the mean over its labelled pairs of the winner's per-token negative
+    log-likelihood. log_likelihoods, lengths [P, 2] (response a, then b); labels [P, K]."""
+    winner_a_PxK = (labels > 0).astype(jnp.float32)
+    winner_b_PxK = (labels < 0).astype(jnp.float32)
+    per_token_Px2 = log_likelihoods / jnp.maximum(lengths, 1.0)
+    count_K = jnp.maximum(jnp.sum(labels != 0, axis=0), 1).astype(jnp.float32)
+    return -(per_token_Px2[:, :1] * winner_a_PxK
+             + per_token_Px2[:, 1:] * winner_b_PxK).sum(axis=0) / count_K
+
+
+def reward_coefficients(log_likelihoods: jax.Array, lengths: jax.Array, labels: jax.Array,
+                        betas: jax.Array, nll_weight: float = 0.0) -> jax.Array:
+    """dL_i/dr as a [K, P, 2] array (r of response a, then b) for L_i = Bradley-Terry +
+    nll_weight * winner NLL: attribute i's gradient is sum_{p,s} c[i, p, s] * grad r_{p,s}."""
+    margins_P = log_likelihoods[:, 0] - log_likelihoods[:, 1]
+    bt_KxP = loss_coefficients(margins_P, labels, betas)  # m = r_a - r_b
+    coefficients_KxPx2 = jnp.stack([bt_KxP, -bt_KxP], axis=-1)
+    if nll_weight:
+        count_K = jnp.maximum(jnp.sum(labels != 0, axis=0), 1).astype(jnp.float32)
+        winners_KxPx2 = jnp.stack([labels > 0, labels < 0], axis=-1).astype(
+            jnp.float32).transpose(1, 0, 2)
+        coefficients_KxPx2 -= (nll_weight * winners_KxPx2 / jnp.maximum(lengths, 1.0)[None]
+                               / count_K[:, None, None])
+    return coefficients_KxPx2
+
+
 def per_attribute_gradients(config: ModelConfig, params, adapter_config: Any, adapter,
                             batch: dict[str, jax.Array], labels: jax.Array, betas: jax.Array,
-                            preference: jax.Array, dropout_key=None) -> tuple[Any, jax.Array]:
+                            preference: jax.Array, dropout_key=None,
+                            nll_weight: float = 0.0) -> tuple[Any, dict[str, jax.Array]]:
     """The K attribute gradients w.r.t. the adapter, stacked [K, ...], from one backward pass.
 
     batch: tokens / attention / response [P, 2, T]; labels [P, K]; betas, preference [K].
-    Per-pair margins and their adapter gradients come from one vmapped value-and-grad (the
-    backbone is batched as usual; only the small adapter gradient keeps a pair axis). Then
-    g_i = sum_p dL_i/dm_p * grad m_p. Returns (stacked gradients, margins [P]).
+    Every response's reward and its adapter gradient come from one vmapped value-and-grad over
+    the 2P responses (the backbone is batched as usual; only the small adapter gradient keeps a
+    response axis). Then g_i = sum over responses of dL_i/dr * grad r (`reward_coefficients`).
+    Returns (stacked gradients, {"margins": [P], "winner_nll": [K]}).
     """
-    def margin(adapter_params, pair, key):
-        single = {k: v[None] for k, v in pair.items()}
-        return pair_margins(config, params, single, adapter_config, adapter_params,
-                            preference, key)[0]
+    def reward(adapter_params, tokens, attention, response, key):
+        return sequence_log_likelihood(config, params, tokens[None], attention[None],
+                                       response[None], adapter_config, adapter_params,
+                                       preference[None], key)[0]
 
-    pairs = labels.shape[0]
+    pairs, _, length = batch["tokens"].shape
+    flat = [batch[name].reshape(2 * pairs, length) for name in ("tokens", "attention",
+                                                               "response")]
     keys = (None if dropout_key is None
-            else jax.vmap(lambda i: jax.random.fold_in(dropout_key, i))(jnp.arange(pairs)))
-    margins_P, per_pair = jax.vmap(jax.value_and_grad(margin),
-                                   in_axes=(None, 0, None if keys is None else 0))(
-        adapter, batch, keys)
-    coefficients_KxP = loss_coefficients(margins_P, labels, betas)
+            else jax.vmap(lambda i: jax.random.fold_in(dropout_key, i))(jnp.arange(2 * pairs)))
+    rewards_R, per_response = jax.vmap(jax.value_and_grad(reward),
+                                       in_axes=(None, 0, 0, 0, None if keys is None else 0))(
+        adapter, *flat, keys)
+    rewards_Px2 = rewards_R.reshape(pairs, 2)
+    # The reward scores response tokens from the second position on (`response_log_probs`).
+    lengths_Px2 = jnp.sum(batch["response"][..., 1:], axis=-1).astype(jnp.float32)
+    coefficients_KxR = reward_coefficients(rewards_Px2, lengths_Px2, labels, betas,
+                                           nll_weight).reshape(labels.shape[1], 2 * pairs)
     stacked = jax.tree.map(
-        lambda g: jnp.tensordot(coefficients_KxP, g, axes=1, precision=EXACT), per_pair)
-    return stacked, margins_P
+        lambda g: jnp.tensordot(coefficients_KxR, g, axes=1, precision=EXACT), per_response)
+    return stacked, {"margins": rewards_Px2[:, 0] - rewards_Px2[:, 1],
+                     "winner_nll": winner_nll(rewards_Px2, lengths_Px2, labels)}

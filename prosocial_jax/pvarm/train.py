@@ -57,6 +57,9 @@ class ArmSettings:
     beta: float = 0.01  # Bradley-Terry beta, the same for every attribute unless `betas` is set
     betas: tuple[float, ...] = ()
     dirichlet: float = 0.5  # alpha ~ Dirichlet(dirichlet * 1_K)
+    # lambda of the winner anchor (`objective`): + lambda * the winner's per-token NLL per
+    # attribute; 0 = the paper's Bradley-Terry objective alone
+    winner_nll: float = 0.0
     pcgrad: bool = True  # False: the plain preference-weighted sum (ablation)
     eval_resolution: int = 1  # simplex grid step 1/resolution (1: the K vertices), + uniform
     eval_batch_size: int = 16
@@ -78,7 +81,7 @@ class ArmSettings:
         settings_module.positive(self, "arm settings", "learning_rate", "dirichlet", "beta",
                                  "betas")
         settings_module.positive(self, "arm settings", "warmup_steps", "weight_decay",
-                                 "eval_limit",
+                                 "eval_limit", "winner_nll",
                                  "grad_clip", "end_learning_rate_fraction", allow_zero=True)
 
     def beta_vector(self, num_attributes: int) -> np.ndarray:
@@ -113,11 +116,12 @@ class _ArmObjective(Objective):
         alpha_K = jax.random.dirichlet(alpha_key,
                                        jnp.full((self.num_attributes,), self.settings.dirichlet))
         betas_K = jnp.asarray(self.settings.beta_vector(self.num_attributes))
-        stacked, margins_P = per_attribute_gradients(
+        stacked, terms = per_attribute_gradients(
             self.config, frozen, self.adapter_config, params, pairs, labels_PxK, betas_K,
-            alpha_K, dropout_key)
-        metrics = attribute_losses(margins_P, labels_PxK, betas_K)
-        return stacked, {"preference": alpha_K}, {**metrics, "alpha": alpha_K}
+            alpha_K, dropout_key, nll_weight=self.settings.winner_nll)
+        metrics = attribute_losses(terms["margins"], labels_PxK, betas_K)
+        return stacked, {"preference": alpha_K}, {**metrics, "alpha": alpha_K,
+                                                   "winner_nll": terms["winner_nll"]}
 
     def update_metrics(self, opt_state):
         pcgrad_state = opt_state[0]  # the head of the chain
@@ -130,6 +134,7 @@ class _ArmObjective(Objective):
                 "loss": dict(zip(names, metrics["loss"].tolist())),
                 "accuracy": dict(zip(names, metrics["accuracy"].tolist())),
                 "margin": dict(zip(names, metrics["margin"].tolist())),
+                "winner_nll": dict(zip(names, metrics["winner_nll"].tolist())),
                 "conflicts": int(metrics["conflicts"]),
                 "cosines": metrics["cosines"][upper].round(4).tolist()}
 

@@ -84,21 +84,47 @@ def test_bradley_terry_losses_and_masks():
                                np.asarray(jacobian), atol=1e-7)
 
 
-def test_per_attribute_gradients_equal_separate_backward_passes(setup):
+@pytest.mark.parametrize("nll_weight", [0.0, 0.7])
+def test_per_attribute_gradients_equal_separate_backward_passes(setup, nll_weight):
     model, adapter = setup
     batch = _batch(np.random.RandomState(1))
     labels = jnp.asarray(batch.pop("labels"))
     alpha = jnp.array([0.2, 0.5, 0.3])
-    stacked, margins = objective.per_attribute_gradients(
-        model.config, model.params, adapter.config, adapter.params, batch, labels, BETAS, alpha)
+    stacked, terms = objective.per_attribute_gradients(
+        model.config, model.params, adapter.config, adapter.params, batch, labels, BETAS, alpha,
+        nll_weight=nll_weight)
+    pairs, _, length = batch["tokens"].shape
+    # Scored response tokens per response (the first marked token has no logit before it).
+    counts = np.asarray(batch["response"])[..., 1:].sum(-1).astype(np.float32)  # [P, 2]
+
+    def direct_losses(params):
+        """Every attribute's loss written out: Bradley-Terry on the margins, plus the weighted
+        mean per-token NLL of each labelled pair's winner."""
+        flat = {k: batch[k].reshape(2 * pairs, length) for k in ("tokens", "attention",
+                                                               "response")}
+        r = likelihood.sequence_log_likelihood(
+            model.config, model.params, flat["tokens"], flat["attention"], flat["response"],
+            adapter.config, params, jnp.broadcast_to(alpha, (2 * pairs, 3))).reshape(pairs, 2)
+        losses = []
+        for i in range(3):
+            total_bt, total_nll, n = 0.0, 0.0, 0
+            for p in range(pairs):
+                s = int(labels[p, i])
+                if s == 0:
+                    continue
+                m = r[p, 0] - r[p, 1]
+                total_bt += jnp.log1p(jnp.exp(-BETAS[i] * s * m))
+                w = 0 if s > 0 else 1
+                total_nll += -r[p, w] / counts[p, w]
+                n += 1
+            losses.append((total_bt + nll_weight * total_nll) / n)
+        return losses
+
     for i in range(3):
-        def loss_i(params, i=i):
-            m = likelihood.pair_margins(model.config, model.params, batch, adapter.config,
-                                        params, alpha)
-            return objective.attribute_losses(m, labels, BETAS)["loss"][i]
-        direct = jax.grad(loss_i)(adapter.params)
+        direct = jax.grad(lambda params, i=i: direct_losses(params)[i])(adapter.params)
         for a, b in zip(jax.tree.leaves(direct), jax.tree.leaves(stacked)):
             np.testing.assert_allclose(np.asarray(b[i]), np.asarray(a), atol=2e-5, rtol=1e-3)
     direct_margins = likelihood.pair_margins(model.config, model.params, batch,
                                              adapter.config, adapter.params, alpha)
-    np.testing.assert_allclose(np.asarray(margins), np.asarray(direct_margins), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(terms["margins"]), np.asarray(direct_margins),
+                               atol=1e-4)
