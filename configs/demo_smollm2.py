@@ -42,8 +42,8 @@ def get_config() -> ml_collections.ConfigDict:
         # Every prosocial attribute's one-hot, beside the uniform preference.
         "preferences": ("empathy=1", "sensitivity=1", "non_judgmental=1", "truthfulness=1",
                         "helpfulness=1"),
-        "guidance": 1.0,
-        "safety_margin": 1.0,
+        "guidance": 0.25,
+        "safety_margin": 2.0,
         "plausibility": 0.0,
         # The Pv-Arm-only settings are left to `make guided-eval`: later runs of the demo must
         # stay within 3 minutes on a 2-core CPU.
