@@ -12,9 +12,9 @@ held-out preference accuracy measures.
 
 A preference pair is scored once per preference vector; its K attribute losses share the same
 margin m = r(x, y_a) - r(x, y_b) and differ only in the label s_i (+1: a wins, -1: b wins,
-0: unlabelled) and beta_i. So one batched backward pass that keeps per-pair adapter gradients
-(cheap: the adapter is small) gives all K gradients (`per_attribute_gradients`), ready for
-PCGrad (`pcgrad.pcgrad`).
+0: unlabelled) and beta_i. So one batched backward pass that keeps each response's adapter
+gradient (cheap: the adapter is small) gives all K gradients as K weighted sums
+(`per_attribute_gradients`), ready for PCGrad (`pcgrad.pcgrad`).
 
 Optional winner anchor (`winner_nll` = lambda > 0; 0 is the paper's objective):
 
