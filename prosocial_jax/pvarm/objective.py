@@ -16,9 +16,9 @@ margin m = r(x, y_a) - r(x, y_b) and differ only in the label s_i (+1: a wins, -
 gradient (cheap: the adapter is small) gives all K gradients as K weighted sums
 (`per_attribute_gradients`), ready for PCGrad (`pcgrad.pcgrad`).
 
-Optional winner anchor (`winner_nll` = lambda > 0; 0 is the paper's objective):
+Optional winner anchor (lambda_i > 0, per attribute; 0 is the paper's objective):
 
-    L_i += lambda * mean over attribute i's labelled pairs of -r(x, y_win_i) / |y_win_i|
+    L_i += lambda_i * mean over attribute i's labelled pairs of -r(x, y_win_i) / |y_win_i|
 
 Bradley-Terry alone is satisfied by making the loser unlikely, wherever the probability mass
 goes, and a pair stops teaching once its first differing token has won it. Guided decoding's
@@ -89,31 +89,35 @@ def winner_nll(log_likelihoods: jax.Array, lengths: jax.Array,
 
 
 def reward_coefficients(log_likelihoods: jax.Array, lengths: jax.Array, labels: jax.Array,
-                        betas: jax.Array, nll_weight: float = 0.0) -> jax.Array:
+                        betas: jax.Array, nll_weights: jax.Array | None = None) -> jax.Array:
     """dL_i/dr as a [K, P, 2] array (r of response a, then b) for L_i = Bradley-Terry +
-    nll_weight * winner NLL: attribute i's gradient is sum_{p,s} c[i, p, s] * grad r_{p,s}."""
+    nll_weights[i] * winner NLL (None: no anchor): attribute i's gradient is
+    sum_{p,s} c[i, p, s] * grad r_{p,s}."""
     margins_P = log_likelihoods[:, 0] - log_likelihoods[:, 1]
     bt_KxP = loss_coefficients(margins_P, labels, betas)  # m = r_a - r_b
     coefficients_KxPx2 = jnp.stack([bt_KxP, -bt_KxP], axis=-1)
-    if nll_weight:
+    if nll_weights is not None:
         count_K = jnp.maximum(jnp.sum(labels != 0, axis=0), 1).astype(jnp.float32)
         winners_KxPx2 = jnp.stack([labels > 0, labels < 0], axis=-1).astype(
             jnp.float32).transpose(1, 0, 2)
-        coefficients_KxPx2 -= (nll_weight * winners_KxPx2 / jnp.maximum(lengths, 1.0)[None]
-                               / count_K[:, None, None])
+        weights_K = jnp.broadcast_to(jnp.asarray(nll_weights, jnp.float32), count_K.shape)
+        coefficients_KxPx2 -= ((weights_K / count_K)[:, None, None] * winners_KxPx2
+                               / jnp.maximum(lengths, 1.0)[None])
     return coefficients_KxPx2
 
 
 def per_attribute_gradients(config: ModelConfig, params, adapter_config: Any, adapter,
                             batch: dict[str, jax.Array], labels: jax.Array, betas: jax.Array,
                             preference: jax.Array, dropout_key=None,
-                            nll_weight: float = 0.0) -> tuple[Any, dict[str, jax.Array]]:
+                            nll_weights: jax.Array | None = None
+                            ) -> tuple[Any, dict[str, jax.Array]]:
     """The K attribute gradients w.r.t. the adapter, stacked [K, ...], from one backward pass.
 
-    batch: tokens / attention / response [P, 2, T]; labels [P, K]; betas, preference [K].
-    Every response's reward and its adapter gradient come from one vmapped value-and-grad over
-    the 2P responses (the backbone is batched as usual; only the small adapter gradient keeps a
-    response axis). Then g_i = sum over responses of dL_i/dr * grad r (`reward_coefficients`).
+    batch: tokens / attention / response [P, 2, T]; labels [P, K]; betas, preference and the
+    winner-anchor weights `nll_weights` [K] (or a scalar; None: no anchor). Every response's
+    reward and its adapter gradient come from one vmapped value-and-grad over the 2P responses
+    (the backbone is batched as usual; only the small adapter gradient keeps a response axis).
+    Then g_i = sum over responses of dL_i/dr * grad r (`reward_coefficients`).
     Returns (stacked gradients, {"margins": [P], "winner_nll": [K]}).
     """
     def reward(adapter_params, tokens, attention, response, key):
@@ -133,7 +137,7 @@ def per_attribute_gradients(config: ModelConfig, params, adapter_config: Any, ad
     # The reward scores response tokens from the second position on (`response_log_probs`).
     lengths_Px2 = jnp.sum(batch["response"][..., 1:], axis=-1).astype(jnp.float32)
     coefficients_KxR = reward_coefficients(rewards_Px2, lengths_Px2, labels, betas,
-                                           nll_weight).reshape(labels.shape[1], 2 * pairs)
+                                           nll_weights).reshape(labels.shape[1], 2 * pairs)
     stacked = jax.tree.map(
         lambda g: jnp.tensordot(coefficients_KxR, g, axes=1, precision=EXACT), per_response)
     return stacked, {"margins": rewards_Px2[:, 0] - rewards_Px2[:, 1],

@@ -58,8 +58,10 @@ class ArmSettings:
     betas: tuple[float, ...] = ()
     dirichlet: float = 0.5  # alpha ~ Dirichlet(dirichlet * 1_K)
     # lambda of the winner anchor (`objective`): + lambda * the winner's per-token NLL per
-    # attribute; 0 = the paper's Bradley-Terry objective alone
+    # attribute; 0 = the paper's Bradley-Terry objective alone. `winner_nlls`: one lambda per
+    # attribute instead (e.g. the safety attribute's only)
     winner_nll: float = 0.0
+    winner_nlls: tuple[float, ...] = ()
     pcgrad: bool = True  # False: the plain preference-weighted sum (ablation)
     eval_resolution: int = 1  # simplex grid step 1/resolution (1: the K vertices), + uniform
     eval_batch_size: int = 16
@@ -81,7 +83,7 @@ class ArmSettings:
         settings_module.positive(self, "arm settings", "learning_rate", "dirichlet", "beta",
                                  "betas")
         settings_module.positive(self, "arm settings", "warmup_steps", "weight_decay",
-                                 "eval_limit", "winner_nll",
+                                 "eval_limit", "winner_nll", "winner_nlls",
                                  "grad_clip", "end_learning_rate_fraction", allow_zero=True)
 
     def beta_vector(self, num_attributes: int) -> np.ndarray:
@@ -90,6 +92,13 @@ class ArmSettings:
             raise ValueError(f"betas has {len(self.betas)} entries for {num_attributes} "
                              "attributes")
         return np.asarray(self.betas or [self.beta] * num_attributes, np.float32)
+
+    def winner_nll_vector(self, num_attributes: int) -> np.ndarray:
+        """The [K] winner-anchor weights: `winner_nlls`, or `winner_nll` for every attribute."""
+        if self.winner_nlls and len(self.winner_nlls) != num_attributes:
+            raise ValueError(f"winner_nlls has {len(self.winner_nlls)} entries for "
+                             f"{num_attributes} attributes")
+        return np.asarray(self.winner_nlls or [self.winner_nll] * num_attributes, np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +127,8 @@ class _ArmObjective(Objective):
         betas_K = jnp.asarray(self.settings.beta_vector(self.num_attributes))
         stacked, terms = per_attribute_gradients(
             self.config, frozen, self.adapter_config, params, pairs, labels_PxK, betas_K,
-            alpha_K, dropout_key, nll_weight=self.settings.winner_nll)
+            alpha_K, dropout_key,
+            nll_weights=jnp.asarray(self.settings.winner_nll_vector(self.num_attributes)))
         metrics = attribute_losses(terms["margins"], labels_PxK, betas_K)
         return stacked, {"preference": alpha_K}, {**metrics, "alpha": alpha_K,
                                                    "winner_nll": terms["winner_nll"]}
@@ -197,6 +207,7 @@ def train_arm(model: Model, adapter_config: AdapterConfig, train: Sequence[PairE
     if not train:
         raise ValueError("no training pairs")
     settings.beta_vector(adapter_config.num_attributes)  # a wrong betas length fails here
+    settings.winner_nll_vector(adapter_config.num_attributes)  # ... and winner_nlls'
     folder = Path(checkpoint_dir).resolve()
     objective = _ArmObjective(model.config, adapter_config, settings)
     adapter = init_adapter(model.config, adapter_config, jax.random.key(settings.seed))

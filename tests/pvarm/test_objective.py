@@ -84,15 +84,15 @@ def test_bradley_terry_losses_and_masks():
                                np.asarray(jacobian), atol=1e-7)
 
 
-@pytest.mark.parametrize("nll_weight", [0.0, 0.7])
-def test_per_attribute_gradients_equal_separate_backward_passes(setup, nll_weight):
+@pytest.mark.parametrize("nll_weights", [None, (0.7, 0.7, 0.7), (0.7, 0.0, 0.3)])
+def test_per_attribute_gradients_equal_separate_backward_passes(setup, nll_weights):
     model, adapter = setup
     batch = _batch(np.random.RandomState(1))
     labels = jnp.asarray(batch.pop("labels"))
     alpha = jnp.array([0.2, 0.5, 0.3])
     stacked, terms = objective.per_attribute_gradients(
         model.config, model.params, adapter.config, adapter.params, batch, labels, BETAS, alpha,
-        nll_weight=nll_weight)
+        nll_weights=None if nll_weights is None else jnp.asarray(nll_weights))
     pairs, _, length = batch["tokens"].shape
     # Scored response tokens per response (the first marked token has no logit before it).
     counts = np.asarray(batch["response"])[..., 1:].sum(-1).astype(np.float32)  # [P, 2]
@@ -117,7 +117,8 @@ def test_per_attribute_gradients_equal_separate_backward_passes(setup, nll_weigh
                 w = 0 if s > 0 else 1
                 total_nll += -r[p, w] / counts[p, w]
                 n += 1
-            losses.append((total_bt + nll_weight * total_nll) / n)
+            weight = 0.0 if nll_weights is None else nll_weights[i]
+            losses.append((total_bt + weight * total_nll) / n)
         return losses
 
     for i in range(3):

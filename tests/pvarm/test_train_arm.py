@@ -79,3 +79,14 @@ def test_held_out_sample_is_seeded_ordered_and_bounded():
     assert len(picked) == 4 and picked == sorted(picked) and set(picked) <= set(items)
     assert picked == sample_held_out(items, 4, seed=3)  # same seed, same sample
     assert sample_held_out(items, 0) == items and sample_held_out(items, 12) == items
+
+
+def test_winner_anchor_weights_per_attribute():
+    settings = ArmSettings(winner_nll=0.5)
+    np.testing.assert_array_equal(settings.winner_nll_vector(3), [0.5, 0.5, 0.5])
+    one = ArmSettings(winner_nll=0.5, winner_nlls=(1.0, 0.0, 0.0))  # the per-attribute form wins
+    np.testing.assert_array_equal(one.winner_nll_vector(3), [1.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="winner_nlls has 3 entries for 6 attributes"):
+        one.winner_nll_vector(6)
+    with pytest.raises(ValueError, match="winner_nlls"):
+        ArmSettings(winner_nlls=(1.0, -0.5))
