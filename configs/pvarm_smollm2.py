@@ -47,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
         # not make refusals the harmlessness head's favourite in 60 steps (README, "What the
         # reward learned, token by token"), and at 1 it cost held-out accuracy.
         "winner_nll": 0.0,
+        "winner_nlls": (),  # per attribute, in the adapter's order; () = winner_nll for all
         "checkpoint_every": 30,
         "eval_batch_size": 32,
         "eval_limit": 32,
