@@ -43,6 +43,11 @@ from prosocial_jax.models.config import ModelConfig
 EXACT = jax.lax.Precision.HIGHEST
 
 
+def labelled_count(labels: jax.Array) -> jax.Array:
+    """[K] pairs each attribute labels (at least 1: the mean over none is 0, not NaN)."""
+    return jnp.maximum(jnp.sum(labels != 0, axis=0), 1).astype(jnp.float32)
+
+
 def attribute_losses(margins: jax.Array, labels: jax.Array,
                      betas: jax.Array) -> dict[str, jax.Array]:
     """Per-attribute Bradley-Terry loss, accuracy and mean signed margin over labelled pairs,
@@ -52,7 +57,7 @@ def attribute_losses(margins: jax.Array, labels: jax.Array,
     """
     labels_PxK = labels.astype(jnp.float32)
     labelled_PxK = labels_PxK != 0
-    count_K = jnp.maximum(jnp.sum(labelled_PxK, axis=0), 1).astype(jnp.float32)
+    count_K = labelled_count(labels)
     signed_PxK = labels_PxK * margins[:, None]  # > 0 when the model prefers the labelled winner
     losses_PxK = jax.nn.softplus(-betas * signed_PxK) * labelled_PxK
     return {"loss": jnp.sum(losses_PxK, axis=0) / count_K,
@@ -68,7 +73,7 @@ def loss_coefficients(margins: jax.Array, labels: jax.Array, betas: jax.Array) -
     """
     labels_PxK = labels.astype(jnp.float32)
     labelled_PxK = labels_PxK != 0
-    count_K = jnp.maximum(jnp.sum(labelled_PxK, axis=0), 1).astype(jnp.float32)
+    count_K = labelled_count(labels)
     signed_PxK = labels_PxK * margins[:, None]
     # d/dm softplus(-beta * s * m) = -beta * s * sigmoid(-beta * s * m)
     coefficient_PxK = (-betas * labels_PxK * jax.nn.sigmoid(-betas * signed_PxK)
@@ -83,7 +88,7 @@ def winner_nll(log_likelihoods: jax.Array, lengths: jax.Array,
     winner_a_PxK = (labels > 0).astype(jnp.float32)
     winner_b_PxK = (labels < 0).astype(jnp.float32)
     per_token_Px2 = log_likelihoods / jnp.maximum(lengths, 1.0)
-    count_K = jnp.maximum(jnp.sum(labels != 0, axis=0), 1).astype(jnp.float32)
+    count_K = labelled_count(labels)
     return -(per_token_Px2[:, :1] * winner_a_PxK
              + per_token_Px2[:, 1:] * winner_b_PxK).sum(axis=0) / count_K
 
@@ -97,7 +102,7 @@ def reward_coefficients(log_likelihoods: jax.Array, lengths: jax.Array, labels: 
     bt_KxP = loss_coefficients(margins_P, labels, betas)  # m = r_a - r_b
     coefficients_KxPx2 = jnp.stack([bt_KxP, -bt_KxP], axis=-1)
     if nll_weights is not None:
-        count_K = jnp.maximum(jnp.sum(labels != 0, axis=0), 1).astype(jnp.float32)
+        count_K = labelled_count(labels)
         winners_KxPx2 = jnp.stack([labels > 0, labels < 0], axis=-1).astype(
             jnp.float32).transpose(1, 0, 2)
         weights_K = jnp.broadcast_to(jnp.asarray(nll_weights, jnp.float32), count_K.shape)
