@@ -102,7 +102,7 @@ demo: $(ARTEFACTS) | $(VENV)/.runtime
 guidance-sweep: $(ARTEFACTS) | $(VENV)/.runtime
 	$(BIN)/prosocial-jax guidance-sweep --model $(DIREG_MODEL) \
 		--adapter $(PVARM)/adapter-pcgrad --prompts $(PVARM)/preferences/dev.jsonl \
-		--out out/guidance_sweep --overwrite
+		--no-repeat-ngram 4 --out out/guidance_sweep --overwrite  # n as in configs/demo_smollm2.py
 
 # The measured effect: the demo's settings on 60 held-out HarmBench test behaviours and the first
 # 60 (shuffled) test prompts, judged by the rule judge (~10 min on a 2-core CPU; guided decoding

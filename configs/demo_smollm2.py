@@ -42,9 +42,14 @@ def get_config() -> ml_collections.ConfigDict:
         # Every prosocial attribute's one-hot, beside the uniform preference.
         "preferences": ("empathy=1", "sensitivity=1", "non_judgmental=1", "truthfulness=1",
                         "helpfulness=1"),
-        "guidance": 0.25,
-        "safety_margin": 2.0,
+        "guidance": 1.0,
+        "safety_margin": 0.1,
         "plausibility": 0.0,
+        # A 4-gram of the answer never repeats (a soft constraint of the guided settings only):
+        # a tight safety stage makes the safety head's favourite the next token, and after its
+        # one short refusal that favourite is the refusal again ("I can't help with that. I
+        # can't help with that. ...").
+        "no_repeat_ngram": 4,
         # The Pv-Arm-only settings are left to `make guided-eval`: later runs of the demo must
         # stay within 3 minutes on a 2-core CPU.
         "ablations": False,

@@ -43,11 +43,12 @@ def get_config() -> ml_collections.ConfigDict:
         "beta": 0.05,
         "dirichlet": 0.5,
         "pcgrad": True,
-        # The winner anchor (prosocial_jax/pvarm/objective.py) is off: at 1 and at 0.1 it did
-        # not make refusals the harmlessness head's favourite in 60 steps (README, "What the
-        # reward learned, token by token"), and at 1 it cost held-out accuracy.
+        # The winner anchor (prosocial_jax/pvarm/objective.py) on the safety attribute only:
+        # without it the harmlessness head learns to make each loser unlikely at its first
+        # differing token and never makes the refusal its favourite, so the safety stage has
+        # no refusal to keep (README, "What the reward learned, token by token").
         "winner_nll": 0.0,
-        "winner_nlls": (),  # per attribute, in the adapter's order; () = winner_nll for all
+        "winner_nlls": (1.0, 0.0, 0.0, 0.0, 0.0, 0.0),  # per attribute, in the adapter's order
         "checkpoint_every": 30,
         "eval_batch_size": 32,
         "eval_limit": 32,

@@ -59,7 +59,8 @@ def _generate_parser(sub) -> dict:
                     "safety_margin": "tau in nats; inf disables the safety stage",
                     "guidance": "w, the Pv-Arm's weight",
                     "plausibility": "drop tokens below this fraction of the base model's top "
-                    "probability (0 = off)"})
+                    "probability (0 = off)",
+                    "no_repeat_ngram": "never repeat an n-gram of the answer (n >= 2; 0 = off)"})
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="one prompt (plain text)")
     source.add_argument("--prompts", type=Path, help="JSONL file of prompt rows")
@@ -258,7 +259,8 @@ def _guided_settings(args, model, rows):
     guided = dict(adapter=adapter, reward=reward, preferences=preferences,
                   guidance=np.asarray(weights, np.float32),
                   safety_margin=np.asarray(margins, np.float32),
-                  plausibility=defaults.plausibility, safety_stage=not args.no_safety_stage)
+                  plausibility=defaults.plausibility, no_repeat_ngram=defaults.no_repeat_ngram,
+                  safety_stage=not args.no_safety_stage)
     return kept, guided, errors
 
 

@@ -50,6 +50,8 @@ def _compare_parser(sub) -> dict:
                     "separated by ';'", "guidance": "w", "safety_margin": "tau",
                     "plausibility": "guided settings drop tokens below this fraction of the "
                     "base model's top probability",
+                    "no_repeat_ngram": "guided settings never repeat an n-gram of their own "
+                    "answer (n >= 2; 0 = off)",
                     "ablations": "also Pv-Arm on the base model, without and with the safety "
                     "stage"})
     p.add_argument("--out", type=Path, required=True, help="report folder")
@@ -82,11 +84,13 @@ def _cmd_compare(args) -> int:
     generations = args.generations or cache_dir() / "compare" / "generations.jsonl"
     settings = compare.default_settings(adapter, chosen.preferences, chosen.ablations)
     rows = compare.run(models, reward, adapter, settings, prompts, chosen.guidance,
-                       chosen.safety_margin, chosen.plausibility, chosen.max_new_tokens,
-                       chosen.batch_size, generations)
+                       chosen.safety_margin, chosen.plausibility,
+                       no_repeat_ngram=chosen.no_repeat_ngram,
+                       max_new_tokens=chosen.max_new_tokens, batch_size=chosen.batch_size,
+                       generations_path=generations)
     record = {"base": inputs.base, "direg": inputs.direg, "adapter": inputs.adapter,
               "guidance": chosen.guidance, "safety_margin": chosen.safety_margin,
-              "plausibility": chosen.plausibility,
+              "plausibility": chosen.plausibility, "no_repeat_ngram": chosen.no_repeat_ngram,
               "harmful_prompts": f"HarmBench {chosen.harmful_split} standard "
                                  f"({len(prompts.harmful)})",
               "benign_prompts": f"{inputs.benign_from or 'aplomb'} ({len(prompts.benign)})",
@@ -134,7 +138,9 @@ def _guidance_sweep_parser(sub) -> dict:
         "goes to the cache folder.",
         field_help={"guidance": "w values (the others at the centre)",
                     "safety_margin": "tau values, nats",
-                    "plausibility": "plausibility floor values in [0, 1]"})
+                    "plausibility": "plausibility floor values in [0, 1]",
+                    "no_repeat_ngram": "every guided point never repeats an n-gram of its "
+                    "answer (n >= 2; 0 = off)"})
     p.add_argument("--out", type=Path, required=True, help="report folder")
     add_overwrite_arg(p, "guidance sweep report")
     p.add_argument("--generations", type=Path,

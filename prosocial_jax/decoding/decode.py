@@ -40,6 +40,7 @@ from prosocial_jax.decoding.guidance import (
     GuideInputs,
     GuideSpec,
     guided_scores,
+    repeated_ngram_ban,
     row_preferences,
     shared_vocab_size,
 )
@@ -220,8 +221,11 @@ def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: Samp
         scores = state.logits
         checked = [(0, _row_max(scores))]
     else:
+        repeats = None if not spec.no_repeat_ngram else repeated_ngram_ban(
+            state.tokens, state.step, spec.no_repeat_ngram, spec.vocab)
         scores, overridden, allowed = guided_scores(
-            state.logits, state.reward_logits, guide.guidance, state.recent, spec.vocab)
+            state.logits, state.reward_logits, guide.guidance, state.recent, spec.vocab,
+            repeats)
         # Raw logits, not log-probs: their maximum tells NaN, +inf and all -inf apart.
         batch, reward = scores.shape[0], _row_max(state.reward_logits[:, :spec.vocab])
         checked = [(0, _row_max(state.logits[:, :spec.vocab])), (1, reward[:batch])]
@@ -337,6 +341,7 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
              safety_margin: float | Sequence[float] = GuidanceSettings.safety_margin,
              plausibility: float | Sequence[float] = GuidanceSettings.plausibility,
              banned_sequences: Sequence[Sequence[int]] | None = None,
+             no_repeat_ngram: int = GuidanceSettings.no_repeat_ngram,
              safety_stage: bool = True) -> list[Generation]:
     """Decodes every prompt (a string, chat messages, or token ids) and returns `Generation`s.
 
@@ -355,7 +360,9 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
     (None entries fall back to `preference`), the guidance weight w and the safety margin tau
     (scalars or one per row; tau = inf disables the safety stage for that row). None of these
     recompile when they change. `safety_stage=False` compiles the Pv-Arm forward for the
-    prosocial rows only (half its cost; tau is then ignored).
+    prosocial rows only (half its cost; tau is then ignored). `no_repeat_ngram=n` (n >= 2)
+    removes, like the other extra constraints, any token that would repeat an n-gram of the
+    row's own answer, unless nothing else would be left (0: off; changing it recompiles).
 
     Example: `generate(pj.load_model("bundled:smollm2"), ["Hi!"], max_new_tokens=16)[0].text`.
     """
@@ -381,7 +388,8 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
     if adapter is not None:
         spec, guide_rows, normalised = _guide(model, reward or model, adapter, n, preference,
                                               preferences, guidance, safety_margin,
-                                              plausibility, banned_sequences, safety_stage)
+                                              plausibility, banned_sequences, safety_stage,
+                                              no_repeat_ngram)
         alpha_rows = np.asarray(guide_rows.guidance.preference)  # for the results
     elif reward is not None or preference is not None or preferences is not None:
         raise GuidanceError("guided decoding needs a Pv-Arm adapter (adapter=...)")
@@ -422,7 +430,7 @@ def _take_rows(x: jax.Array, rows: np.ndarray, size: int) -> jax.Array:
 
 
 def _guide(model: Model, reward: Model, adapter: Adapter, rows: int, preference, preferences,
-           weight, safety_margin, plausibility, banned, safety_stage):
+           weight, safety_margin, plausibility, banned, safety_stage, no_repeat_ngram=0):
     """Checks that base, Pv-Arm backbone and adapter fit together; per-row guidance settings."""
     check_adapter_fits(adapter, reward.config)
     if (model.mesh is None) != (reward.mesh is None) or (
@@ -436,7 +444,10 @@ def _guide(model: Model, reward: Model, adapter: Adapter, rows: int, preference,
                             f"{len(preferences)}")
     alpha, normalised = row_preferences(adapter, preference, rows, preferences)
     settings = Guidance.create(alpha, weight, safety_margin, plausibility, banned)
-    spec = GuideSpec(reward.config, adapter.config, vocab, safety_stage)
+    if no_repeat_ngram == 1 or no_repeat_ngram < 0:
+        raise GuidanceError(f"no_repeat_ngram must be 0 (off) or an n-gram size >= 2, got "
+                            f"{no_repeat_ngram}")
+    spec = GuideSpec(reward.config, adapter.config, vocab, safety_stage, int(no_repeat_ngram))
     return spec, GuideInputs(reward.params, adapter.params, settings), normalised
 
 

@@ -59,11 +59,16 @@ class GuidanceSettings:
     safety_margin: float = dataclasses.field(  # tau, nats; inf turns the safety stage off
         default=DEFAULT_SAFETY_MARGIN, metadata={"allow_infinity": True})
     plausibility: float = 0.0  # drop tokens below this fraction of the base's top probability
+    no_repeat_ngram: int = 0  # n >= 2: never repeat an n-gram of the answer (soft); 0: off
 
     def __post_init__(self):
         settings.coerce(self, "guidance settings", GuidanceError)
         settings.positive(self, "guidance settings", "guidance", "safety_margin",
-                          "plausibility", error=GuidanceError, allow_zero=True)
+                          "plausibility", "no_repeat_ngram", error=GuidanceError,
+                          allow_zero=True)
+        if self.no_repeat_ngram == 1:
+            raise GuidanceError("guidance settings: no_repeat_ngram must be 0 (off) or >= 2, "
+                                "got 1")
         if self.plausibility > 1.0:
             raise GuidanceError(f"guidance settings: plausibility must be in [0, 1], got "
                                 f"{self.plausibility}")
@@ -220,13 +225,39 @@ def recent_matches(recent: jax.Array, guidance: Guidance) -> jax.Array:
     return jnp.all((prefix_1xExW < 0) | (prefix_1xExW == recent_Bx1xW), axis=-1)
 
 
+def repeated_ngram_ban(generated: jax.Array, step: jax.Array, n: int, vocab: int) -> jax.Array:
+    """[B, vocab] bool: the tokens that would complete an n-gram the row has already generated.
+
+    `generated` [B, C] holds each row's new tokens (slots >= `step` not yet written). Only the
+    generated tokens count, not the prompt: an answer may quote its question. The suffix of the
+    row's last n - 1 tokens is compared with every earlier window of n - 1 tokens; the token that
+    followed a matching window is banned (transformers' `no_repeat_ngram_size`, on new tokens).
+    """
+    batch, slots = generated.shape
+    if n < 2 or slots < n:
+        return jnp.zeros((batch, vocab), bool)
+    width = n - 1
+    starts = slots - width  # windows whose following token lies inside the buffer
+    suffix_BxW = jax.lax.dynamic_slice(generated, (0, jnp.maximum(step - width, 0)),
+                                       (batch, width))
+    windows_BxSxW = jnp.stack([generated[:, k:k + starts] for k in range(width)], axis=-1)
+    # A window counts once its following token exists (start + width < step), and only when the
+    # row has a full suffix of its own (step >= width).
+    written = (jnp.arange(starts) + width < step) & (step >= width)
+    match_BxS = jnp.all(windows_BxSxW == suffix_BxW[:, None, :], axis=-1) & written[None]
+    following_BxS = jnp.clip(generated[:, width:], 0, vocab - 1)
+    return jnp.zeros((batch, vocab), bool).at[
+        jnp.arange(batch)[:, None], following_BxS].max(match_BxS)
+
+
 def guided_scores(base_logits: jax.Array, reward_logits: jax.Array, guidance: Guidance,
-                  recent: jax.Array | None, vocab: int):
+                  recent: jax.Array | None, vocab: int, repeats: jax.Array | None = None):
     """Scores over `vocab` tokens (-inf outside the allowed set) and per-row statistics.
 
     `base_logits` [B, >= vocab] are the base model's; `reward_logits` [R, >= vocab] the
     Pv-Arm's, R = B prosocial rows, then (when the safety stage runs) B safety rows. `recent`
-    [B, W] (None without banned sequences) holds each row's latest tokens.
+    [B, W] (None without banned sequences) holds each row's latest tokens; `repeats` [B, vocab]
+    (None: off) the tokens that would repeat an n-gram of the answer (`repeated_ngram_ban`).
     Returns (scores [B, vocab], safety override [B] bool, allowed-set size [B] int32).
     """
     batch = base_logits.shape[0]
@@ -258,6 +289,9 @@ def guided_scores(base_logits: jax.Array, reward_logits: jax.Array, guidance: Gu
             jnp.arange(batch)[:, None], jnp.clip(last, 0, vocab - 1)[None]].max(hits) > 0
         allowed = safe & ~banned
         allowed = jnp.where(jnp.any(allowed, axis=-1, keepdims=True), allowed, safe)
+    if repeats is not None:  # soft, like the banned sequences: never empties the set
+        fresh = allowed & ~repeats
+        allowed = jnp.where(jnp.any(fresh, axis=-1, keepdims=True), fresh, allowed)
     plausible = base >= (jnp.max(base, axis=-1, keepdims=True) + guidance.log_floor[:, None])
     with_floor = allowed & plausible
     allowed = jnp.where(jnp.any(with_floor, axis=-1, keepdims=True), with_floor, allowed)
@@ -276,6 +310,7 @@ class GuideSpec:
     adapter_config: AdapterConfig
     vocab: int  # tokens both models can emit
     safety_stage: bool  # False: the Pv-Arm runs on B rows (prosocial only), tau is ignored
+    no_repeat_ngram: int = 0  # n >= 2: no n-gram twice in an answer (soft); 0: off
 
 
 @struct.dataclass

@@ -51,6 +51,7 @@ class CompareSettings(HeldOutSettings):
     safety_margin: float = dataclasses.field(  # tau, nats; inf turns the safety stage off
         default=DEFAULT_SAFETY_MARGIN, metadata={"allow_infinity": True})
     plausibility: float = 0.0  # guided settings drop tokens below this x the base's top prob
+    no_repeat_ngram: int = 0  # guided settings never repeat an n-gram of their answer (0: off)
     # Also Pv-Arm guidance of the base model without and with the safety stage (what each
     # component adds); off, only base, DiReg and DiReg + Pv-Arm + safety are decoded.
     ablations: bool = True
@@ -59,7 +60,7 @@ class CompareSettings(HeldOutSettings):
     def __post_init__(self):
         super().__post_init__()
         settings_module.positive(self, self.where, "guidance", "safety_margin", "plausibility",
-                                 allow_zero=True)
+                                 "no_repeat_ngram", allow_zero=True)
         if self.plausibility > 1.0:
             raise ValueError(f"{self.where}: plausibility must be in [0, 1], got "
                              f"{self.plausibility}")
@@ -115,6 +116,7 @@ def run(models: dict[str, Model], reward: Model, adapter: Adapter, settings: Seq
         prompts: EvaluationPrompts, guidance: float = CompareSettings.guidance,
         safety_margin: float = CompareSettings.safety_margin,
         plausibility: float = CompareSettings.plausibility,
+        no_repeat_ngram: int = CompareSettings.no_repeat_ngram,
         max_new_tokens: int = CompareSettings.max_new_tokens,
         batch_size: int = CompareSettings.batch_size, generations_path: str | Path | None = None,
         progress: bool = True) -> list[dict[str, Any]]:
@@ -137,7 +139,8 @@ def run(models: dict[str, Model], reward: Model, adapter: Adapter, settings: Seq
                         batch_size=batch_size, progress=progress, adapter=adapter, reward=reward,
                         preferences=[s.preference for s in group for _ in texts],
                         guidance=guidance, safety_margin=safety_margin,
-                        plausibility=plausibility, safety_stage=safety_stage)
+                        plausibility=plausibility, no_repeat_ngram=no_repeat_ngram,
+                        safety_stage=safety_stage)
         for index, setting in enumerate(group):
             results[setting] = rows[index * len(texts):(index + 1) * len(texts)]
     if generations_path is not None:

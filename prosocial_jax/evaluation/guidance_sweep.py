@@ -42,12 +42,16 @@ class GuidanceSweepSettings:
 
     guidance: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # w
     safety_margin: tuple[float, ...] = dataclasses.field(  # tau, nats (inf: no safety stage)
-        default=(1.0, 2.0, 3.0, 5.0), metadata={"allow_infinity": True})
+        default=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0), metadata={"allow_infinity": True})
     plausibility: tuple[float, ...] = (0.0, 0.02, 0.1, 0.3)  # p, fraction of the base's top
     center_guidance: float = 1.0
-    center_safety_margin: float = dataclasses.field(default=2.0,
+    # The centre is a tight safety stage: the safety head's favourite beats its runner-up by
+    # well under a nat at most steps, so at tau >= 2 nearly every token the base model wants
+    # stays in the safe set and the stage rarely acts (README, "The guidance sweep").
+    center_safety_margin: float = dataclasses.field(default=0.5,
                                                     metadata={"allow_infinity": True})
     center_plausibility: float = 0.0
+    no_repeat_ngram: int = 0  # every guided point: never repeat an n-gram of the answer (0: off)
     preference: str | None = None  # one preference for every point (None: uniform)
     harmful_limit: int | None = None  # only the first N harmful prompts
     benign_limit: int | None = None  # only the first N benign / prosocial prompts
@@ -60,6 +64,7 @@ class GuidanceSweepSettings:
     def __post_init__(self):
         settings_module.coerce(self, self.where)
         settings_module.positive(self, self.where, "max_new_tokens", "batch_size")
+        settings_module.positive(self, self.where, "no_repeat_ngram", allow_zero=True)
         for knob in KNOBS:
             values = (*getattr(self, knob), getattr(self, f"center_{knob}"))
             if not getattr(self, knob) or any(v < 0 for v in values):
@@ -165,7 +170,8 @@ def run(model: Model, reward: Model, adapter: Adapter, prompts: Sequence[dict[st
         preference=settings.preference or ",".join(f"{a}=1" for a in adapter.config.attributes),
         guidance=[p["guidance"] for p in grid for _ in texts],
         safety_margin=[p["safety_margin"] for p in grid for _ in texts],
-        plausibility=[p["plausibility"] for p in grid for _ in texts])
+        plausibility=[p["plausibility"] for p in grid for _ in texts],
+        no_repeat_ngram=settings.no_repeat_ngram)
     judged = {UNGUIDED: _judged(UNGUIDED, prompts, plain, judge)}
     for index, point in enumerate(grid):
         judged[point_name(point)] = _judged(point_name(point), prompts,

@@ -16,7 +16,10 @@ out.
 Answers to harmful prompts are cut to at most 30 words, before any concrete step, quantity,
 ingredient or code, so the file commits no operational harmful detail (`truncated` says whether a
 row was cut); other answers keep at most 60 words (none needed cutting). The prompts are
-HarmBench's public behaviour strings, unchanged.
+HarmBench's public behaviour strings, unchanged. Rows v200-v210 came later, from `make
+guided-eval` with the safety attribute's winner anchor (its guided answers were the first to
+refuse with "I can't help ...", which HarmBench's keyword list misses): 11 refusals, four of
+them loops, labelled by the same rules.
 
 Every row was read and labelled by hand, as committed (the cut text, not the full generation):
 

@@ -46,7 +46,18 @@ def _log_softmax(x):
                                                                                          keepdims=True))
 
 
-def _reference_steps(base, reward, adapter, prompt, alpha, weight, tau, steps):
+def _repeats(answer, n):
+    """The tokens that would repeat an n-gram of `answer` (transformers' no_repeat_ngram rule,
+    written out on the answer's own tokens)."""
+    if n < 2 or len(answer) < n - 1:
+        return set()
+    seen = {}
+    for i in range(len(answer) - n + 1):
+        seen.setdefault(tuple(answer[i:i + n - 1]), set()).add(answer[i + n - 1])
+    return seen.get(tuple(answer[len(answer) - n + 1:]), set())
+
+
+def _reference_steps(base, reward, adapter, prompt, alpha, weight, tau, steps, no_repeat=0):
     """Full forwards of both models on the whole sequence every step, the rule applied literally.
     Per step: the token, whether the safety stage overrode the prosocial choice, the safe set's
     size."""
@@ -59,8 +70,11 @@ def _reference_steps(base, reward, adapter, prompt, alpha, weight, tau, steps):
         safe = lp_s >= lp_s.max() - tau
         score = lp_b + weight * lp_r
         overridden.append(not safe[np.argmax(score)])
-        safe_sizes.append(int(safe.sum()))
-        ids.append(int(np.argmax(np.where(safe, score, -np.inf))))
+        allowed = safe.copy()
+        allowed[list(_repeats(ids[len(prompt):], no_repeat))] = False
+        allowed = allowed if allowed.any() else safe  # the repeat ban never empties the set
+        safe_sizes.append(int(allowed.sum()))
+        ids.append(int(np.argmax(np.where(allowed, score, -np.inf))))
     return ids[len(prompt):], overridden, safe_sizes
 
 
@@ -120,6 +134,38 @@ def test_safety_stage_off_and_banned_sequences(models):
     assert t0 not in single
     prefix, last = banned_arrays([[4], [1, 2, 3]])
     assert prefix.tolist() == [[-1, -1], [1, 2]] and last.tolist() == [4, 3]
+
+
+def test_repeated_ngram_ban_against_the_written_out_rule():
+    rng = np.random.default_rng(0)
+    vocab = 5  # a small vocabulary, so that n-grams do repeat
+    generated = rng.integers(0, vocab, size=(3, 12)).astype(np.int32)
+    generated[0, :8] = [1, 2, 3, 1, 2, 3, 1, 2]  # a loop
+    for n in (2, 3, 4):
+        for step in range(13):
+            ban = np.asarray(guidance.repeated_ngram_ban(jnp.asarray(generated), step, n, vocab))
+            for row in range(3):
+                expected = _repeats(generated[row, :step].tolist(), n)
+                assert set(np.flatnonzero(ban[row]).tolist()) == expected, (n, step, row)
+    assert not guidance.repeated_ngram_ban(jnp.asarray(generated), 12, 0, vocab).any()
+
+
+def test_no_repeat_ngram_equals_step_by_step_reference(models):
+    base, reward, adapter = models
+    common = dict(max_new_tokens=STEPS, stop_tokens=[], adapter=adapter, reward=reward,
+                  preference=[0, 1, 0, 0, 0, 0], guidance=1.0, safety_margin=1.0)
+    plain = pj.generate(base, PROMPTS, **common)
+    # Random tiny models loop: without the ban some row repeats a bigram (the test can fail).
+    assert any(_repeats(r.tokens[:i], 2) & {r.tokens[i]}
+               for r in plain for i in range(1, STEPS))
+    guided = pj.generate(base, PROMPTS, no_repeat_ngram=2, **common)
+    for row, result in enumerate(guided):
+        tokens, _, _ = _reference_steps(base, reward, adapter, PROMPTS[row],
+                                        np.asarray([0, 1, 0, 0, 0, 0.0]), 1.0, 1.0, STEPS,
+                                        no_repeat=2)
+        assert result.tokens == tokens, row
+    with pytest.raises(GuidanceError, match="no_repeat_ngram must be 0"):
+        pj.generate(base, PROMPTS, no_repeat_ngram=1, **common)
 
 
 def test_changing_preferences_strengths_and_margins_does_not_recompile(models):

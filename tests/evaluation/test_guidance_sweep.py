@@ -15,7 +15,7 @@ from prosocial_jax.evaluation.guidance_sweep import GuidanceSweepSettings
 
 def test_points_vary_one_knob_at_a_time_around_the_centre():
     settings = GuidanceSweepSettings(guidance=(0.5, 1.0), safety_margin=(2.0, 4.0),
-                                     plausibility=(0.0, 0.1))
+                                     plausibility=(0.0, 0.1), center_safety_margin=2.0)
     assert settings.points() == [
         {"guidance": 1.0, "safety_margin": 2.0, "plausibility": 0.0},  # the centre, once
         {"guidance": 0.5, "safety_margin": 2.0, "plausibility": 0.0},

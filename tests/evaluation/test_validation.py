@@ -164,7 +164,7 @@ def test_bundled_responses_respect_the_caps(bundled):
 def test_bundled_harmful_prompts_are_harmbench_verbatim(bundled):
     behaviours = {row["Behavior"] for row in harmbench_behaviors("test")}
     harmful = {row["prompt"] for row in bundled if row["kind"] == "harmful"}
-    assert len(harmful) == 16
+    assert len(harmful) == 23  # the comparison's 16, and 7 more from guided-eval (v200-v210)
     assert harmful <= behaviours
 
 
@@ -235,7 +235,8 @@ def test_degeneracy_agreement_quoted_in_its_docstring(bundled):
     # degeneracy.py quotes its threshold's agreement on the half it was tuned on (odd ids) and on
     # the held-out half (even ids); the quoted numbers must be the measured ones.
     for parity, (n, accuracy, kappa) in {1: (100, 0.970, 0.911), 0: (99, 0.970, 0.925)}.items():
-        half = [row for row in bundled if int(row["id"][1:]) % 2 == parity]
+        half = [row for row in bundled  # v001-v199: the rows it was tuned and checked on
+                if int(row["id"][1:]) % 2 == parity and int(row["id"][1:]) < 200]
         result = agreement([is_degenerate(row["response"]) for row in half],
                            [row["labels"]["degenerate"] for row in half])
         assert result["n"] == n
