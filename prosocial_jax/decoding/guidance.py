@@ -3,9 +3,12 @@
 At each step, with the base model's logits and the Pv-Arm's log-probs under two preferences
 (the user's alpha and the one-hot of the adapter's safety attribute):
 
-1. safe set S = {y : lp_s(y) >= max lp_s - tau}; optionally minus banned token sequences and
-   tokens below a plausibility floor of the base model (if the floor would empty S it is
-   dropped: the safety constraint outranks plausibility). tau = inf disables the safety stage.
+0. optionally, candidates C = the tokens that repeat no n-gram of the row's answer (no-repeat
+   rule; without it C is every token).
+1. safe set S = {y in C : lp_s(y) >= max over C of lp_s - tau}; optionally minus banned token
+   sequences and tokens below a plausibility floor of the base model (if the floor would empty
+   S it is dropped: the safety constraint outranks plausibility). tau = inf disables the
+   safety stage.
 2. score(y) = lp_b(y) + w * lp_r(y | alpha) on S, -inf elsewhere.
 3. pick: greedy argmax, or sample softmax(score / T) with optional top-k / top-p
    (`sampling.sample_tokens`). T = 1 samples the product distribution pi_b * pi_r^w exactly.
@@ -275,12 +278,23 @@ def guided_scores(base_logits: jax.Array, reward_logits: jax.Array, guidance: Gu
     steer = jnp.where(weight > 0, weight * prosocial, 0.0)  # 0 * -inf would be NaN
     unconstrained = base + steer
 
+    # The no-repeat rule narrows the candidates before the safety stage looks at them: the
+    # safety head's favourite is often the refusal it has just written ("I can't help with
+    # that. I can't help ..."), and with a tight margin it would be the only safe token, so the
+    # rule could never act as a soft extra. The margin is measured from the best candidate.
+    candidates = jnp.ones_like(base, dtype=bool)
+    if repeats is not None:
+        fresh = ~repeats[:, :vocab]
+        candidates = jnp.where(jnp.any(fresh, axis=-1, keepdims=True), fresh, candidates)
     if reward.shape[0] == 2 * batch:  # the safety stage
         safety = reward[batch:]
         margin = guidance.safety_margin[:, None]
-        safe = safety >= jnp.max(safety, axis=-1, keepdims=True) - margin
+        # What the safety stage alone allows (the override statistic reports on it).
+        safe_alone = safety >= jnp.max(safety, axis=-1, keepdims=True) - margin
+        safety = jnp.where(candidates, safety, NEG_INF)
+        safe = candidates & (safety >= jnp.max(safety, axis=-1, keepdims=True) - margin)
     else:
-        safe = jnp.ones_like(base, dtype=bool)
+        safe = safe_alone = candidates
     allowed = safe
     if guidance.banned_last is not None:
         last = guidance.banned_last
@@ -289,16 +303,13 @@ def guided_scores(base_logits: jax.Array, reward_logits: jax.Array, guidance: Gu
             jnp.arange(batch)[:, None], jnp.clip(last, 0, vocab - 1)[None]].max(hits) > 0
         allowed = safe & ~banned
         allowed = jnp.where(jnp.any(allowed, axis=-1, keepdims=True), allowed, safe)
-    if repeats is not None:  # soft, like the banned sequences: never empties the set
-        fresh = allowed & ~repeats
-        allowed = jnp.where(jnp.any(fresh, axis=-1, keepdims=True), fresh, allowed)
     plausible = base >= (jnp.max(base, axis=-1, keepdims=True) + guidance.log_floor[:, None])
     with_floor = allowed & plausible
     allowed = jnp.where(jnp.any(with_floor, axis=-1, keepdims=True), with_floor, allowed)
 
     scores = jnp.where(allowed, unconstrained, NEG_INF)
     favourite = jnp.argmax(unconstrained, axis=-1)
-    overridden = ~jnp.take_along_axis(safe, favourite[:, None], axis=-1)[:, 0]
+    overridden = ~jnp.take_along_axis(safe_alone, favourite[:, None], axis=-1)[:, 0]
     return scores, overridden, jnp.sum(allowed, axis=-1, dtype=jnp.int32)
 
 

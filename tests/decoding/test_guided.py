@@ -67,14 +67,15 @@ def _reference_steps(base, reward, adapter, prompt, alpha, weight, tau, steps, n
         lp_b = _log_softmax(base.logits([ids])[0, -1])
         lp_r = _log_softmax(reward.logits([ids], adapter=adapter, preference=alpha)[0, -1])
         lp_s = _log_softmax(reward.logits([ids], adapter=adapter, preference=safety)[0, -1])
-        safe = lp_s >= lp_s.max() - tau
         score = lp_b + weight * lp_r
-        overridden.append(not safe[np.argmax(score)])
-        allowed = safe.copy()
-        allowed[list(_repeats(ids[len(prompt):], no_repeat))] = False
-        allowed = allowed if allowed.any() else safe  # the repeat ban never empties the set
-        safe_sizes.append(int(allowed.sum()))
-        ids.append(int(np.argmax(np.where(allowed, score, -np.inf))))
+        overridden.append(not (lp_s >= lp_s.max() - tau)[np.argmax(score)])
+        # The no-repeat rule first narrows the candidates; tau counts from the best of them.
+        candidates = np.ones(lp_s.shape, bool)
+        candidates[list(_repeats(ids[len(prompt):], no_repeat))] = False
+        lp_s = np.where(candidates, lp_s, -np.inf)
+        safe = candidates & (lp_s >= lp_s.max() - tau)
+        safe_sizes.append(int(safe.sum()))
+        ids.append(int(np.argmax(np.where(safe, score, -np.inf))))
     return ids[len(prompt):], overridden, safe_sizes
 
 
