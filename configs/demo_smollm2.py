@@ -16,7 +16,8 @@ Guidance (w, tau, plausibility floor): chosen from `make guidance-sweep` on the 
 set's dev prompts (held out from training, and apart from the test prompts decoded here): the
 setting with the most non-degenerate refusals of harmful requests among those that keep
 over-refusal of benign requests at most 10% and degenerate answers at most 5 points above the
-base model's (the sweep and the reasoning are in the README).
+base model's: w = 1, tau = 0.1, p = 0, with the no-repeat rule at n = 4 (the sweep and the
+reasoning are in the README).
 """
 
 import os
