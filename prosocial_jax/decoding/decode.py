@@ -361,8 +361,8 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
     (scalars or one per row; tau = inf disables the safety stage for that row). None of these
     recompile when they change. `safety_stage=False` compiles the Pv-Arm forward for the
     prosocial rows only (half its cost; tau is then ignored). `no_repeat_ngram=n` (n >= 2)
-    removes, like the other extra constraints, any token that would repeat an n-gram of the
-    row's own answer, unless nothing else would be left (0: off; changing it recompiles).
+    removes any token that would repeat an n-gram of the row's own answer before the safety
+    stage looks (tau counts from the best remaining token; 0: off; changing it recompiles).
 
     Example: `generate(pj.load_model("bundled:smollm2"), ["Hi!"], max_new_tokens=16)[0].text`.
     """

@@ -62,7 +62,7 @@ class GuidanceSettings:
     safety_margin: float = dataclasses.field(  # tau, nats; inf turns the safety stage off
         default=DEFAULT_SAFETY_MARGIN, metadata={"allow_infinity": True})
     plausibility: float = 0.0  # drop tokens below this fraction of the base's top probability
-    no_repeat_ngram: int = 0  # n >= 2: never repeat an n-gram of the answer (soft); 0: off
+    no_repeat_ngram: int = 0  # n >= 2: never repeat an n-gram of the answer; 0: off
 
     def __post_init__(self):
         settings.coerce(self, "guidance settings", GuidanceError)
@@ -284,7 +284,7 @@ def guided_scores(base_logits: jax.Array, reward_logits: jax.Array, guidance: Gu
     # rule could never act as a soft extra. The margin is measured from the best candidate.
     candidates = jnp.ones_like(base, dtype=bool)
     if repeats is not None:
-        fresh = ~repeats[:, :vocab]
+        fresh = ~repeats
         candidates = jnp.where(jnp.any(fresh, axis=-1, keepdims=True), fresh, candidates)
     if reward.shape[0] == 2 * batch:  # the safety stage
         safety = reward[batch:]
