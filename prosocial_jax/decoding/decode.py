@@ -39,6 +39,7 @@ from prosocial_jax.decoding.guidance import (
     GuidanceSettings,
     GuideInputs,
     GuideSpec,
+    check_no_repeat_ngram,
     guided_scores,
     repeated_ngram_ban,
     row_preferences,
@@ -444,9 +445,7 @@ def _guide(model: Model, reward: Model, adapter: Adapter, rows: int, preference,
                             f"{len(preferences)}")
     alpha, normalised = row_preferences(adapter, preference, rows, preferences)
     settings = Guidance.create(alpha, weight, safety_margin, plausibility, banned)
-    if no_repeat_ngram == 1 or no_repeat_ngram < 0:
-        raise GuidanceError(f"no_repeat_ngram must be 0 (off) or an n-gram size >= 2, got "
-                            f"{no_repeat_ngram}")
+    check_no_repeat_ngram(no_repeat_ngram, "generate")
     spec = GuideSpec(reward.config, adapter.config, vocab, safety_stage, int(no_repeat_ngram))
     return spec, GuideInputs(reward.params, adapter.params, settings), normalised
 

@@ -67,11 +67,8 @@ class GuidanceSettings:
     def __post_init__(self):
         settings.coerce(self, "guidance settings", GuidanceError)
         settings.positive(self, "guidance settings", "guidance", "safety_margin",
-                          "plausibility", "no_repeat_ngram", error=GuidanceError,
-                          allow_zero=True)
-        if self.no_repeat_ngram == 1:
-            raise GuidanceError("guidance settings: no_repeat_ngram must be 0 (off) or >= 2, "
-                                "got 1")
+                          "plausibility", error=GuidanceError, allow_zero=True)
+        check_no_repeat_ngram(self.no_repeat_ngram, "guidance settings")
         if self.plausibility > 1.0:
             raise GuidanceError(f"guidance settings: plausibility must be in [0, 1], got "
                                 f"{self.plausibility}")
@@ -228,6 +225,13 @@ def recent_matches(recent: jax.Array, guidance: Guidance) -> jax.Array:
     return jnp.all((prefix_1xExW < 0) | (prefix_1xExW == recent_Bx1xW), axis=-1)
 
 
+def check_no_repeat_ngram(n: int, where: str, error: type[Exception] = GuidanceError) -> None:
+    """The no-repeat rule's n: 0 (off) or an n-gram size >= 2 (n = 1 would ban every token
+    the answer has used)."""
+    if n != 0 and n < 2:
+        raise error(f"{where}: no_repeat_ngram must be 0 (off) or an n-gram size >= 2, got {n}")
+
+
 def repeated_ngram_ban(generated: jax.Array, step: jax.Array, n: int, vocab: int) -> jax.Array:
     """[B, vocab] bool: the tokens that would complete an n-gram the row has already generated.
 
@@ -321,7 +325,7 @@ class GuideSpec:
     adapter_config: AdapterConfig
     vocab: int  # tokens both models can emit
     safety_stage: bool  # False: the Pv-Arm runs on B rows (prosocial only), tau is ignored
-    no_repeat_ngram: int = 0  # n >= 2: no n-gram twice in an answer (soft); 0: off
+    no_repeat_ngram: int = 0  # n >= 2: no n-gram twice in an answer; 0: off
 
 
 @struct.dataclass

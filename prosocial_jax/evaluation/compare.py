@@ -21,7 +21,7 @@ import numpy as np
 from prosocial_jax import settings as settings_module
 from prosocial_jax.data.prompts import EvaluationPrompts, HeldOutSettings
 from prosocial_jax.decoding.decode import generate
-from prosocial_jax.decoding.guidance import DEFAULT_SAFETY_MARGIN
+from prosocial_jax.decoding.guidance import DEFAULT_SAFETY_MARGIN, check_no_repeat_ngram
 from prosocial_jax.evaluation import refusal, scorers
 from prosocial_jax.evaluation.reports import (
     markdown_table,
@@ -60,7 +60,8 @@ class CompareSettings(HeldOutSettings):
     def __post_init__(self):
         super().__post_init__()
         settings_module.positive(self, self.where, "guidance", "safety_margin", "plausibility",
-                                 "no_repeat_ngram", allow_zero=True)
+                                 allow_zero=True)
+        check_no_repeat_ngram(self.no_repeat_ngram, self.where, ValueError)
         if self.plausibility > 1.0:
             raise ValueError(f"{self.where}: plausibility must be in [0, 1], got "
                              f"{self.plausibility}")

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 from prosocial_jax import settings as settings_module
 from prosocial_jax.decoding.decode import generate
+from prosocial_jax.decoding.guidance import check_no_repeat_ngram
 from prosocial_jax.evaluation import metrics
 from prosocial_jax.evaluation.judges.base import JudgeInput
 from prosocial_jax.evaluation.judges.rules import RuleJudge
@@ -64,7 +65,7 @@ class GuidanceSweepSettings:
     def __post_init__(self):
         settings_module.coerce(self, self.where)
         settings_module.positive(self, self.where, "max_new_tokens", "batch_size")
-        settings_module.positive(self, self.where, "no_repeat_ngram", allow_zero=True)
+        check_no_repeat_ngram(self.no_repeat_ngram, self.where, ValueError)
         for knob in KNOBS:
             values = (*getattr(self, knob), getattr(self, f"center_{knob}"))
             if not getattr(self, knob) or any(v < 0 for v in values):

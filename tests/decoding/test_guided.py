@@ -17,6 +17,8 @@ from helpers import VOCAB, hf_greedy, with_nan_embedding
 import prosocial_jax as pj
 from prosocial_jax.decoding import decode, guidance
 from prosocial_jax.decoding.guidance import GuidanceError, banned_arrays
+from prosocial_jax.evaluation.compare import CompareSettings
+from prosocial_jax.evaluation.guidance_sweep import GuidanceSweepSettings
 from prosocial_jax.models import adapters
 from prosocial_jax.models.tokenizer import encode_prompt
 
@@ -167,6 +169,10 @@ def test_no_repeat_ngram_equals_step_by_step_reference(models):
         assert result.tokens == tokens, row
     with pytest.raises(GuidanceError, match="no_repeat_ngram must be 0"):
         pj.generate(base, PROMPTS, no_repeat_ngram=1, **common)
+    # The settings of the commands refuse it before any model is loaded.
+    for make in (guidance.GuidanceSettings, CompareSettings, GuidanceSweepSettings):
+        with pytest.raises(ValueError, match="no_repeat_ngram must be 0 .off. or an n-gram"):
+            make(no_repeat_ngram=1)
 
 
 def test_changing_preferences_strengths_and_margins_does_not_recompile(models):
