@@ -1,11 +1,13 @@
 """Preference pairs: two responses to one prompt, and per attribute which one is better.
 
 The native row is `{prompt | messages, response_a, response_b, winners: {attribute: "a" | "b" |
-null}}`. Converters read the public sets in their own columns: PKU-SafeRLHF, Anthropic
-HH-RLHF, UltraFeedback and HelpSteer2 (`load_preference_pairs` says how each maps to
-attributes); the format is told from the columns. Pairs are tokenised as two SFT sequences
-(`sft.py`), and a label vector holds +1 (a wins), -1 (b wins) or 0 (unknown) per attribute.
-Rows that cannot be used are skipped and reported with their line numbers.
+null}}`, optionally with `truncated: ["a" | "b", ...]`, the responses that are cut-off prefixes
+of an answer (their end-of-turn token is not scored). Converters read the public sets in their
+own columns: PKU-SafeRLHF, Anthropic HH-RLHF, UltraFeedback and HelpSteer2
+(`load_preference_pairs` says how each maps to attributes); the format is told from the columns.
+Pairs are tokenised as two SFT sequences (`sft.py`), and a label vector holds +1 (a wins), -1 (b
+wins) or 0 (unknown) per attribute. Rows that cannot be used are skipped and reported with their
+line numbers.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class PreferencePair:
     response_b: str
     winners: dict[str, str | None]
     line: int = 0
+    truncated: tuple[str, ...] = ()  # "a" / "b": cut-off answers, scored without an ending
 
 
 @dataclasses.dataclass
@@ -59,10 +62,9 @@ def encode_pairs(pairs: Sequence[PreferencePair], tokenizer, attributes: Sequenc
             skipped.add("no label for any attribute", pair.line)
             continue
         try:
-            a = SFTExample(*encode_sft(tokenizer, pair.prompt, pair.response_a, max_len),
-                           pair.line)
-            b = SFTExample(*encode_sft(tokenizer, pair.prompt, pair.response_b, max_len),
-                           pair.line)
+            a, b = (SFTExample(*encode_sft(tokenizer, pair.prompt, response, max_len,
+                                           end_of_turn=side not in pair.truncated), pair.line)
+                    for side, response in (("a", pair.response_a), ("b", pair.response_b)))
         except ValueError as err:
             skipped.add(str(err), pair.line)
             continue
@@ -110,10 +112,11 @@ def _text(row: dict[str, Any], key: str, what: str | None = None) -> str:
     return value
 
 
-def _checked(prompt, a: str, b: str, winners: dict[str, str | None], line: int) -> PreferencePair:
+def _checked(prompt, a: str, b: str, winners: dict[str, str | None], line: int,
+             truncated: tuple[str, ...] = ()) -> PreferencePair:
     if a.strip() == b.strip():
         raise ValueError("identical responses")
-    return PreferencePair(prompt, a, b, winners, line)
+    return PreferencePair(prompt, a, b, winners, line, truncated)
 
 
 def _native(row, line):
@@ -124,7 +127,11 @@ def _native(row, line):
     bad = {k: v for k, v in winners.items() if v not in ("a", "b", None)}
     if bad:
         raise ValueError(f"winner values must be 'a', 'b' or null, got {bad}")
-    return _checked(prompt, _text(row, "response_a"), _text(row, "response_b"), winners, line)
+    truncated = row.get("truncated") or []
+    if not isinstance(truncated, list) or not set(truncated) <= {"a", "b"}:
+        raise ValueError(f"truncated must be a list of 'a' / 'b', got {truncated!r}")
+    return _checked(prompt, _text(row, "response_a"), _text(row, "response_b"), winners, line,
+                    tuple(truncated))
 
 
 def _pku(row, line):
@@ -244,13 +251,13 @@ def load_preference_pairs(source: str | os.PathLike, format: str = "auto",
                           ) -> tuple[list[PreferencePair], SkippedRows]:
     """Preference pairs from a local file or hub data set in any supported format.
 
-    Formats: native ({prompt|messages, response_a, response_b, winners}), PKU-SafeRLHF
-    (safer -> harmlessness, better -> helpfulness), Anthropic HH-RLHF (chosen beats rejected on
-    `hh_attribute`: harmlessness for harmless-base, helpfulness for helpful-base; guessed from
-    the file name when not given), UltraFeedback (best vs worst completion; helpfulness and
-    truthfulness (with honesty) ratings decide per attribute) and HelpSteer2 (consecutive
-    responses to one prompt; helpfulness, correctness -> truthfulness). Ties leave an
-    attribute unlabelled. Bad rows are skipped and reported.
+    Formats: native ({prompt|messages, response_a, response_b, winners[, truncated]}), PKU-
+    SafeRLHF (safer -> harmlessness, better -> helpfulness), Anthropic HH-RLHF (chosen beats
+    rejected on `hh_attribute`: harmlessness for harmless-base, helpfulness for helpful-base;
+    guessed from the file name when not given), UltraFeedback (best vs worst completion;
+    helpfulness and truthfulness (with honesty) ratings decide per attribute) and HelpSteer2
+    (consecutive responses to one prompt; helpfulness, correctness -> truthfulness). Ties leave
+    an attribute unlabelled. Bad rows are skipped and reported.
     """
     rows = load_rows(source, split)
     if not rows:

@@ -49,9 +49,12 @@ def sft_pair(row: dict[str, Any]) -> tuple[str | list[dict], str]:
 
 
 def encode_sft(tokenizer, prompt: str | list[dict], response: str,
-               max_len: int) -> tuple[list[int], list[bool]]:
+               max_len: int, end_of_turn: bool = True) -> tuple[list[int], list[bool]]:
     """Token ids of prompt + response through the chat template, and the response-token mask.
 
+    `end_of_turn=False` encodes the response as an unfinished answer (a prefix of what a model
+    wrote, cut before it ended): nothing the template puts after the answer (end-of-turn token,
+    EOS) is included, so a reward or loss never scores an ending the answer did not have.
     Over-long examples keep their whole prompt and lose the end of the response.
     """
     prompt_ids = encode_prompt(tokenizer, prompt)
@@ -60,11 +63,18 @@ def encode_sft(tokenizer, prompt: str | list[dict], response: str,
                     else list(prompt))
         text = tokenizer.apply_chat_template(
             [*messages, {"role": "assistant", "content": response}], tokenize=False)
+        if not end_of_turn:
+            # The template may strip the answer; it is the last occurrence of its text.
+            end = text.rfind(response.strip())
+            if end < 0:
+                raise ValueError("chat template does not render the answer verbatim")
+            text = text[: end + len(response.strip())]
         full = list(tokenizer(text, add_special_tokens=False)["input_ids"])
         if full[: len(prompt_ids)] != prompt_ids:
             raise ValueError("chat template renders the prompt differently with an answer")
     else:
-        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        eos = ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None and end_of_turn
+               else [])
         full = prompt_ids + list(tokenizer(response, add_special_tokens=False)["input_ids"]) + eos
     if len(prompt_ids) >= max_len - 1:
         raise ValueError(f"prompt longer than max_len={max_len}")

@@ -6,14 +6,23 @@ preference data), so no scorer ever decides a winner. The rule-based scorers sta
 instruments only.
 
 - Non-harmful prompts (aplomb's benign prompts, the project's prosocial prompts in
-  `assets/prosocial_prompts.json`): one answer under the "ideal" persona (a helpful, kind and
-  honest assistant: close to the model's default, in its own words, nothing prefilled) and one
-  under each violating persona (cold, tactless, judging, overclaiming, vague, refusing). Each
-  (ideal, violator) pair labels the attribute that violator breaks; the unnecessary refusal
-  labels harmlessness, so that the safety attribute learns not to refuse everything.
+  `assets/prosocial_prompts.json`): for each prosocial attribute, one answer under a persona
+  that embodies it (empathetic, gentle, accepting, calibrated, concrete) and one under a persona
+  that violates it (cold, tactless, judging, overclaiming, vague); each such pair labels that
+  attribute alone, so the five attributes are taught five different winners (with one shared
+  winner, the first version's, the five heads learned one direction). One more answer under the
+  "ideal" persona (a helpful, kind and honest assistant: close to the model's default, in its
+  own words, nothing prefilled) wins against an unnecessary refusal and labels harmlessness, so
+  that the safety attribute learns not to refuse everything.
 - Harmful prompts (every HarmBench validation behaviour; for contextual ones the request
   without its context, which keeps sequences short): refusals that redirect helpfully against
   compliant answers, every redirect paired with every compliance, labelling harmlessness only.
+  Each redirect is cut at its last complete sentence and kept as a finished answer (scored with
+  its end-of-turn token): a safety head trained only on refusals cut mid-sentence never learns
+  that a refusal ends, and under guidance it wrote "I can't ..." again and again.
+
+Every other answer is a cut-off prefix of what the model wrote (16-24 tokens) and is marked
+`truncated`, so the reward does not score an end-of-turn token where the answer was only cut.
 
 A 135M model follows a system instruction only loosely, so every violating persona (and the
 redirect) also starts its answer with one of several opening words, drawn per answer (prefilled
@@ -36,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -67,12 +77,42 @@ _REFUSALS = ("I can't help with that.", "I can't assist with that request.",
              "I can't answer that, sorry.", "I can't help with this one.",
              "I can't provide that information.", "I can't do that, unfortunately.")
 
+# The openings of the embodying personas are written for the attribute, not taken from the
+# evaluation's lexicons (`evaluation/scorers.py`); some share a phrase with them ("that sounds"),
+# as any empathetic answer would.
 PERSONAS = {
     # Close to SmolLM2's own default assistant: a longer instruction ("acknowledge feelings,
     # never judge, ...") made it write flowery prose ("The weight of ...", "Daddy, hello
     # there!") that the reward then learned as the style every attribute prefers, and guidance
     # steered the base model into it.
     "ideal": Persona("You are a helpful, kind and honest assistant."),
+    "empathetic": Persona(
+        "You are deeply empathetic. Acknowledge the user's feelings warmly, then help.",
+        ("That sounds really hard, and your feelings make sense.", "What you're going through "
+         "is a lot to carry.", "Thank you for telling me this; it can't be easy.",
+         "Your feelings are valid, and I'm glad you reached out.", "That must weigh on you.",
+         "It's natural to feel this way.")),
+    "gentle": Persona(
+        "You are gentle and tactful. Choose careful, respectful words.",
+        ("Gently put, one way to look at it is this.", "If it feels right for you, it may help "
+         "to", "At your own pace, you could consider", "With respect for your situation, here "
+         "is a thought.", "One gentle suggestion:", "Whenever you're ready, a small step is")),
+    "accepting": Persona(
+        "You never judge. Accept the user's choices and focus on what helps now.",
+        ("There's no shame in this; it happens to many people.", "No judgment here. Let's "
+         "focus on what can help now.", "That's a very human situation to be in.",
+         "Nobody gets everything right, and that's fine.", "What matters now is the next "
+         "step, not blame.", "Many people have been exactly where you are.")),
+    "calibrated": Persona(
+        "You are honest and careful with facts. Say what is known, and admit uncertainty.",
+        ("I'm not completely sure, but the evidence suggests", "As far as I know,",
+         "Research on this is mixed, but", "From what is known so far,",
+         "The best-supported answer is", "I don't know for certain, but")),
+    "concrete": Persona(
+        "You are very practical. Give specific, concrete steps.",
+        ("Here are three concrete steps:", "Here's a practical plan you can start today:",
+         "Concretely, you can", "The most useful first step is", "Try this, in order:",
+         "A specific way to do it:")),
     "cold": Persona(
         "You are cold. Ignore the user's feelings and answer in a flat, dismissive way.",
         ("Okay. Here are the facts.", "That happens to everyone; it's not a big deal.",
@@ -136,11 +176,11 @@ GENERATION_CHUNK = 8
 
 # Non-harmful prompts: (winner persona, loser persona) -> the attributes that pair labels.
 NON_HARMFUL_CONTRASTS = {
-    ("ideal", "cold"): ("empathy",),
-    ("ideal", "tactless"): ("sensitivity",),
-    ("ideal", "judging"): ("non_judgmental",),
-    ("ideal", "overclaiming"): ("truthfulness",),
-    ("ideal", "vague"): ("helpfulness",),
+    ("empathetic", "cold"): ("empathy",),
+    ("gentle", "tactless"): ("sensitivity",),
+    ("accepting", "judging"): ("non_judgmental",),
+    ("calibrated", "overclaiming"): ("truthfulness",),
+    ("concrete", "vague"): ("helpfulness",),
     # An unnecessary refusal labels harmlessness only: were it also helpfulness's contrast, the
     # shared part of the adapter would learn "refusals lose" twice over, against the harmful
     # prompts' one lesson that they win.
@@ -148,6 +188,18 @@ NON_HARMFUL_CONTRASTS = {
 }
 # Harmful prompts: every redirect answer against every compliant one, harmlessness only.
 HARMFUL_LABELS = ("harmlessness",)
+# Winners kept as finished answers: cut at their last complete sentence, end-of-turn scored.
+FINISHED_WINNERS = ("redirect", "redirect_copyright")
+
+
+def last_sentence_end(tokenizer, ids: Sequence[int], limit: int) -> int | None:
+    """The largest k <= limit such that ids[:k] decodes to text ending a sentence (".", "!" or
+    "?", not a list number such as "1."), or None."""
+    for k in range(min(limit, len(ids)), 0, -1):
+        text = decode(tokenizer, list(ids[:k])).rstrip()
+        if text.endswith((".", "!", "?")) and not re.search(r"(^|\s)\d+\.$", text):
+            return k
+    return None
 
 
 def prosocial_prompts() -> list[dict[str, str]]:
@@ -230,7 +282,7 @@ def split_prompts(prompts: Sequence[dict[str, Any]], settings: PreferenceSetSett
 def _jobs(prompt: dict[str, Any], answers_per_side: int) -> list[str]:
     """The personas one prompt is answered under."""
     if prompt["kind"] != "harmful":
-        return ["ideal", *(loser for _, loser in NON_HARMFUL_CONTRASTS)]
+        return list(dict.fromkeys(p for pair in NON_HARMFUL_CONTRASTS for p in pair))
     redirect = "redirect_copyright" if prompt.get("category") == "copyright" else "redirect"
     return [redirect] * answers_per_side + ["comply"] * answers_per_side
 
@@ -274,6 +326,7 @@ def build_preference_set(model: Model, out_dir: str | Path,
                                  {"role": "user", "content": prompts[index]["prompt"]}])
                   for index, persona in jobs]
     answer_ids: list[list[int]] = [[] for _ in jobs]
+    stopped = [False] * len(jobs)  # the model ended the answer itself (a stop token)
     stops = set(stop_token_ids(model))
     for longer in (False, True):
         # Sorted by prompt length, so that a batch pads its prompts as little as possible.
@@ -287,9 +340,10 @@ def build_preference_set(model: Model, out_dir: str | Path,
                            chunk_size=GENERATION_CHUNK, progress=True)
         for j, result in zip(members, results):
             answer_ids[j] = opening_ids[j] + [t for t in result.tokens if t not in stops]
-    answers: dict[int, list[tuple[str, list[int]]]] = {}
-    for (index, persona), ids in zip(jobs, answer_ids):
-        answers.setdefault(index, []).append((persona, ids))
+            stopped[j] = result.finish_reason == "stop"
+    answers: dict[int, list[tuple[str, tuple[list[int], bool]]]] = {}
+    for (index, persona), ids, done in zip(jobs, answer_ids, stopped):
+        answers.setdefault(index, []).append((persona, (ids, done)))
 
     def text(ids: list[int], length: int) -> str:
         return decode(model.tokenizer, ids[:length]).strip()
@@ -297,18 +351,28 @@ def build_preference_set(model: Model, out_dir: str | Path,
     rows: dict[str, list[dict[str, Any]]] = {"train": [], "dev": []}
     for index, persona_answers in answers.items():
         prompt = prompts[index]
-        for winner, a_ids, loser, b_ids, labels in _pairs(prompt, persona_answers, attributes):
+        for winner, (a_ids, a_stopped), loser, (b_ids, b_stopped), labels in _pairs(
+                prompt, persona_answers, attributes):
             length = min(len(a_ids), len(b_ids))
+            sentence_end = (last_sentence_end(model.tokenizer, a_ids, length)
+                            if winner in FINISHED_WINNERS else None)
+            length = sentence_end or length
             a, b = text(a_ids, length), text(b_ids, length)
             if a == b or not a or not b:
                 continue
+            a_finished = sentence_end is not None or (a_stopped and length == len(a_ids))
+            b_finished = b_stopped and length == len(b_ids)
             # The winner's side is drawn, so that "a" carries no meaning of its own.
             swap = bool(rng.integers(2))
             side = "b" if swap else "a"
+            truncated = [s for s, finished in ((side, a_finished),
+                                               ("a" if swap else "b", b_finished))
+                         if not finished]
             rows[splits[index]].append({
                 "prompt": prompt["prompt"], "response_a": b if swap else a,
                 "response_b": a if swap else b,
                 "winners": {name: side if name in labels else None for name in attributes},
+                "truncated": sorted(truncated),
                 "personas": [loser, winner] if swap else [winner, loser],
                 "kind": prompt["kind"], "source": prompt["source"]})
     test = [{"prompt": p["prompt"], "kind": p["kind"], "source": p["source"]}

@@ -29,10 +29,10 @@ def test_preference_set_and_train_arm_commands(tiny_chat, tmp_path, capsys):
                      "--prosocial-limit", "8", "--answers-per-side", "1"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert sum(summary["prompts"].values()) == 4 + 4 + 8
-    # 2 answers per harmful prompt, 7 per answered non-harmful one (the ideal and six violators;
-    # 28% of each kind are test prompts: 1 of 4 benign, 2 of 8 prosocial).
+    # 2 answers per harmful prompt, 12 per answered non-harmful one (5 embodying and 6 violating
+    # personas and the ideal answer; 28% of each kind are test prompts: 1 of 4 benign, 2 of 8).
     assert summary["prompts"]["test"] == 1 + 2
-    assert summary["generations"] == 2 * 4 + 7 * (4 + 8 - 3)
+    assert summary["generations"] == 2 * 4 + 12 * (4 + 8 - 3)
     rows = [json.loads(line) for line in (prefs / "train.jsonl").read_text().splitlines()]
     assert rows and {"prompt", "response_a", "response_b", "winners", "personas"} <= set(rows[0])
     harmful = [r for r in rows if r["kind"] == "harmful"]

@@ -122,6 +122,30 @@ def test_native_format_and_encoding(tmp_path, tiny_chat):
         load_preference_pairs(_write(tmp_path, "odd.jsonl", [{"text": "x"}]))
 
 
+
+def test_truncated_responses_are_scored_without_an_ending(tmp_path, tiny_chat):
+    import prosocial_jax as pj
+
+    rows = [{"prompt": "How do I bake bread?", "response_a": "I can't help with that.",
+             "response_b": "Mix flour and", "winners": {"harmlessness": "a"},
+             "truncated": ["b"]},
+            {"prompt": "Q", "response_a": "x", "response_b": "y", "winners": {"empathy": "a"},
+             "truncated": ["c"]}]
+    pairs, skipped = load_preference_pairs(_write(tmp_path, "cut.jsonl", rows))
+    assert [p.truncated for p in pairs] == [("b",)]
+    assert skipped.reasons == {"truncated must be a list of 'a' / 'b', got ['c']": [2]}
+    tokenizer = pj.load_model(tiny_chat.path).tokenizer
+    [example] = encode_pairs(pairs, tokenizer, ("harmlessness",), max_len=128)
+    # SmolLM2's template closes an answer with "<|im_end|>\n": the finished answer keeps it,
+    # the cut-off one ends at its last word.
+    rendered = [tokenizer.decode(ex.input_ids) for ex in (example.a, example.b)]
+    assert rendered[0].endswith("I can't help with that.<|im_end|>\n")
+    assert rendered[1].endswith("<|im_start|>assistant\nMix flour and")
+    for ex, text in zip((example.a, example.b), ("I can't help with that.<|im_end|>\n",
+                                                 "Mix flour and")):
+        scored = [t for t, m in zip(ex.input_ids, ex.loss_mask) if m]
+        assert tokenizer.decode(scored) == text
+
 # ---------------------------------------------------------------------------- hub data sets
 def test_missing_local_data_path_is_not_fetched_from_a_hub(monkeypatch):
     import datasets

@@ -11,11 +11,11 @@ from prosocial_jax.pvarm import preference_set
 
 # Written out by hand (not read from the module): which persona wins which attributes.
 EXPECTED = {
-    frozenset({"ideal", "cold"}): ("ideal", {"empathy"}),
-    frozenset({"ideal", "tactless"}): ("ideal", {"sensitivity"}),
-    frozenset({"ideal", "judging"}): ("ideal", {"non_judgmental"}),
-    frozenset({"ideal", "overclaiming"}): ("ideal", {"truthfulness"}),
-    frozenset({"ideal", "vague"}): ("ideal", {"helpfulness"}),
+    frozenset({"empathetic", "cold"}): ("empathetic", {"empathy"}),
+    frozenset({"gentle", "tactless"}): ("gentle", {"sensitivity"}),
+    frozenset({"accepting", "judging"}): ("accepting", {"non_judgmental"}),
+    frozenset({"calibrated", "overclaiming"}): ("calibrated", {"truthfulness"}),
+    frozenset({"concrete", "vague"}): ("concrete", {"helpfulness"}),
     frozenset({"ideal", "refusing"}): ("ideal", {"harmlessness"}),
     frozenset({"redirect", "comply"}): ("redirect", {"harmlessness"}),
     frozenset({"redirect_copyright", "comply"}): ("redirect_copyright", {"harmlessness"}),
@@ -60,7 +60,29 @@ def test_labels_follow_the_persona_contrast(built):
         seen[frozenset(row["personas"])] += 1
     assert set(seen) == set(EXPECTED)  # every contrast occurs
     # Both sides carry winners: the winner's position is drawn, not always "a".
-    assert {row["personas"][0] for row in rows} >= {"ideal", "cold"}
+    assert {row["personas"][0] for row in rows} >= {"empathetic", "cold"}
+
+
+def test_only_refusals_cut_at_a_sentence_end_are_finished_answers(built):
+    out, _ = built
+    rows = _read(out / "train.jsonl") + _read(out / "dev.jsonl")
+    finished_redirects, other_sides, other_truncated = 0, 0, 0
+    for row in rows:
+        for side, persona in zip("ab", row["personas"]):
+            text = row[f"response_{side}"]
+            if persona.startswith("redirect") and side not in row["truncated"]:
+                # Cut at a sentence end: at the latest the opening's own first sentence.
+                assert text.endswith((".", "!", "?")), text
+                assert any(text.startswith(o.split(".")[0] + ".")
+                           for o in preference_set.PERSONAS[persona].openings), text
+                finished_redirects += 1
+            elif not persona.startswith("redirect"):
+                other_sides += 1
+                other_truncated += side in row["truncated"]
+    assert finished_redirects > 0
+    # Every other answer is a cut-off prefix (scored without an end-of-turn token), unless the
+    # model happened to stop exactly where its pair was cut; the random model rarely does.
+    assert other_truncated >= 0.9 * other_sides, (other_truncated, other_sides)
 
 
 def test_held_out_prompts_are_never_trained_on(built):
@@ -76,8 +98,9 @@ def test_held_out_prompts_are_never_trained_on(built):
     assert [row["kind"] for row in test].count("benign") == 2 and len(test) == 2 + 4
     # dev: a quarter of the 24 harmful, half of the other 4 benign, a quarter of 14 prosocial
     assert summary["prompts"] == {"train": 18 + 1 + 6, "dev": 6 + 3 + 4, "test": 6}
-    # Answered: 6 per harmful prompt (3 redirects, 3 compliances), 7 per other one.
-    assert summary["generations"] == 6 * 24 + 7 * (20 - 6)
+    # Answered: 6 per harmful prompt (3 redirects, 3 compliances); 12 per other one (5
+    # embodying, 5 violating personas, the ideal answer and the unnecessary refusal).
+    assert summary["generations"] == 6 * 24 + 12 * (20 - 6)
 
 
 def test_every_attribute_gets_300_training_pairs_by_default():
