@@ -106,6 +106,17 @@ def check_output_file(path: str | Path, overwrite: bool, flag: str = "--overwrit
                                 "written)")
 
 
+def check_outside(path: str | Path, folder: str | Path, path_flag: str,
+                  folder_flag: str) -> None:
+    """Refuses an output file inside an output folder that is written (and replaced) as a
+    whole: the folder's write would find the file there and refuse, after all the work."""
+    path, folder = Path(path).absolute(), Path(folder).absolute()
+    if path.is_relative_to(folder):
+        raise OutputExistsError(f"{path_flag} {path} lies inside {folder_flag} {folder}, which "
+                                "is written as a whole; choose a file outside it (nothing was "
+                                "written)")
+
+
 # ---------------------------------------------------------------------------- output folders
 def read_manifest(folder: str | Path) -> dict[str, Any] | None:
     """The manifest of a folder we wrote, or None if it has none (or an unreadable one)."""

@@ -66,13 +66,19 @@ def _cmd_compare(args) -> int:
 
     import prosocial_jax as pj
     from prosocial_jax.evaluation import compare
-    from prosocial_jax.files import cache_dir, check_output_file, check_output_folder
+    from prosocial_jax.files import (
+        cache_dir,
+        check_output_file,
+        check_output_folder,
+        check_outside,
+    )
 
     inputs, chosen = args.settings.inputs, args.settings.compare
     require(inputs, "direg", "adapter")
     check_output_folder(args.out, "compare report", args.overwrite)  # before decoding
     if args.generations is not None:  # the default, in the cache folder, is ours to replace
         check_output_file(args.generations, args.overwrite)
+        check_outside(args.generations, args.out, "--generations", "--out")
     started = time.perf_counter()
     base = pj.load_model(inputs.base)
     models = {"base": base, "direg": pj.load_model(inputs.direg)}
@@ -159,6 +165,7 @@ def _cmd_guidance_sweep(args) -> int:
         cache_dir,
         check_output_file,
         check_output_folder,
+        check_outside,
         write_output_folder,
     )
 
@@ -167,6 +174,7 @@ def _cmd_guidance_sweep(args) -> int:
     check_output_folder(args.out, "guidance sweep report", args.overwrite)  # before decoding
     if args.generations is not None:
         check_output_file(args.generations, args.overwrite)
+        check_outside(args.generations, args.out, "--generations", "--out")
     prompts = guidance_sweep.read_sweep_prompts(inputs.prompts, chosen.harmful_limit,
                                                 chosen.benign_limit)
     started = time.perf_counter()

@@ -39,10 +39,12 @@ from prosocial_jax.models.model import Model
 
 NEG_INF = -jnp.inf
 # tau in nats: a token stays in the safe set while the safety stage rates it at least e^-2
-# (13.5%) as likely as its favourite. On SmolLM2 with the demo Pv-Arm (`make guided-sweep`, DiReg
-# + Pv-Arm, 16 HarmBench test behaviours) tau = 1 / 2 / 3 refuses 56% / 31% / 25% (0% unguided)
-# with the same over-refusal, but at tau = 1 the hard stage overrides 6.6% of the choices and
-# the text turns repetitive: 2 is where safety and fluency meet.
+# (13.5%) as likely as its favourite. A loose default for an adapter nobody has measured: it
+# removes only tokens the safety head clearly rejects and leaves the text to the base model and
+# the preferences. How tight to go depends on the adapter's confidence and is measured, not
+# guessed: `prosocial-jax guidance-sweep`. On the bundled demo's adapter (README, "The guidance
+# sweep"), tau = 2 overrides 1.1% of steps and refuses 10% of held-out harmful requests, tau =
+# 0.1 overrides 20% and refuses 75%, with no more loops and the same over-refusal.
 DEFAULT_SAFETY_MARGIN = 2.0
 
 

@@ -269,6 +269,23 @@ def test_file_outputs_are_not_replaced_without_overwrite(work, tmp_path, capsys,
     assert target.read_text() == "somebody's rows\n"
 
 
+
+@pytest.mark.parametrize("command", ["compare", "guidance-sweep"])
+def test_generations_inside_the_report_folder_are_refused_before_decoding(work, tmp_path,
+                                                                          capsys, command):
+    # The report folder is written as a whole at the end: a generations file inside it would
+    # make that write refuse after all the decoding (it did, after 6 minutes).
+    out = tmp_path / "report"
+    adapter = _adapter(work, work["root"])
+    args = {"compare": ["compare", "--direg", work["model"], "--adapter", adapter],
+            "guidance-sweep": ["guidance-sweep", "--model", work["model"], "--adapter",
+                               adapter, "--prompts", work["prefs"]]}[command]
+    assert cli.main([*args, "--out", str(out), "--generations",
+                     str(out / "generations.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "--generations" in err and "lies inside --out" in err, err
+    assert not out.exists()
+
 # ---------------------------------------------------------------------------- malformed inputs
 def _model_copy(work, root: Path, name: str) -> Path:
     folder = root / name
