@@ -51,7 +51,7 @@ $(DIREG)/harmful_val.jsonl: | $(VENV)/.runtime
 		--max-new-tokens 96 --out $@ --overwrite
 
 $(DIREG)/smollm2-harmful/config.json: $(DIREG)/harmful_val.jsonl configs/direg_smollm2.py | $(VENV)/.runtime
-	$(BIN)/prosocial-jax finetune --config configs/direg_smollm2.py --overwrite
+	$(BIN)/prosocial-jax finetune --config configs/direg_smollm2.py --overwrite --restart-on-change
 
 direg: $(DIREG)/smollm2-harmful/config.json | $(VENV)/.runtime
 	$(BIN)/prosocial-jax harm-vector --sweep --base bundled:smollm2 \
@@ -60,18 +60,20 @@ direg: $(DIREG)/smollm2-harmful/config.json | $(VENV)/.runtime
 
 # SmolLM2 as Pv-Arm backbone: the persona-contrast preference set (train / dev pairs and the
 # held-out test prompts), then training with and without PCGrad; reports (evaluation.json /
-# .png, no generated text) are copied to out/pvarm.
-$(PVARM)/preferences/test_prompts.jsonl: | $(VENV)/.runtime
+# .png, no generated text) are copied to out/pvarm. The set is rebuilt when the code that makes
+# it changes; training then starts afresh (--restart-on-change: a checkpoint folder holding a
+# run on other data or settings is discarded; one killed mid-run with the same ones resumes).
+$(PVARM)/preferences/test_prompts.jsonl: prosocial_jax/pvarm/preference_set.py prosocial_jax/assets/prosocial_prompts.json | $(VENV)/.runtime
 	$(BIN)/prosocial-jax preference-set --model bundled:smollm2 --out $(PVARM)/preferences \
 		--overwrite
 
 $(PVARM)/adapter-pcgrad/adapter_config.json: $(PVARM)/preferences/test_prompts.jsonl configs/pvarm_smollm2.py | $(VENV)/.runtime
-	$(BIN)/prosocial-jax train-arm --config configs/pvarm_smollm2.py --overwrite
+	$(BIN)/prosocial-jax train-arm --config configs/pvarm_smollm2.py --overwrite --restart-on-change
 
 pvarm: $(PVARM)/adapter-pcgrad/adapter_config.json | $(VENV)/.runtime
 	$(BIN)/prosocial-jax train-arm --config configs/pvarm_smollm2.py --config.arm.pcgrad=False \
 		--config.out=$(PVARM)/adapter-nopcgrad --config.checkpoint_dir=$(PVARM)/checkpoints-nopcgrad \
-		--overwrite
+		--overwrite --restart-on-change
 	mkdir -p out/pvarm
 	cp $(PVARM)/adapter-pcgrad/evaluation.json out/pvarm/evaluation-pcgrad.json
 	cp $(PVARM)/adapter-pcgrad/evaluation.png out/pvarm/evaluation-pcgrad.png

@@ -53,6 +53,13 @@ def add_overwrite_arg(parser: argparse.ArgumentParser, what: str) -> None:
                         "command (a folder of other files is never replaced)")
 
 
+def add_restart_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--restart-on-change", action="store_true",
+                        help="if --checkpoint-dir holds a run with other settings or data, "
+                        "discard it and start afresh (without it: refused; a run with the "
+                        "same settings always resumes)")
+
+
 def check_out_and_checkpoints(out: Path, checkpoint_dir: Path) -> None:
     """--out is replaced as a whole when written: it must not hold the checkpoint folder."""
     from prosocial_jax.training.checkpoints import check_checkpoint_folder

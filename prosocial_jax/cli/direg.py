@@ -12,6 +12,7 @@ from prosocial_jax.cli.common import (
     MODEL,
     add_distributed_flag,
     add_overwrite_arg,
+    add_restart_flag,
     check_out_and_checkpoints,
     initialize_distributed,
 )
@@ -81,6 +82,7 @@ def _finetune_parser(sub) -> dict:
                     description="Fine-tunes on (prompt, response) rows through the chat "
                     "template, loss on response tokens only; resumes from --checkpoint-dir.")
     add_overwrite_arg(p, "model")
+    add_restart_flag(p)
     add_distributed_flag(p)
     return {"finetune": command}
 
@@ -136,7 +138,8 @@ def _cmd_finetune(args) -> int:
     if skipped.count:
         print(skipped.summary(str(data.data)), file=sys.stderr)
     print(f"training data: {json.dumps(training_examples_summary(examples))}", file=sys.stderr)
-    tuned, history = finetune(model, examples, finetune_settings, checkpoint_dir)
+    tuned, history = finetune(model, examples, finetune_settings, checkpoint_dir,
+                              restart_on_change=args.restart_on_change)
     pj.save_model(tuned, out, overwrite=args.overwrite)
     if history:
         print(f"loss {history[0]['loss']:.3f} (step {history[0]['step']}) -> "

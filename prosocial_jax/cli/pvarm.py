@@ -12,6 +12,7 @@ from prosocial_jax.cli.common import (
     MODEL,
     add_distributed_flag,
     add_overwrite_arg,
+    add_restart_flag,
     check_out_and_checkpoints,
     initialize_distributed,
 )
@@ -75,6 +76,7 @@ def _train_arm_parser(sub) -> dict:
                     "on a frozen backbone (PCGrad across attributes), resumable; then "
                     "evaluates held-out pairwise accuracy on a fixed preference grid.")
     add_overwrite_arg(p, "adapter")
+    add_restart_flag(p)
     add_distributed_flag(p)
     return {"train-arm": command}
 
@@ -142,7 +144,8 @@ def _cmd_train_arm(args) -> int:
             model, fresh, dev_examples, preference_accuracy.simplex_grid(len(attributes))[-1:],
             settings.max_len, settings.eval_batch_size)
     adapter, _, evaluation = train.train_arm(model, adapter_config, train_examples,
-                                             dev_examples, settings, checkpoint_dir)
+                                             dev_examples, settings, checkpoint_dir,
+                                             restart_on_change=args.restart_on_change)
     if evaluation is not None:
         evaluation["backbone_accuracy"] = baseline["accuracy"][0] if baseline else None
         evaluation["settings"] = dataclasses.asdict(settings)

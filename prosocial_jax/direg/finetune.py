@@ -134,7 +134,8 @@ def _trainable_and_frozen(model: Model, settings: FinetuneSettings) -> tuple[Any
 
 def finetune(model: Model, examples: list[SFTExample], settings: FinetuneSettings,
              checkpoint_dir: str | Path, stop_after: int | None = None,
-             progress: bool = True) -> tuple[Model, list[dict[str, float]]]:
+             progress: bool = True,
+             restart_on_change: bool = False) -> tuple[Model, list[dict[str, float]]]:
     """Fine-tunes `model` on `examples`, resuming from `checkpoint_dir` if it holds a checkpoint.
 
     `stop_after` ends this call after that many total steps (the run can be resumed later).
@@ -156,7 +157,7 @@ def finetune(model: Model, examples: list[SFTExample], settings: FinetuneSetting
 
     state, history = run_training(objective, initial, frozen, batch_at, settings, folder, record,
                                   mesh=model.mesh, stop_after=stop_after, progress=progress,
-                                  description="finetune")
+                                  description="finetune", restart_on_change=restart_on_change)
     params = (lora.merge_lora(model.params, state.params, objective.lora_scale)
               if settings.lora_rank else state.params)
     params = jax.tree.map(lambda x: x.astype(model.dtype), params)

@@ -199,8 +199,8 @@ def _summary_writer(folder: Path):
 
 def train_arm(model: Model, adapter_config: AdapterConfig, train: Sequence[PairExample],
               dev: Sequence[PairExample], settings: ArmSettings, checkpoint_dir: str | Path,
-              stop_after: int | None = None,
-              progress: bool = True) -> tuple[Adapter, list[dict], dict | None]:
+              stop_after: int | None = None, progress: bool = True,
+              restart_on_change: bool = False) -> tuple[Adapter, list[dict], dict | None]:
     """Trains (or resumes) a Pv-Arm adapter; returns it, this call's metrics and the final
     evaluation on `dev` over the fixed preference grid (None if `dev` is empty or the run
     stopped early)."""
@@ -227,7 +227,8 @@ def train_arm(model: Model, adapter_config: AdapterConfig, train: Sequence[PairE
         state, history = run_training(objective, initial, model.params, batch_at, settings,
                                       folder, record, mesh=model.mesh, stop_after=stop_after,
                                       progress=progress, description="train-arm",
-                                      on_row=tensorboard.add)
+                                      on_row=tensorboard.add,
+                                      restart_on_change=restart_on_change)
     finally:
         tensorboard.close()
     trained = Adapter(dataclasses.replace(adapter_config, base_model=model.source),

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -89,9 +91,12 @@ def check_checkpoint_folder(folder: str | Path) -> None:
                        f"training run (e.g. {foreign[0]!r}); choose a new checkpoint folder")
 
 
-def check_run_record(folder: Path, record: dict[str, Any]) -> None:
+def check_run_record(folder: Path, record: dict[str, Any],
+                     restart_on_change: bool = False) -> None:
     """Remembers a resumable run's record in `folder/run.json`; refuses a different one later
-    (naming the first dotted field that differs). A larger `settings.steps` extends the run."""
+    (naming the first dotted field that differs), or with `restart_on_change` discards that
+    run (its checkpoints and metrics; nothing else is ever in the folder) and starts afresh.
+    A larger `settings.steps` extends the run."""
     folder = Path(folder)
     record = json.loads(json.dumps(record))  # as it reads back (tuples: lists)
     previous = read_record(folder)
@@ -104,10 +109,23 @@ def check_run_record(folder: Path, record: dict[str, Any]) -> None:
                          if k not in EXTENDABLE and old.get(k) != new.get(k))
         if changed:
             key = changed[0]
-            raise RunError(f"{folder} holds a run with different settings: {key} is "
-                           f"{old.get(key)!r} there and {new.get(key)!r} now. Use another "
-                           "checkpoint folder, or the same settings to resume")
-        if previous == record:
+            what = (f"{folder} holds a run with different settings: {key} is "
+                    f"{old.get(key)!r} there and {new.get(key)!r} now")
+            if not restart_on_change:
+                raise RunError(f"{what}. Use another checkpoint folder, the same settings to "
+                               "resume, or --restart-on-change to discard that run")
+            print(f"{what}; discarding that run and starting afresh (--restart-on-change)",
+                  file=sys.stderr)
+            check_checkpoint_folder(folder)  # ours only: a run record and what runs write
+            # The old record goes last: a kill in between leaves it with no checkpoints, which
+            # the next start reads as that run at step 0, never as this one.
+            for name in sorted(_OURS - {RECORD}):
+                path = folder / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+        elif previous == record:
             return
     with atomic_open(folder / RECORD) as handle:
         json.dump(record, handle, indent=2)
@@ -191,13 +209,14 @@ def log_metrics(folder: Path, row: dict[str, Any]) -> None:
 
 
 def start_or_resume(folder: str | Path, record: dict[str, Any], initial: Any, keep: int,
-                    every: int, steps: int, mesh: Mesh | None = None
+                    every: int, steps: int, mesh: Mesh | None = None,
+                    restart_on_change: bool = False
                     ) -> tuple[ocp.CheckpointManager, Any, int]:
-    """Checks `record` against the folder's, opens `folder/checkpoints` (synchronous saves every
-    `every` steps, `keep` kept) and returns it with the latest saved state (or `initial`) and
-    its step. The state is placed on `mesh` (see `place_on_mesh`)."""
+    """Checks `record` against the folder's (`check_run_record`), opens `folder/checkpoints`
+    (synchronous saves every `every` steps, `keep` kept) and returns it with the latest saved
+    state (or `initial`) and its step. The state is placed on `mesh` (see `place_on_mesh`)."""
     folder = Path(folder)
-    check_run_record(folder, record)
+    check_run_record(folder, record, restart_on_change)
     initial = place_on_mesh(initial, mesh)
     manager = ocp.CheckpointManager(
         folder / "checkpoints",

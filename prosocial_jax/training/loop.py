@@ -163,19 +163,22 @@ def run_training(objective: Objective, initial: TrainState, frozen: Any,
                  folder: str | Path, record: dict[str, Any], mesh: Mesh | None = None,
                  stop_after: int | None = None, progress: bool = True,
                  description: str = "train",
-                 on_row: Callable[[dict[str, Any]], None] | None = None
+                 on_row: Callable[[dict[str, Any]], None] | None = None,
+                 restart_on_change: bool = False
                  ) -> tuple[TrainState, list[dict[str, Any]]]:
     """Trains (or resumes, see `checkpoints.start_or_resume`) to `settings.steps`, or to
     `stop_after` total steps (the run can be resumed later).
 
     `batch_at(index)` gives the host batch of the step from `index` to `index + 1` steps taken;
     `record` is the run's record (run.json). Each step's `objective.row` goes to
-    `folder/metrics.jsonl` and to `on_row`. Returns the final state and this call's rows.
+    `folder/metrics.jsonl` and to `on_row`. `restart_on_change`: a previous run in `folder`
+    with a different record is discarded instead of refused. Returns the final state and this
+    call's rows.
     """
     folder = Path(folder)
     manager, tree, start = start_or_resume(folder, record, checkpoint_tree(initial, objective),
                                            settings.keep_checkpoints, settings.checkpoint_every,
-                                           settings.steps, mesh)
+                                           settings.steps, mesh, restart_on_change)
     state = state_from_checkpoint(tree, objective, initial)
     if mesh is not None and objective.checkpoint_key is None:  # the key was not restored
         state = state._replace(key=jax.device_put(state.key, state.step.sharding))

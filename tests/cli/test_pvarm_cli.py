@@ -60,6 +60,20 @@ def test_preference_set_and_train_arm_commands(tiny_chat, tmp_path, capsys):
     assert cli.main([*args[:-1], "true", "--overwrite"]) == 2
     assert "settings.pcgrad is False there and True now" in capsys.readouterr().err
     assert (out / "adapter.safetensors").read_bytes() == before
+    # ... or, asked to, that run is discarded and the new one starts at step 0 (its metrics
+    # hold only its own 3 steps, not the old run's too).
+    ckpt = tmp_path / "ckpt"
+    assert cli.main([*args[:-1], "true", "--overwrite", "--restart-on-change"]) == 0
+    assert "discarding that run and starting afresh" in capsys.readouterr().err
+    assert json.loads((ckpt / "run.json").read_text())["settings"]["pcgrad"] is True
+    steps = [json.loads(line)["step"] for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3], steps
+    assert (out / "adapter.safetensors").read_bytes() != before
+    # The same settings again: nothing changed, so the run is resumed (already at its end).
+    assert cli.main([*args[:-1], "true", "--overwrite", "--restart-on-change"]) == 0
+    assert "discarding" not in capsys.readouterr().err
+    steps = [json.loads(line)["step"] for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3], steps
 
 
 def test_train_arm_rejects_unknown_config_keys(tmp_path, capsys):
