@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import socket
+import sys
+import time
 from pathlib import Path
 
 from prosocial_jax import settings
@@ -33,18 +37,142 @@ class ModelInputs:
 MODEL = Section("inputs", ModelInputs, title="model")
 
 
+# Where a process of a multi-process run finds the others, when no cluster tells JAX (TPU pods
+# and Slurm do): flags, or these environment variables (a flag wins).
+DISTRIBUTED_ENV = {"coordinator_address": "PROSOCIAL_JAX_COORDINATOR_ADDRESS",
+                   "num_processes": "PROSOCIAL_JAX_NUM_PROCESSES",
+                   "process_id": "PROSOCIAL_JAX_PROCESS_ID"}
+
+
 def add_distributed_flag(parser: argparse.ArgumentParser) -> None:
-    """Only commands that run on a multi-process mesh offer this (generate, finetune,
+    """Only commands that run on a multi-process mesh offer these (generate, finetune,
     train-arm)."""
-    parser.add_argument("--distributed", action="store_true",
-                        help="call jax.distributed.initialize() first (multi-host pods)")
+    group = parser.add_argument_group(
+        "multi-process runs", "one global mesh over every process's devices; only process 0 "
+        "writes outputs")
+    group.add_argument("--distributed", action="store_true",
+                       help="join a multi-process run: jax.distributed.initialize(), which "
+                       "finds the others itself on TPU pods and Slurm")
+    group.add_argument("--coordinator-address", metavar="HOST:PORT",
+                       help="process 0's address and a free port, where the others connect "
+                       f"(or ${DISTRIBUTED_ENV['coordinator_address']}); with the two below, "
+                       "implies --distributed")
+    group.add_argument("--num-processes", metavar="N",
+                       help=f"processes in the run (or ${DISTRIBUTED_ENV['num_processes']})")
+    group.add_argument("--process-id", metavar="I",
+                       help=f"this process, 0..N-1 (or ${DISTRIBUTED_ENV['process_id']})")
+    group.add_argument("--distributed-timeout", metavar="SECONDS", type=int, default=300,
+                       help="how long to wait for every process to join (default 300)")
+
+
+def _whole_number(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+
+
+def distributed_settings(args: argparse.Namespace,
+                         environ: dict[str, str]) -> dict[str, object] | None:
+    """The keyword arguments of `jax.distributed.initialize` the flags and environment ask for,
+    or None for a single-process run; a partial or inconsistent set is a ValueError naming it."""
+    flags = {"coordinator_address": "--coordinator-address", "num_processes": "--num-processes",
+             "process_id": "--process-id"}
+    given, source = {}, {}
+    for key, flag in flags.items():
+        value = getattr(args, key, None)
+        if value is None and environ.get(DISTRIBUTED_ENV[key]):
+            value, source[key] = environ[DISTRIBUTED_ENV[key]], f"${DISTRIBUTED_ENV[key]}"
+        if value is not None:
+            given[key] = value
+            source.setdefault(key, flag)
+    if not given:
+        return ({"initialization_timeout": args.distributed_timeout}
+                if getattr(args, "distributed", False) else None)
+    missing = [f"{flags[k]} (or ${DISTRIBUTED_ENV[k]})" for k in flags if k not in given]
+    if missing:
+        raise ValueError(f"a multi-process run without cluster auto-detection needs all of "
+                         f"--coordinator-address, --num-processes and --process-id; got "
+                         f"{', '.join(source[k] for k in given)}, missing {', '.join(missing)}")
+    address = str(given["coordinator_address"])
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{source['coordinator_address']} must be HOST:PORT with a port in "
+                         f"1..65535, got {address!r}")
+    count = _whole_number(str(given["num_processes"]), source["num_processes"])
+    rank = _whole_number(str(given["process_id"]), source["process_id"])
+    if count < 1:
+        raise ValueError(f"{source['num_processes']} must be at least 1, got {count}")
+    if not 0 <= rank < count:
+        raise ValueError(f"{source['process_id']} {rank} is out of range for "
+                         f"{source['num_processes']} {count} (ids are 0..{count - 1})")
+    if args.distributed_timeout < 1:
+        raise ValueError(f"--distributed-timeout must be at least 1 second, got "
+                         f"{args.distributed_timeout}")
+    return {"coordinator_address": address, "num_processes": count, "process_id": rank,
+            "initialization_timeout": args.distributed_timeout}
+
+
+def _wait_for_coordinator(address: str, timeout: float) -> float:
+    """Waits until something listens at `address` (HOST:PORT); returns the seconds left. JAX
+    itself, when process 0 never answers, ends the process from C++ (a fatal log line and a
+    stack trace) after its timeout, which no Python code can catch."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((host, int(port)), timeout=max(min(left, 5.0), 0.1)):
+                return max(left, 1.0)
+        except OSError as err:
+            if left <= 0:
+                raise ValueError(f"no coordinator answers at {address} after {timeout:g} s "
+                                 f"({err}); start process 0 first, or check the address and "
+                                 "port") from None
+            time.sleep(min(0.5, max(left, 0.0)))
+
+
+def _check_port_free(address: str) -> None:
+    """Process 0 serves the coordinator on the port: a port already taken is named now."""
+    port = int(address.rpartition(":")[2])
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("", port))
+        except OSError as err:
+            raise ValueError(f"process 0 cannot serve the coordinator on port {port} of "
+                             f"{address}: {err}; choose a free port") from None
 
 
 def initialize_distributed(args: argparse.Namespace) -> None:
-    if args.distributed:
-        import jax
+    """Joins the multi-process run the flags / environment describe (nothing for one
+    process). Call it before any JAX computation.
 
-        jax.distributed.initialize()
+    With explicit settings, process 0 first checks that its port is free and every other
+    process waits (up to the timeout) for process 0 to listen, so the common mistakes are
+    clear errors. A process that dies or never joins later makes JAX end the others after the
+    timeout with its own fatal message."""
+    kwargs = distributed_settings(args, dict(os.environ))
+    if kwargs is None:
+        return
+    import jax
+
+    address = kwargs.get("coordinator_address")
+    if address is not None:
+        print(f"joining the multi-process run at {address} as process {kwargs['process_id']} "
+              f"of {kwargs['num_processes']} (timeout {kwargs['initialization_timeout']} s)",
+              file=sys.stderr)
+        if kwargs["process_id"] == 0:
+            _check_port_free(address)
+        else:
+            left = _wait_for_coordinator(address, kwargs["initialization_timeout"])
+            kwargs["initialization_timeout"] = max(int(left), 1)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except Exception as err:  # jaxlib's errors are not one type; the message is what helps
+        where = (f"coordinator {address} as process {kwargs['process_id']} of "
+                 f"{kwargs['num_processes']}" if address else "the cluster's auto-detected run")
+        raise ValueError(f"could not join the multi-process run ({where}): {err}") from None
 
 
 def add_overwrite_arg(parser: argparse.ArgumentParser, what: str) -> None:
