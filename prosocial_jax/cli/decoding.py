@@ -180,7 +180,8 @@ def _cmd_generate(args) -> int:
         out_rows.append(out)
     import jax
 
-    if args.out is not None and jax.process_index() == 0:  # multi-host: one writer
+    writer = jax.process_index() == 0  # multi-host: one writer
+    if args.out is not None and writer:
         write_jsonl(args.out, out_rows)
     if not args.quiet:
         for out in out_rows:
@@ -191,7 +192,9 @@ def _cmd_generate(args) -> int:
                   f"{out['finish_reason']}):\n{out['response']}")
     generated = sum(r.completion_tokens for r in results)
     print(f"\n{len(results)} prompts, {generated} tokens in {elapsed:.1f}s"
-          + (f"; wrote {args.out}" if args.out else "")
+          + ((f"; wrote {args.out}" if writer else
+              f"; process {jax.process_index()} writes nothing (process 0 writes {args.out})")
+             if args.out else "")
           + (f"; skipped {len(errors)} malformed row(s)" if errors else ""), file=sys.stderr)
     return 0
 
