@@ -116,7 +116,7 @@ def check_run_record(folder: Path, record: dict[str, Any],
                                "resume, or --restart-on-change to discard that run")
             print(f"{what}; discarding that run and starting afresh (--restart-on-change)",
                   file=sys.stderr)
-            check_checkpoint_folder(folder)  # ours only: a run record and what runs write
+            # Only the names a run writes are removed (anything else in the folder stays).
             # The old record goes last: a kill in between leaves it with no checkpoints, which
             # the next start reads as that run at step 0, never as this one.
             for name in sorted(_OURS - {RECORD}):
