@@ -1,27 +1,54 @@
-"""Llama-3-8B-Instruct in bfloat16 on a data=2 x model=4 mesh (a v4-8/v5e-8 TPU slice or 8 GPUs).
+"""Llama-3.1-8B-Instruct guided by a Pv-Arm on Llama-3.2-1B-Instruct (one tokenizer).
 
-    prosocial-jax generate --config configs/llama3_8b.py --prompts prompts.jsonl --out out.jsonl
-    prosocial-jax memory --model-config path/to/Meta-Llama-3-8B-Instruct/config.json --mesh 2x4
+    prosocial-jax generate --config configs/llama3_8b.py:v5e-8 --config.adapter=ADAPTER \\
+        --prompts prompts.jsonl --out out.jsonl
 
-The hf:// model id needs a reachable hub (or a local copy in the hub cache); offline machines pass
-`--config.model=/path/to/folder`. Memory plan: ~4.0 GiB of weights per device, plus 0.5 GiB of
-KV cache per device for batch 8 x 4096 slots.
+After the colon, the platform: v4-16 (TPU v4, 8 chips x 32 GiB), v5e-8 (TPU v5e, 8 chips x 16 GiB),
+h100 and h200 (one node of 8 GPUs, 80 / 141 GB). Each picks a mesh, a Pv-Arm layout and a batch
+that fit its devices with room to spare (plans below, bfloat16, batch rows of 4096 KV slots, from
+`prosocial-jax memory`; the suite checks them and compiles the guided decode step from shapes on 8
+CPU devices). Where memory allows, the 1B backbone is replicated over "model" (its forward needs no
+collective) while the 8B base is sharded over both axes (weak-to-strong).
+
+`ADAPTER` is a Pv-Arm adapter trained on the backbone (`prosocial-jax train-arm --model
+hf://meta-llama/Llama-3.2-1B-Instruct ...`). The hf:// ids need a reachable hub or the hub cache;
+offline machines pass `--config.model=/path/to/folder` and `--config.reward=/path/to/folder`.
+
+Per-device memory plans (weights + both KV caches + adapter + logits):
+    v4-16  mesh 2x4, Pv-Arm replicated  32 rows:  12.1 GiB of 32
+    v5e-8  mesh 1x8, Pv-Arm sharded     32 rows:   5.2 GiB of 16
+    h100   mesh 8x1, Pv-Arm replicated  32 rows:  20.3 GiB of 75
+    h200   mesh 8x1, Pv-Arm replicated  64 rows:  23.3 GiB of 131
 """
 
 import ml_collections
 
+# platform: (mesh DATAxMODEL, the Pv-Arm backbone's layout, rows per batch)
+PLATFORMS = {
+    "v4-16": ("2x4", "replicated", 32),
+    "v5e-8": ("1x8", "sharded", 32),
+    "h100": ("8x1", "replicated", 32),
+    "h200": ("8x1", "replicated", 64),
+}
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config(platform: str = "v4-16") -> ml_collections.ConfigDict:
+    if platform not in PLATFORMS:
+        raise ValueError(f"platform {platform!r}: expected one of {sorted(PLATFORMS)}")
+    mesh, layout, batch_size = PLATFORMS[platform]
     config = ml_collections.ConfigDict()
-    config.model = "hf://meta-llama/Meta-Llama-3-8B-Instruct"
+    config.model = "hf://meta-llama/Llama-3.1-8B-Instruct"
     config.dtype = "bfloat16"
-    config.mesh = "2x4"
+    config.mesh = mesh
+    config.adapter = ml_collections.FieldReference(None, field_type=str)
+    config.reward = "hf://meta-llama/Llama-3.2-1B-Instruct"
+    config.reward_layout = layout
     config.generate = ml_collections.ConfigDict({
         "max_new_tokens": 256,
         "temperature": 0.0,
         "top_k": 0,
         "top_p": 1.0,
         "seed": 0,
-        "batch_size": 32,
+        "batch_size": batch_size,
     })
     return config

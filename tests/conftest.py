@@ -10,7 +10,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
-from helpers import FAMILIES, TinyCheckpoint, build_tiny_checkpoint, randomize
+from helpers import FAMILIES, TinyCheckpoint, build_tiny_chat, build_tiny_checkpoint
 
 # No persistent compilation cache: with jaxlib 0.10 on CPU, a multi-device executable read back
 # from it aborts the process (seen in CI on the 4x2-mesh fine-tune test).
@@ -35,7 +35,7 @@ def _release_compiled_programs():
 def tiny_checkpoints(tmp_path_factory) -> dict[str, TinyCheckpoint]:
     root = tmp_path_factory.mktemp("tiny")
     return {family: build_tiny_checkpoint(family, root / family)
-            for family in (*FAMILIES, "llama_mesh")}
+            for family in (*FAMILIES, "llama_mesh", "llama_small")}
 
 
 @pytest.fixture(params=FAMILIES)
@@ -68,24 +68,7 @@ def smollm2_torch():
 @pytest.fixture(scope="session")
 def tiny_chat(tmp_path_factory) -> TinyCheckpoint:
     """A tiny random Llama that speaks SmolLM2's tokenizer and chat template (for SFT tests)."""
-    import torch
-    import transformers
-
-    from prosocial_jax.models.gguf import GGUFFile
-    from prosocial_jax.models.model import bundled_model_path
-
-    folder = tmp_path_factory.mktemp("tiny_chat")
-    tokenizer = GGUFFile(bundled_model_path("smollm2")).tokenizer()
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2,
-        pad_token_id=2, max_position_embeddings=512, tie_word_embeddings=True)
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    randomize(model, norm_offset=1.0)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return TinyCheckpoint("llama", folder, model)
+    return build_tiny_chat(tmp_path_factory.mktemp("tiny_chat"))
 
 
 def pytest_terminal_summary(terminalreporter):

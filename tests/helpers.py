@@ -39,6 +39,10 @@ def tiny_hf_config(family: str):
     if family == "llama_mesh":  # head counts that split over a 4-way "model" axis
         return transformers.LlamaConfig(**common, num_attention_heads=8, num_key_value_heads=4,
                                         tie_word_embeddings=True)
+    if family == "llama_small":  # a smaller model of the same vocabulary (weak-to-strong)
+        return transformers.LlamaConfig(**{**common, "hidden_size": 32, "intermediate_size": 64,
+                                           "num_hidden_layers": 1},
+                                        num_attention_heads=4, num_key_value_heads=2)
     if family == "mistral":  # sliding window shorter than the test sequences, GQA 4
         return transformers.MistralConfig(**common, num_attention_heads=4, num_key_value_heads=1,
                                           sliding_window=6)
@@ -59,6 +63,27 @@ def build_tiny_checkpoint(family: str, folder: Path, seed: int = 0) -> TinyCheck
     randomize(model, norm_offset=0.0 if family == "gemma" else 1.0)
     model.save_pretrained(folder)
     return TinyCheckpoint(family, folder, model)
+
+
+def build_tiny_chat(folder: Path) -> TinyCheckpoint:
+    """A tiny random Llama that speaks SmolLM2's tokenizer and chat template (for SFT tests)."""
+    import torch
+    import transformers
+
+    from prosocial_jax.models.gguf import GGUFFile
+    from prosocial_jax.models.model import bundled_model_path
+
+    tokenizer = GGUFFile(bundled_model_path("smollm2")).tokenizer()
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2,
+        pad_token_id=2, max_position_embeddings=512, tie_word_embeddings=True)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    randomize(model, norm_offset=1.0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return TinyCheckpoint("llama", folder, model)
 
 
 def randomize(model, norm_offset: float) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
-import socket
 import sys
-import time
 from pathlib import Path
 
 from prosocial_jax import settings
+from prosocial_jax.cli import rendezvous
 from prosocial_jax.cli.options import Section
 
 
@@ -113,45 +113,14 @@ def distributed_settings(args: argparse.Namespace,
             "initialization_timeout": args.distributed_timeout}
 
 
-def _wait_for_coordinator(address: str, timeout: float) -> float:
-    """Waits until something listens at `address` (HOST:PORT); returns the seconds left. JAX
-    itself, when process 0 never answers, ends the process from C++ (a fatal log line and a
-    stack trace) after its timeout, which no Python code can catch."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        try:
-            with socket.create_connection((host, int(port)), timeout=max(min(left, 5.0), 0.1)):
-                return max(left, 1.0)
-        except OSError as err:
-            if left <= 0:
-                raise ValueError(f"no coordinator answers at {address} after {timeout:g} s "
-                                 f"({err}); start process 0 first, or check the address and "
-                                 "port") from None
-            time.sleep(min(0.5, max(left, 0.0)))
-
-
-def _check_port_free(address: str) -> None:
-    """Process 0 serves the coordinator on the port: a port already taken is named now."""
-    port = int(address.rpartition(":")[2])
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("", port))
-        except OSError as err:
-            raise ValueError(f"process 0 cannot serve the coordinator on port {port} of "
-                             f"{address}: {err}; choose a free port") from None
-
-
 def initialize_distributed(args: argparse.Namespace) -> None:
     """Joins the multi-process run the flags / environment describe (nothing for one
     process). Call it before any JAX computation.
 
-    With explicit settings, process 0 first checks that its port is free and every other
-    process waits (up to the timeout) for process 0 to listen, so the common mistakes are
-    clear errors. A process that dies or never joins later makes JAX end the others after the
-    timeout with its own fatal message."""
+    With explicit settings, the processes first hold a roll call on the coordinator port
+    (`rendezvous`), so a taken port, a missing process, a duplicate id or a different process
+    count stops every process with a message that names it. A process that dies later makes
+    JAX end the others with its own fatal message."""
     kwargs = distributed_settings(args, dict(os.environ))
     if kwargs is None:
         return
@@ -162,11 +131,11 @@ def initialize_distributed(args: argparse.Namespace) -> None:
         print(f"joining the multi-process run at {address} as process {kwargs['process_id']} "
               f"of {kwargs['num_processes']} (timeout {kwargs['initialization_timeout']} s)",
               file=sys.stderr)
-        if kwargs["process_id"] == 0:
-            _check_port_free(address)
-        else:
-            left = _wait_for_coordinator(address, kwargs["initialization_timeout"])
-            kwargs["initialization_timeout"] = max(int(left), 1)
+        role = rendezvous.serve if kwargs["process_id"] == 0 else functools.partial(
+            rendezvous.join, rank=kwargs["process_id"])
+        left = role(address, count=kwargs["num_processes"],
+                    timeout=kwargs["initialization_timeout"])
+        kwargs["initialization_timeout"] = max(int(left), 1)
     try:
         jax.distributed.initialize(**kwargs)
     except Exception as err:  # jaxlib's errors are not one type; the message is what helps

@@ -33,9 +33,16 @@ class AdapterInputs:
     reward: str | None = dataclasses.field(default=None, metadata={
         "help": "the adapter's backbone (none: the adapter's recorded base_model if it loads, "
                 "else --model)"})
+    reward_layout: str = dataclasses.field(default="sharded", metadata={
+        "help": "the backbone's weights on the mesh: sharded over \"model\" like the base, or "
+                "replicated (a whole copy per device: a small Pv-Arm guiding a large base, "
+                "weak-to-strong)"})
 
     def __post_init__(self):
         settings.coerce(self, "adapter inputs")
+        if self.reward_layout not in ("sharded", "replicated"):
+            raise ValueError(f"reward_layout must be sharded or replicated, got "
+                             f"{self.reward_layout!r}")
 
 
 GENERATE = (MODEL, Section("generate", GenerateSettings, key="generate"),
@@ -109,14 +116,30 @@ def _memory_parser(sub) -> dict:
     command = Command(_cmd_memory)
     p = add_command(sub, "memory", command,
                     help="per-device memory of a model on a mesh (shapes only)",
-                    description="Plans parameter and KV-cache memory per device with "
-                    "jax.eval_shape; needs only the checkpoint's config.json.")
+                    description="Plans per-device memory from config.json files alone (no "
+                    "weights): a model's parameters and KV cache; with --reward-config, guided "
+                    "decoding (base + Pv-Arm backbone + adapter + both KV caches + logits); "
+                    "with --train, one Pv-Arm training step. --compile also compiles the step "
+                    "from shapes on this machine's devices and prints XLA's accounting.")
     p.add_argument("--model-config", type=Path, required=True,
-                   help="a checkpoint's config.json")
+                   help="a checkpoint's config.json (the base; with --train, the backbone)")
+    p.add_argument("--reward-config", help="guided decoding: the Pv-Arm backbone's config.json "
+                   "('same': the base is its own backbone)")
+    p.add_argument("--reward-layout", default="sharded", choices=("sharded", "replicated"),
+                   help="the backbone's weights sharded over \"model\" or a whole copy per "
+                   "device (weak-to-strong)")
+    p.add_argument("--train", action="store_true", help="plan one Pv-Arm training step of "
+                   "--batch pairs of --max-len tokens instead")
     p.add_argument("--mesh", default="2x4", help="DATAxMODEL (default 2x4)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--max-len", type=int, default=4096, help="KV-cache slots per row")
+    p.add_argument("--batch", type=int, default=8, help="rows (with --train: pairs)")
+    p.add_argument("--max-len", type=int, default=4096, help="KV-cache slots per row (with "
+                   "--train: tokens per answer)")
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--device-memory", type=float, metavar="GIB",
+                   help="memory of one device in GiB: say whether the plan fits")
+    p.add_argument("--compile", action="store_true", help="compile the step from shapes on "
+                   "this machine's devices (the mesh must match their count) and add XLA's "
+                   "per-device accounting")
     return {"memory": command}
 
 
@@ -127,17 +150,8 @@ def _cmd_generate(args) -> int:
     require(inputs, "model")
     if args.out is not None:
         check_output_file(args.out, args.overwrite)  # before decoding, not after
-    if args.prompt is not None:
-        rows = [prompts.PromptRow(0, args.prompt, {})]
-        errors: list[prompts.RowError] = []
-    else:
-        if not args.prompts.is_file():
-            raise FileNotFoundError(f"{args.prompts}: no such prompt file")
-        rows, errors = prompts.read_prompt_file(args.prompts)
-        _report_bad_rows(args, errors)
-        if not rows:
-            raise ValueError(f"{args.prompts}: no usable prompt rows")
     initialize_distributed(args)
+    rows, errors = _read_prompts(args)
     started = time.perf_counter()
     model = pj.load_model(inputs.model, dtype=inputs.dtype, mesh=inputs.mesh)
     print(f"loaded {model.source} ({model.config.model_type}, "
@@ -199,6 +213,34 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _read_prompts(args) -> tuple[list[prompts.PromptRow], list[prompts.RowError]]:
+    """The prompt rows of --prompt or --prompts. In a multi-process run every process reads the
+    file (it decodes its block of each batch from them); one that cannot, or that reads other
+    rows than process 0, stops them all with that process's message."""
+    from prosocial_jax import processes
+
+    rows: list[prompts.PromptRow] = []
+    errors: list[prompts.RowError] = []
+    failure = None
+    try:
+        if args.prompt is not None:
+            rows = [prompts.PromptRow(0, args.prompt, {})]
+        else:
+            if not args.prompts.is_file():
+                raise FileNotFoundError(f"{args.prompts}: no such prompt file")
+            rows, errors = prompts.read_prompt_file(args.prompts)
+            _report_bad_rows(args, errors)
+            if not rows:
+                raise ValueError(f"{args.prompts}: no usable prompt rows")
+    except (OSError, ValueError) as err:
+        failure = err
+    processes.check_all_processes(
+        f"reading {args.prompts if args.prompt is None else '--prompt'}", failure,
+        processes.text_fingerprint(json.dumps([r.line, r.prompt, r.extra], sort_keys=True)
+                                   for r in rows))
+    return rows, errors
+
+
 def _report_bad_rows(args, errors: list[prompts.RowError]) -> None:
     """One line per malformed row (skipped), or with --strict, an error at the first one."""
     if errors and args.strict:
@@ -218,10 +260,12 @@ def _load_adapter_and_reward(args, model):
     reward_source = args.settings.adapter.reward
     adapter = pj.load_adapter(args.settings.adapter.adapter)
     source = reward_source or adapter.config.base_model or None
-    if source is None or source in (inputs.model, model.source):
+    layout = args.settings.adapter.reward_layout
+    if (source is None or source in (inputs.model, model.source)) and layout == model.layout:
         return adapter, model
     try:
-        reward = pj.load_model(source, dtype=inputs.dtype, mesh=inputs.mesh)
+        reward = pj.load_model(source or model.source, dtype=inputs.dtype, mesh=model.mesh,
+                               layout=layout)
     except (FileNotFoundError, ValueError) as error:
         if reward_source:
             raise
@@ -286,18 +330,52 @@ def _cmd_prompts(args) -> int:
 
 
 def _cmd_memory(args) -> int:
+    from prosocial_jax.models import sharding
     from prosocial_jax.models.config import ModelConfig
     from prosocial_jax.models.model import parse_dtype
-    from prosocial_jax.models.sharding import memory_report
 
     config = ModelConfig.from_json_file(args.model_config)
-    report = memory_report(config, args.mesh, args.batch, args.max_len, parse_dtype(args.dtype))
-    print(json.dumps(report, indent=2))
+    dtype = parse_dtype(args.dtype)
+    mesh = sharding.make_mesh(args.mesh) if args.compile else args.mesh
     gib = 1024**3
-    print(f"{args.model_config}: {report['num_parameters'] / 1e9:.2f}B params on a "
-          f"{report['mesh']} "
-          f"mesh: {report['param_bytes_per_device'] / gib:.2f} GiB params + "
-          f"{report['cache_bytes_per_device'] / gib:.2f} GiB KV cache per device", file=sys.stderr)
+    if args.train:
+        from prosocial_jax.models.adapters import AdapterConfig
+        from prosocial_jax.pvarm.plan import arm_training_plan
+        from prosocial_jax.pvarm.train import ArmSettings
+
+        report = arm_training_plan(config, AdapterConfig(),
+                                   ArmSettings(batch_size=args.batch, max_len=args.max_len),
+                                   mesh, dtype, compile=args.compile)
+        what = f"Pv-Arm training on {args.model_config} ({args.batch} pairs x {args.max_len})"
+    elif args.reward_config:
+        from prosocial_jax.decoding.plan import guided_decoding_plan
+        from prosocial_jax.models.adapters import AdapterConfig
+
+        reward = (None if args.reward_config == "same"
+                  else ModelConfig.from_json_file(args.reward_config))
+        report = guided_decoding_plan(config, reward, AdapterConfig(), mesh, args.batch,
+                                      args.max_len, dtype, args.reward_layout,
+                                      compile=args.compile)
+        what = (f"guided decoding of {args.model_config} by {args.reward_config} "
+                f"({args.reward_layout}; {args.batch} rows x {args.max_len} slots)")
+    else:
+        report = sharding.memory_report(config, args.mesh, args.batch, args.max_len, dtype)
+        what = f"{args.model_config}: {report['num_parameters'] / 1e9:.2f}B params"
+        report["bytes_per_device"] = {"params": report["param_bytes_per_device"],
+                                      "cache": report["cache_bytes_per_device"]}
+    print(json.dumps(report, indent=2))
+    parts = ", ".join(f"{name} {size / gib:.2f}" for name, size in
+                      report["bytes_per_device"].items())
+    total = report["total_bytes_per_device"]
+    line = (f"{what} on a {report['mesh']} mesh: {total / gib:.2f} GiB per device ({parts})")
+    if "xla" in report:
+        line += (f"; XLA: arguments {report['xla']['argument'] / gib:.2f} GiB + temporaries "
+                 f"{report['xla']['temp'] / gib:.2f} GiB")
+        total = report["xla"]["argument"] + report["xla"]["temp"]
+    if args.device_memory:
+        verdict = "fits" if total <= args.device_memory * gib else "does NOT fit"
+        line += f"; {verdict} in {args.device_memory:g} GiB"
+    print(line, file=sys.stderr)
     return 0
 
 

@@ -127,12 +127,15 @@ def add_config_flag(parser: argparse.ArgumentParser, example: str) -> None:
 
 
 def load_config(path: Path, overrides: Sequence[str]):
-    """The locked ConfigDict of `path` with `--config.a.b=value` overrides applied."""
+    """The locked ConfigDict of `path` with `--config.a.b=value` overrides applied. `path` may
+    end in `:ARG`, passed to the file's `get_config(ARG)` (a platform, for the real-size
+    configs)."""
     from absl import flags
     from ml_collections import config_flags
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"--config {path}: no such file")
+    file = str(path).split(":", 1)[0]
+    if not Path(file).is_file():
+        raise FileNotFoundError(f"--config {file}: no such file")
     argv = ["prosocial-jax", f"--config={path}", *overrides]
     values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "config file", flag_values=values,

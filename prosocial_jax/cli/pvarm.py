@@ -101,6 +101,7 @@ def _cmd_train_arm(args) -> int:
     import jax
 
     import prosocial_jax as pj
+    from prosocial_jax import processes
     from prosocial_jax.data.preferences import encode_pairs, load_preference_pairs
     from prosocial_jax.data.rows import SkippedRows
     from prosocial_jax.evaluation import preference_accuracy
@@ -158,6 +159,10 @@ def _cmd_train_arm(args) -> int:
             preference_accuracy.plot_evaluation(evaluation, folder / "evaluation.png",
                                                 f"Pv-Arm held-out accuracy ({mode})")
 
+    if not processes.is_writer():
+        print(f"process {jax.process_index()} writes nothing (process 0 writes {out})",
+              file=sys.stderr)
+        return 0
     write_output_folder(out, "adapter", write, args.overwrite)
     if evaluation is not None:
         print(preference_accuracy.format_evaluation(evaluation))

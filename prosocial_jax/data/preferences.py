@@ -72,10 +72,14 @@ def encode_pairs(pairs: Sequence[PreferencePair], tokenizer, attributes: Sequenc
     return examples
 
 
-def pair_batch(examples: Sequence[PairExample], pad_id: int,
-               max_len: int) -> dict[str, np.ndarray]:
-    """tokens / attention / response [P, 2, T] (a first) and labels [P, K], length bucketed."""
-    flat = sft_batch([s for e in examples for s in (e.a, e.b)], pad_id, max_len)
+def pair_batch(examples: Sequence[PairExample], pad_id: int, max_len: int,
+               rows: slice = slice(None)) -> dict[str, np.ndarray]:
+    """tokens / attention / response [P, 2, T] (a first) and labels [P, K], length bucketed.
+    `rows`: build only those pairs (one process's share), T still that of the whole batch."""
+    start, stop, _ = rows.indices(len(examples))
+    flat = sft_batch([s for e in examples for s in (e.a, e.b)], pad_id, max_len,
+                     slice(2 * start, 2 * max(start, stop)))
+    examples = examples[rows]
     pairs = len(examples)
     batch = {"tokens": flat["tokens"], "attention": flat["attention_mask"],
              "response": flat["loss_mask"]}

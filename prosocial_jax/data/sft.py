@@ -101,12 +101,14 @@ def load_sft(source: str | os.PathLike, tokenizer, max_len: int,
     return examples, skipped
 
 
-def sft_batch(examples: Sequence[SFTExample], pad_id: int,
-              max_len: int) -> dict[str, np.ndarray]:
+def sft_batch(examples: Sequence[SFTExample], pad_id: int, max_len: int,
+              rows: slice = slice(None)) -> dict[str, np.ndarray]:
     """Right-padded tokens, attention mask and loss mask, each [B, T]; T is the longest example
-    rounded up to LENGTH_BUCKET (at most `max_len`)."""
+    rounded up to LENGTH_BUCKET (at most `max_len`). `rows`: build only those examples' rows
+    (one process's share of a multi-process batch), T still that of the whole batch."""
     longest = max(len(e.input_ids) for e in examples)
     length = min(max_len, -(-longest // LENGTH_BUCKET) * LENGTH_BUCKET)
+    examples = examples[rows]
     tokens = np.full((len(examples), length), pad_id, np.int32)
     attention = np.zeros((len(examples), length), bool)
     loss = np.zeros((len(examples), length), bool)

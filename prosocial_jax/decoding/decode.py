@@ -131,11 +131,11 @@ class DecodeState:
 
 
 def _empty_cache(config: ModelConfig, params, batch: int, max_len: int,
-                 mesh: Mesh | None) -> KVCache:
+                 mesh: Mesh | None, layout: str = "sharded") -> KVCache:
     cache = KVCache.zeros(config, batch, max_len, jax.tree.leaves(params)[0].dtype)
     if mesh is not None:
         cache = jax.lax.with_sharding_constraint(
-            cache, sharding.cache_shardings(config, cache, mesh))
+            cache, sharding.cache_shardings(config, cache, mesh, layout))
     return cache
 
 
@@ -146,14 +146,16 @@ def _recent_tokens(tokens_BxT, mask_BxT, window: int) -> jax.Array:
     return jnp.pad(recent_BxW, ((0, 0), (window - recent_BxW.shape[1], 0)), constant_values=-2)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_len", "num_new", "mesh", "spec"))
+@functools.partial(jax.jit, static_argnames=("config", "max_len", "num_new", "mesh", "spec",
+                                             "layout"))
 def prefill(config: ModelConfig, params, tokens, mask, rng, max_new_tokens,
             guide: GuideInputs | None = None, *, max_len: int, num_new: int,
-            mesh: Mesh | None = None, spec: GuideSpec | None = None) -> DecodeState:
+            mesh: Mesh | None = None, spec: GuideSpec | None = None,
+            layout: str = "sharded") -> DecodeState:
     """Runs left-padded prompts (tokens and mask [B, T]) through the model (and the Pv-Arm,
     when guided), filling fresh caches of `max_len` slots; room for `num_new` new tokens."""
     batch = tokens.shape[0]
-    cache = _empty_cache(config, params, batch, max_len, mesh)
+    cache = _empty_cache(config, params, batch, max_len, mesh, layout)
     positions = positions_from_mask(mask)
     logits, (k, v) = forward_with_cache(config, params, tokens, positions, mask, None)
     cache = cache.append(k, v, mask)
@@ -164,7 +166,7 @@ def prefill(config: ModelConfig, params, tokens, mask, rng, max_new_tokens,
         r_tokens, r_mask, r_positions = (jnp.tile(x, (copies, 1))
                                          for x in (tokens, mask, positions))
         reward_cache = _empty_cache(spec.reward_config, guide.reward_params, copies * batch,
-                                    max_len, mesh)
+                                    max_len, mesh, spec.reward_layout)
         reward_logits, (rk, rv) = forward_with_cache(
             spec.reward_config, guide.reward_params, r_tokens, r_positions, r_mask, None,
             adapter_config=spec.adapter_config, adapter=guide.adapter_params,
@@ -446,7 +448,8 @@ def _guide(model: Model, reward: Model, adapter: Adapter, rows: int, preference,
     alpha, normalised = row_preferences(adapter, preference, rows, preferences)
     settings = Guidance.create(alpha, weight, safety_margin, plausibility, banned)
     check_no_repeat_ngram(no_repeat_ngram, "generate")
-    spec = GuideSpec(reward.config, adapter.config, vocab, safety_stage, int(no_repeat_ngram))
+    spec = GuideSpec(reward.config, adapter.config, vocab, safety_stage, int(no_repeat_ngram),
+                     reward.layout if reward.mesh is not None else "sharded")
     return spec, GuideInputs(reward.params, adapter.params, settings), normalised
 
 
@@ -461,30 +464,34 @@ def _generate_batch(model, rows, prompts, encoded, batch_size, sampling, stops, 
     if longest + max_new_tokens > config.max_position_embeddings:
         raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the "
                          f"model's context of {config.max_position_embeddings}")
-    tokens = np.full((batch_size, prompt_len), pad_id, np.int32)
-    mask = np.zeros((batch_size, prompt_len), bool)
-    for row, ids in enumerate(encoded):  # left padding: every row ends at the last slot
+    # Each process builds only the rows its devices hold (all of them in a one-process run).
+    local = sharding.process_rows(model.mesh, batch_size)
+    tokens = np.full((local.stop - local.start, prompt_len), pad_id, np.int32)
+    mask = np.zeros(tokens.shape, bool)
+    for row, ids in enumerate(encoded[local]):  # left padding: every row ends at the last slot
         tokens[row, prompt_len - len(ids):] = ids
         mask[row, prompt_len - len(ids):] = True
-    placed = sharding.place_batch({"tokens": tokens, "mask": mask}, model.mesh)
+    placed = sharding.place_batch({"tokens": tokens, "mask": mask}, model.mesh, rows=batch_size)
     tokens_j, mask_j = placed["tokens"], placed["mask"]
     state = prefill(config, model.params, tokens_j, mask_j, rng, max_new_tokens, guide,
-                    max_len=max_len, num_new=num_new, mesh=model.mesh, spec=spec)
+                    max_len=max_len, num_new=num_new, mesh=model.mesh, spec=spec,
+                    layout=model.layout)
     previous_flags = None
     for chunk in range(num_new // chunk_size):
         state, flags = decode_chunk(config, model.params, state, sampling, stops, pad_id,
                                     guide, num_steps=chunk_size, spec=spec)
         # Look one chunk behind: reading this chunk's flags now would stall the dispatch queue.
-        if previous_flags is not None and np.asarray(previous_flags).any():
+        if previous_flags is not None and sharding.to_host(previous_flags).any():
             break  # all rows done, or a fault (raised below)
         previous_flags = flags
         bar.update(len(prompts) * min(chunk_size, max_new_tokens - chunk * chunk_size))
 
     _raise_on_fault(state, rows)
-    generated = np.asarray(state.tokens)
-    stopped = np.asarray(state.stopped)
+    generated = sharding.to_host(state.tokens)  # gathered from every process
+    stopped = sharding.to_host(state.stopped)
     if spec is not None:
-        overrides, allowed_total = np.asarray(state.overrides), np.asarray(state.allowed_total)
+        overrides = sharding.to_host(state.overrides)
+        allowed_total = sharding.to_host(state.allowed_total)
     out = []
     for row, (prompt, ids) in enumerate(zip(prompts, encoded)):
         row_tokens = generated[row, :max_new_tokens].tolist()
@@ -504,13 +511,13 @@ def _generate_batch(model, rows, prompts, encoded, batch_size, sampling, stops, 
 
 def _raise_on_fault(state: DecodeState, rows: Sequence[int]) -> None:
     """NonFiniteError for the first row (in prompt order) whose scores turned non-finite."""
-    steps = np.asarray(state.fault_step)[:len(rows)]
+    steps = sharding.to_host(state.fault_step)[:len(rows)]
     faulty = np.flatnonzero(steps >= 0)
     if not faulty.size:
         return
     row = int(faulty[0])
-    source = int(np.asarray(state.fault_source)[row])
-    value = float(np.asarray(state.fault_value)[row])
+    source = int(sharding.to_host(state.fault_source)[row])
+    value = float(sharding.to_host(state.fault_value)[row])
     what = ("contain NaN" if math.isnan(value) else "contain +inf" if value > 0
             else "are -inf for every token")
     step = int(steps[row])

@@ -328,6 +328,7 @@ class GuideSpec:
     vocab: int  # tokens both models can emit
     safety_stage: bool  # False: the Pv-Arm runs on B rows (prosocial only), tau is ignored
     no_repeat_ngram: int = 0  # n >= 2: no n-gram twice in an answer; 0: off
+    reward_layout: str = "sharded"  # the Pv-Arm backbone's layout on the mesh (its cache's too)
 
 
 @struct.dataclass

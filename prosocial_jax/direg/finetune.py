@@ -151,9 +151,9 @@ def finetune(model: Model, examples: list[SFTExample], settings: FinetuneSetting
               "data": fingerprint(a for e in examples for a in (e.input_ids, e.loss_mask)),
               "source": model.source, "dtype": str(model.dtype)}
 
-    def batch_at(step: int) -> dict[str, np.ndarray]:
+    def batch_at(step: int, rows: slice) -> dict[str, np.ndarray]:
         indices = batch_indices(len(examples), settings.batch_size, settings.seed, step)
-        return sft_batch([examples[i] for i in indices], model.pad_id, settings.max_len)
+        return sft_batch([examples[i] for i in indices], model.pad_id, settings.max_len, rows)
 
     state, history = run_training(objective, initial, frozen, batch_at, settings, folder, record,
                                   mesh=model.mesh, stop_after=stop_after, progress=progress,

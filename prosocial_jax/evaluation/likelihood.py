@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prosocial_jax.data.sft import SFTExample, encode_sft, sft_batch
+from prosocial_jax.models import sharding
 from prosocial_jax.models.config import ModelConfig
 from prosocial_jax.models.decoder import forward_logits
 from prosocial_jax.models.model import Model
@@ -98,6 +99,6 @@ def mean_log_likelihood(model: Model, prompts: Sequence, responses: Sequence[str
             model.config, model.params, batch["tokens"], batch["attention_mask"],
             batch["loss_mask"])
         real = min(batch_size, len(examples) - start)
-        total += float(np.sum(np.asarray(log_likelihood)[:real]))
-        count += float(np.sum(np.asarray(tokens)[:real]))
+        total += float(np.sum(sharding.to_host(log_likelihood)[:real]))
+        count += float(np.sum(sharding.to_host(tokens)[:real]))
     return total / max(count, 1.0)

@@ -82,7 +82,7 @@ def evaluate_adapter(model: Model, adapter: Adapter, examples: Sequence[PairExam
     for g, point in enumerate(tqdm(grid, desc="evaluate", unit="preference",
                                    disable=not progress)):
         margins = np.concatenate([
-            np.asarray(_margins(model.config, adapter.config, model.params, adapter.params,
+            sharding.to_host(_margins(model.config, adapter.config, model.params, adapter.params,
                                 batch, jnp.asarray(point)))[:real]
             for batch, real in batches])
         signed = labels * margins[:, None]

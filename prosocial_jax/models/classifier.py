@@ -121,7 +121,7 @@ class ScoreModel:
         batch = {"tokens": tokens, "mask": mask, "end": end}
         if self.trunk.mesh is not None:
             batch = sharding.place_batch(batch, self.trunk.mesh)
-        raw = np.asarray(_end_scores(self.trunk.config, self.trunk.params, self.weight,
+        raw = sharding.to_host(_end_scores(self.trunk.config, self.trunk.params, self.weight,
                                      self.bias, batch["tokens"], batch["mask"], batch["end"],
                                      prefix_array(prefix, self.trunk.config)))
         return normalise_scores(self.head, raw)

@@ -67,13 +67,15 @@ def _jit_logits_at(config: ModelConfig, params, tokens_BxT, mask_BxT, positions_
 
 @dataclasses.dataclass
 class Model:
-    """A loaded decoder: params are a plain pytree of jax arrays (sharded when `mesh` is set)."""
+    """A loaded decoder: params are a plain pytree of jax arrays (laid out on `mesh` by `layout`,
+    see `sharding.LAYOUTS`, when a mesh is set)."""
 
     config: ModelConfig
     params: Any
     tokenizer: Any = None
     mesh: Mesh | None = None
     source: str = ""
+    layout: str = "sharded"
 
     @property
     def dtype(self) -> np.dtype:
@@ -252,12 +254,15 @@ def _with_generation_stop_ids(config: ModelConfig, path: Path) -> ModelConfig:
     return dataclasses.replace(config, eos_token_ids=merged)
 
 
-def load_model(path: str | os.PathLike, dtype=None, mesh: Mesh | str | None = None) -> Model:
+def load_model(path: str | os.PathLike, dtype=None, mesh: Mesh | str | None = None,
+               layout: str = "sharded") -> Model:
     """Loads an HF safetensors folder, a GGUF file, `bundled:smollm2`, or `hf://owner/name`.
 
     `dtype=None` keeps the checkpoint's dtype (GGUF is dequantised to float32). `mesh` is a
-    `jax.sharding.Mesh` or a shape such as "2x4"; parameters are then sharded by the rules in
-    `prosocial_jax.models.sharding`.
+    `jax.sharding.Mesh` or a shape such as "2x4"; parameters are then laid out by the rules in
+    `prosocial_jax.models.sharding`: `layout="sharded"` splits them over "model";
+    `layout="replicated"` keeps a whole copy on every device (a small Pv-Arm backbone guiding a
+    large base on the same mesh: weak-to-strong).
 
     Example: `m = load_model("bundled:smollm2"); m.logits([[1, 2, 3]])`.
     """
@@ -279,8 +284,9 @@ def load_model(path: str | os.PathLike, dtype=None, mesh: Mesh | str | None = No
         raise hf.CheckpointError(f"{source}: expected a checkpoint folder (with config.json) or "
                                  "a .gguf file")
     params = hf.params_from_tensors(config, names, get, target_dtype, source=str(source))
-    params, mesh = sharding.place_params(config, params, mesh)
-    return Model(config=config, params=params, tokenizer=tokenizer, mesh=mesh, source=str(source))
+    params, mesh = sharding.place_params(config, params, mesh, layout)
+    return Model(config=config, params=params, tokenizer=tokenizer, mesh=mesh, source=str(source),
+                 layout=layout)
 
 
 # ---------------------------------------------------------------------------- saving

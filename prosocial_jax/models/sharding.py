@@ -42,6 +42,31 @@ LOGICAL_RULES: dict[str, str | None] = {
     "head_dim": None,
 }
 
+# Two layouts of a model on the mesh. "sharded" (the default) splits weights over "model" and
+# rows over "data". "replicated" keeps a whole copy of the weights on every device, rows still
+# over "data": the layout of a small Pv-Arm guiding a large base on one mesh (weak-to-strong),
+# which then needs no collective inside its own forward pass.
+LAYOUTS: dict[str, dict[str, str | None]] = {
+    "sharded": LOGICAL_RULES,
+    "replicated": {name: "data" if name == "batch" else None for name in LOGICAL_RULES},
+}
+
+
+# The platforms the real-size configs (configs/*_7b.py, configs/llama3_8b.py) plan for: devices
+# per slice or host, and memory per device in GiB (HBM).
+PLATFORMS: dict[str, tuple[int, float]] = {
+    "v4-16": (8, 32.0),  # Cloud TPU v4, 8 chips on 2 hosts
+    "v5e-8": (8, 16.0),  # Cloud TPU v5e (v5litepod-8), one host
+    "h100": (8, 80e9 / 2**30),  # 8 x H100 80GB, one node
+    "h200": (8, 141e9 / 2**30),  # 8 x H200 141GB, one node
+}
+
+
+def layout_rules(layout: str) -> dict[str, str | None]:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r}: expected one of {sorted(LAYOUTS)}")
+    return LAYOUTS[layout]
+
 # Parameter path (joined with "/") -> logical axes. A bias has its weight's output axis.
 _PARAM_AXES: dict[str, tuple[str, ...]] = {
     "embed/embedding": ("vocab", "embed"),
@@ -93,12 +118,14 @@ def _unit_counts(config: ModelConfig) -> dict[str, int]:
 
 
 def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int],
-                    mesh: Mesh | AbstractMesh, config: ModelConfig | None = None) -> P:
+                    mesh: Mesh | AbstractMesh, config: ModelConfig | None = None,
+                    layout: str = "sharded") -> P:
     """PartitionSpec for the given logical axes; an axis that doesn't divide is replicated."""
     units = _unit_counts(config) if config is not None else {}
+    rules = layout_rules(layout)
     spec = []
     for name, size in zip(logical_axes, shape):
-        mesh_axis = LOGICAL_RULES.get(name) if name is not None else None
+        mesh_axis = rules.get(name) if name is not None else None
         if mesh_axis is not None:
             count = units.get(name, size)
             if count % mesh.shape[mesh_axis] or size % mesh.shape[mesh_axis]:
@@ -117,19 +144,23 @@ def param_logical_axes(params) -> dict:
     return traverse_util.unflatten_dict(axes, sep="/")
 
 
-def param_shardings(config: ModelConfig, params, mesh: Mesh | AbstractMesh):
+def param_shardings(config: ModelConfig, params, mesh: Mesh | AbstractMesh,
+                    layout: str = "sharded"):
     """NamedSharding for every parameter leaf."""
     axes = param_logical_axes(params)
     # `params` is a prefix of `axes` (whose leaves are tuples), so each leaf meets its tuple.
     return jax.tree.map(
         lambda leaf, logical: NamedSharding(
-            mesh, logical_to_spec(logical, leaf.shape, mesh, config)),
+            mesh, logical_to_spec(logical, leaf.shape, mesh, config, layout)),
         params, axes)
 
 
-def cache_shardings(config: ModelConfig, cache: KVCache, mesh: Mesh | AbstractMesh) -> KVCache:
-    kv = NamedSharding(mesh, logical_to_spec(KV_LOGICAL_AXES, cache.keys.shape, mesh, config))
-    valid = NamedSharding(mesh, logical_to_spec(VALID_LOGICAL_AXES, cache.valid.shape, mesh))
+def cache_shardings(config: ModelConfig, cache: KVCache, mesh: Mesh | AbstractMesh,
+                    layout: str = "sharded") -> KVCache:
+    kv = NamedSharding(mesh, logical_to_spec(KV_LOGICAL_AXES, cache.keys.shape, mesh, config,
+                                             layout))
+    valid = NamedSharding(mesh, logical_to_spec(VALID_LOGICAL_AXES, cache.valid.shape, mesh,
+                                                layout=layout))
     return KVCache(keys=kv, values=kv, valid=valid, index=NamedSharding(mesh, P()))
 
 
@@ -139,28 +170,80 @@ def batch_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:
                                                mesh))
 
 
-def place_batch(batch: Mapping[str, Any], mesh: Mesh | None) -> dict[str, jax.Array]:
+def process_rows(mesh: Mesh | None, rows: int) -> slice:
+    """The rows of a `rows`-row batch that this process feeds to its devices.
+
+    One process feeds them all. With several (`jax.distributed`), the "data" axis splits rows
+    over processes in contiguous blocks (process 0 first), so each process builds only its block
+    and `place_batch` assembles the global array; a batch that does not split over "data" is
+    replicated and every process feeds all of it."""
+    if mesh is None or jax.process_count() == 1:
+        return slice(0, rows)
+    held = batch_sharding(mesh, (rows,)).addressable_devices_indices_map((rows,)).values()
+    starts = [index[0].start or 0 for index in held]
+    stops = [rows if index[0].stop is None else index[0].stop for index in held]
+    start, stop = min(starts), max(stops)
+    if sum(b - a for a, b in sorted(set(zip(starts, stops)))) != stop - start:
+        raise ValueError(f"mesh {dict(mesh.shape)}: process {jax.process_index()}'s devices hold "
+                         "rows that are not one block; build the mesh with make_mesh")
+    return slice(start, stop)
+
+
+def place_batch(batch: Mapping[str, Any], mesh: Mesh | None,
+                rows: int | None = None) -> dict[str, jax.Array]:
     """Host arrays onto the devices: the one way a batch goes there (training, evaluation,
     decoding, `Model.logits`). Rows split over the mesh's "data" axis (`batch_sharding`), or
-    the default device without a mesh."""
+    the default device without a mesh.
+
+    `rows=None`: `batch` holds every row. Otherwise `batch` holds only this process's rows
+    (`process_rows(mesh, rows)`) of a `rows`-row global batch, as each process of a multi-process
+    run builds them; one process holds them all, so both forms agree there."""
     if mesh is None:
         return {name: jnp.asarray(array) for name, array in batch.items()}
-    return {name: jax.device_put(array, batch_sharding(mesh, np.shape(array)))
-            for name, array in batch.items()}
+    if jax.process_count() == 1:
+        return {name: jax.device_put(array, batch_sharding(mesh, np.shape(array)))
+                for name, array in batch.items()}
+    placed = {}
+    for name, array in batch.items():
+        array = np.asarray(array)
+        total = array.shape[0] if rows is None else rows
+        local = array[process_rows(mesh, total)] if rows is None else array
+        shape = (total, *array.shape[1:])
+        expected = process_rows(mesh, total)
+        if local.shape[0] != expected.stop - expected.start:
+            raise ValueError(f"batch {name!r}: process {jax.process_index()} holds "
+                             f"{local.shape[0]} rows, but feeds rows {expected.start}:"
+                             f"{expected.stop} of {total}")
+        placed[name] = jax.make_array_from_process_local_data(
+            batch_sharding(mesh, shape), local, shape)
+    return placed
 
 
-def shard_params(config: ModelConfig, params, mesh: Mesh):
-    return jax.device_put(params, param_shardings(config, params, mesh))
+def to_host(array: jax.Array | np.ndarray) -> np.ndarray:
+    """A device array's value on the host, whole, in every process (a multi-process array whose
+    shards lie on other processes' devices is gathered from them: every process must call)."""
+    if isinstance(array, jax.Array) and not array.is_fully_addressable \
+            and not array.is_fully_replicated:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+    return np.asarray(array)
 
 
-def place_params(config: ModelConfig, params, mesh: Mesh | str | Sequence[int] | None):
-    """Host parameters onto the devices, sharded when a mesh (or its shape, "2x4") is given:
-    the one way a loaded model's weights go there. Returns (params, mesh)."""
+def shard_params(config: ModelConfig, params, mesh: Mesh, layout: str = "sharded"):
+    return jax.device_put(params, param_shardings(config, params, mesh, layout))
+
+
+def place_params(config: ModelConfig, params, mesh: Mesh | str | Sequence[int] | None,
+                 layout: str = "sharded"):
+    """Host parameters onto the devices, laid out by `layout` (see LAYOUTS) when a mesh (or its
+    shape, "2x4") is given: the one way a loaded model's weights go there. Returns (params,
+    mesh)."""
+    layout_rules(layout)
     if isinstance(mesh, str | tuple | list):
         mesh = make_mesh(mesh)
     if mesh is None:
         return jax.device_put(params), None
-    return shard_params(config, params, mesh), mesh
+    return shard_params(config, params, mesh, layout), mesh
 
 
 def _per_device_bytes(shapes, shardings) -> int:

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prosocial_jax import processes
 from prosocial_jax import settings as settings_module
 from prosocial_jax.data.order import batch_indices
 from prosocial_jax.data.preferences import PairExample, PreferencePair, pair_batch
@@ -170,6 +171,8 @@ class _TensorBoard:
         self.writer, self.opened = None, False
 
     def add(self, row: dict[str, Any]) -> None:
+        if not processes.is_writer():  # one event file per run, however many processes
+            return
         if not self.opened:
             self.writer, self.opened = _summary_writer(self.folder), True
         if self.writer is None:
@@ -217,9 +220,9 @@ def train_arm(model: Model, adapter_config: AdapterConfig, train: Sequence[PairE
               "train_pairs": len(train), "train_data": pair_fingerprint(train),
               "backbone": model.source, "dtype": str(model.dtype)}
 
-    def batch_at(step: int) -> dict[str, np.ndarray]:
+    def batch_at(step: int, rows: slice) -> dict[str, np.ndarray]:
         indices = batch_indices(len(train), settings.batch_size, settings.seed, step)
-        return pair_batch([train[i] for i in indices], model.pad_id, settings.max_len)
+        return pair_batch([train[i] for i in indices], model.pad_id, settings.max_len, rows)
 
     tensorboard = _TensorBoard(folder, adapter_config.attributes)
     try:

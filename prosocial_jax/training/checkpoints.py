@@ -14,6 +14,9 @@ Pv-Arm training run through.
   an interruption) are dropped.
 - A state with NaN or inf is never saved and never resumed (`nonfinite_paths`).
 - A folder that exists and holds anything but a run of ours is refused, never written into.
+- Several processes (`jax.distributed`) share one folder: process 0 checks and writes `run.json`
+  and `metrics.jsonl` (the others stop with its error, if any), and all of them save and
+  restore the orbax checkpoints together.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from prosocial_jax import processes
 from prosocial_jax.files import atomic_open, write_jsonl
 
 RECORD, METRICS = "run.json", "metrics.jsonl"
@@ -99,6 +103,19 @@ def check_run_record(folder: Path, record: dict[str, Any],
     A larger `settings.steps` extends the run."""
     folder = Path(folder)
     record = json.loads(json.dumps(record))  # as it reads back (tuples: lists)
+    # Process 0 checks and writes; the others wait for it, and stop with its error if it
+    # found one (they would read the folder while process 0 writes it).
+    error = None
+    if processes.is_writer():
+        try:
+            _check_and_write_record(folder, record, restart_on_change)
+        except (OSError, ValueError) as err:
+            error = err
+    processes.check_all_processes(f"checking the run folder {folder}", error)
+
+
+def _check_and_write_record(folder: Path, record: dict[str, Any],
+                            restart_on_change: bool) -> None:
     previous = read_record(folder)
     if previous is None:
         check_checkpoint_folder(folder)
@@ -165,6 +182,13 @@ def place_on_mesh(tree: Any, mesh: Mesh | None) -> Any:
         if isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding) and \
                 x.sharding.mesh == mesh:
             return x
+        if jax.process_count() > 1 and isinstance(x, jax.Array) and x.is_fully_addressable:
+            # This process's own copy (the same in every process: same seeds), as a host
+            # value: a device array committed to one local device can't join a global mesh.
+            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+                data = jax.device_put(np.asarray(jax.random.key_data(x)), replicated)
+                return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+            x = np.asarray(x)
         return jax.device_put(x, replicated)
 
     return jax.tree.map(place, tree)
@@ -189,7 +213,7 @@ def _trim_metrics(folder: Path, step: int) -> None:
     """Keeps the metrics rows of steps <= `step` (the rest were made after the checkpoint the
     run resumes from, and will be made again)."""
     path = folder / METRICS
-    if not path.exists():
+    if not path.exists() or not processes.is_writer():
         return
     rows = []
     for line in path.read_text().splitlines():
@@ -203,7 +227,9 @@ def _trim_metrics(folder: Path, step: int) -> None:
 
 
 def log_metrics(folder: Path, row: dict[str, Any]) -> None:
-    """Appends one step's row to `folder/metrics.jsonl`."""
+    """Appends one step's row to `folder/metrics.jsonl` (process 0 only)."""
+    if not processes.is_writer():
+        return
     with (Path(folder) / METRICS).open("a") as handle:
         handle.write(json.dumps(row) + "\n")
 
@@ -241,4 +267,5 @@ def start_or_resume(folder: str | Path, record: dict[str, Any], initial: Any, ke
         raise RunError(f"{folder / 'checkpoints' / str(latest)}: the checkpoint holds NaN or inf "
                        f"in {', '.join(bad[:3])}; refusing to resume from it")
     _trim_metrics(folder, latest)
+    print(f"{folder}: resuming from its checkpoint at step {latest} of {steps}", file=sys.stderr)
     return manager, state, latest

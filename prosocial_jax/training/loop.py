@@ -39,7 +39,12 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from prosocial_jax.models import sharding
-from prosocial_jax.training.checkpoints import check_finite, log_metrics, start_or_resume
+from prosocial_jax.training.checkpoints import (
+    check_finite,
+    log_metrics,
+    place_on_mesh,
+    start_or_resume,
+)
 
 
 class TrainState(NamedTuple):
@@ -112,6 +117,7 @@ def state_from_checkpoint(tree: Mapping[str, Any], objective: Objective,
 
 class LoopSettings(Protocol):
     steps: int
+    batch_size: int
     checkpoint_every: int
     keep_checkpoints: int
 
@@ -159,7 +165,8 @@ def jit_train_step_on_mesh(layout: Layout) -> Callable:
 
 
 def run_training(objective: Objective, initial: TrainState, frozen: Any,
-                 batch_at: Callable[[int], Mapping[str, np.ndarray]], settings: LoopSettings,
+                 batch_at: Callable[[int, slice], Mapping[str, np.ndarray]],
+                 settings: LoopSettings,
                  folder: str | Path, record: dict[str, Any], mesh: Mesh | None = None,
                  stop_after: int | None = None, progress: bool = True,
                  description: str = "train",
@@ -169,7 +176,9 @@ def run_training(objective: Objective, initial: TrainState, frozen: Any,
     """Trains (or resumes, see `checkpoints.start_or_resume`) to `settings.steps`, or to
     `stop_after` total steps (the run can be resumed later).
 
-    `batch_at(index)` gives the host batch of the step from `index` to `index + 1` steps taken;
+    `batch_at(index, rows)` gives rows `rows` of the host batch of the step from `index` to
+    `index + 1` steps taken (every row in a one-process run; in a multi-process run, the block
+    this process feeds, `sharding.process_rows`);
     `record` is the run's record (run.json). Each step's `objective.row` goes to
     `folder/metrics.jsonl` and to `on_row`. `restart_on_change`: a previous run in `folder`
     with a different record is discarded instead of refused. Returns the final state and this
@@ -181,7 +190,7 @@ def run_training(objective: Objective, initial: TrainState, frozen: Any,
                                            settings.steps, mesh, restart_on_change)
     state = state_from_checkpoint(tree, objective, initial)
     if mesh is not None and objective.checkpoint_key is None:  # the key was not restored
-        state = state._replace(key=jax.device_put(state.key, state.step.sharding))
+        state = state._replace(key=place_on_mesh(state.key, mesh))
     last = min(settings.steps, stop_after if stop_after is not None else settings.steps)
     compiled = jit_train_step if mesh is None else jit_train_step_on_mesh(state_layout(state))
     history: list[dict[str, Any]] = []
@@ -199,10 +208,11 @@ def run_training(objective: Objective, initial: TrainState, frozen: Any,
         bar.set_postfix(objective.postfix(row, metrics))
         bar.update(1)
 
+    rows = sharding.process_rows(mesh, settings.batch_size)
     pending = None  # (step number, metrics) of a step dispatched but not read yet
     try:
         for index in range(start, last):
-            batch = sharding.place_batch(batch_at(index), mesh)
+            batch = sharding.place_batch(batch_at(index, rows), mesh, rows=settings.batch_size)
             state, metrics = compiled(state, frozen, batch, objective=objective)
             if pending is not None:
                 read(*pending)  # the previous step, while this one runs

@@ -26,6 +26,8 @@ from safetensors.numpy import load_file, save_file
 from prosocial_jax import cli
 from prosocial_jax.files import MANIFEST
 
+ROOT = Path(__file__).resolve().parents[2]
+
 TALLY: collections.Counter = collections.Counter()  # read by conftest's terminal summary
 
 SFT_ROWS = [{"prompt": f"Question {i}: name a colour.", "response": f"Colour number {i}."}
@@ -87,31 +89,44 @@ LAUNCHER = textwrap.dedent("""
 """)
 
 
-def _command(args, fault: str = "") -> subprocess.Popen:
+def _command(args, fault: str = "", processes: int = 1) -> subprocess.Popen:
+    """The CLI in a fresh interpreter; with `processes` > 1, that many cooperating processes
+    started by launch/local.sh (4 CPU devices each), in their own process group."""
     TALLY["inputs"] += 1
     TALLY["faults"] += bool(fault)
-    return subprocess.Popen([sys.executable, "-c", LAUNCHER, *args], env={**ENV, "FAULT": fault},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-c", LAUNCHER, *args]
+    env = {**ENV, "FAULT": fault}
+    if processes > 1:
+        command = ["bash", str(ROOT / "launch" / "local.sh"), str(processes), *command]
+        env.update(XLA_FLAGS="", DEVICES_PER_PROCESS=str(8 // processes))
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
 
 
 def _finish(proc: subprocess.Popen, expect: int = 0) -> str:
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == expect, err[-3000:]
-    assert "Traceback" not in err
-    return err
+    """Waits; the run's stderr (with several processes, local.sh streams process 0's stderr
+    on its stdout: both are returned)."""
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == expect, (out + err)[-3000:]
+    assert "Traceback" not in err and "Traceback" not in out
+    return err + out
 
 
-def _kill_after_first_checkpoint(args, checkpoint_dir: Path) -> None:
-    proc = _command(args)
+def _kill_after_first_checkpoint(args, checkpoint_dir: Path, processes: int = 1) -> None:
+    """SIGKILL to every process of the run once its first checkpoint is on disk. (The stderr
+    pipe is read only at the end: these runs print little before their first checkpoint.)"""
+    proc = _command(args, processes=processes)
     TALLY["faults"] += 1
     first = checkpoint_dir / "checkpoints" / "1"
     deadline = time.time() + 300
-    while not first.exists():
-        assert proc.poll() is None, f"ended before its first checkpoint: {proc.stderr.read()}"
-        assert time.time() < deadline
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        while not first.exists():
+            assert proc.poll() is None, f"ended before its first checkpoint: {proc.stderr.read()}"
+            assert time.time() < deadline
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and all its processes
+        proc.wait()
     assert proc.returncode == -signal.SIGKILL, "finished before it could be killed"
 
 
@@ -120,11 +135,11 @@ def _steps(folder: Path) -> list[int]:
     return [json.loads(line)["step"] for line in lines]
 
 
-def _tensors_equal(a: Path, b: Path) -> None:
+def _tensors_equal(a: Path, b: Path, atol: float = 0.0) -> None:
     left, right = load_file(a), load_file(b)
     assert sorted(left) == sorted(right)
     for name in left:
-        np.testing.assert_array_equal(left[name], right[name], err_msg=name)
+        np.testing.assert_allclose(left[name], right[name], rtol=0, atol=atol, err_msg=name)
 
 
 def _train_arm(work, out, checkpoints, *extra):
@@ -136,26 +151,29 @@ def _train_arm(work, out, checkpoints, *extra):
 
 
 def test_train_arm_killed_three_ways_loses_nothing(work, tmp_path):
-    """SIGKILL after the first checkpoint, then during a checkpoint write, then during the
-    output write: each rerun resumes from what was saved, and the result equals an
-    uninterrupted run's, bit for bit."""
+    """SIGKILL after the first checkpoint (to both processes of a 2-process run), then during a
+    checkpoint write (one process), then during the output write: each rerun resumes from what
+    was saved, whatever the number of processes (the last resume runs as 2 processes again),
+    and the result equals an uninterrupted one-process run's up to the order of the
+    cross-process sums (last bits: 6e-8 seen)."""
     reference = tmp_path / "reference"
     _finish(_command(_train_arm(work, reference, tmp_path / "reference-ckpt")))
     out, ckpt = tmp_path / "adapter", tmp_path / "ckpt"
-    _kill_after_first_checkpoint(_train_arm(work, out, ckpt), ckpt)
+    _kill_after_first_checkpoint(_train_arm(work, out, ckpt), ckpt, processes=2)
     assert not out.exists()
     _finish(_command(_train_arm(work, out, ckpt), fault="checkpoint-write:5"), -signal.SIGKILL)
     assert not (ckpt / "checkpoints" / "5").exists() and (ckpt / "checkpoints" / "4").exists()
-    err = _finish(_command(_train_arm(work, out, ckpt)))
-    assert "wrote" in err
-    _tensors_equal(reference / "adapter.safetensors", out / "adapter.safetensors")
+    err = _finish(_command(_train_arm(work, out, ckpt), processes=2))
+    assert f"{ckpt.resolve()}: resuming from its checkpoint at step 4 of 8" in err
+    assert f"wrote {out}" in err
+    _tensors_equal(reference / "adapter.safetensors", out / "adapter.safetensors", atol=1e-6)
     assert _steps(ckpt) == list(range(1, 9))  # each step once, whatever was interrupted
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     _finish(_command(_train_arm(work, out, ckpt, "--overwrite"), fault="output-write"),
             -signal.SIGKILL)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the output is intact
     _finish(_command(_train_arm(work, out, ckpt, "--overwrite")))  # and the next run goes on
-    _tensors_equal(reference / "adapter.safetensors", out / "adapter.safetensors")
+    _tensors_equal(reference / "adapter.safetensors", out / "adapter.safetensors", atol=1e-6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "ckpt", "reference",
                                                           "reference-ckpt"]
 

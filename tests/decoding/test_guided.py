@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import scipy.stats
 from helpers import VOCAB, hf_greedy, with_nan_embedding
+from jax.sharding import PartitionSpec as P
 
 import prosocial_jax as pj
 from prosocial_jax.decoding import decode, guidance
@@ -226,6 +227,44 @@ def test_sharded_equals_unsharded(tiny_checkpoints):
     spread = pj.generate(mesh, PROMPTS, **kwargs)
     assert [r.tokens for r in spread] == [r.tokens for r in expected]
     assert [r.safety_overrides for r in spread] == [r.safety_overrides for r in expected]
+
+
+def test_weak_to_strong_layout_on_one_mesh(tiny_checkpoints, monkeypatch):
+    """A small Pv-Arm replicated over "model" (its rows over "data") guides a larger base
+    sharded over both, on one 2x4 mesh: the weights and both KV caches lie as asked, and the
+    tokens equal one device's."""
+    base_path = tiny_checkpoints["llama_mesh"].path
+    small_path = tiny_checkpoints["llama_small"].path
+    adapter = _random_adapter(pj.load_model(small_path), seed=2)
+    kwargs = dict(max_new_tokens=STEPS, stop_tokens=[], adapter=adapter,
+                  preferences=[[0, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 0], [1, 1, 1, 1, 1, 1]],
+                  guidance=[1.0, 2.0, 0.5], safety_margin=[0.5, 2.0, math.inf])
+    expected = pj.generate(pj.load_model(base_path), PROMPTS,
+                           reward=pj.load_model(small_path), **kwargs)
+
+    base = pj.load_model(base_path, mesh="2x4")
+    small = pj.load_model(small_path, mesh=base.mesh, layout="replicated")
+    assert small.config.hidden_size < base.config.hidden_size
+    assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(small.params))
+    q_proj = base.params["layers"]["attn"]["q_proj"]["weight"]
+    assert "model" in q_proj.sharding.spec and not q_proj.sharding.is_fully_replicated
+    caches = {}
+    real_prefill = decode.prefill
+
+    def prefill(*args, **kwargs):
+        state = real_prefill(*args, **kwargs)
+        caches.update(base=state.cache.keys.sharding.spec,
+                      reward=state.reward_cache.keys.sharding.spec)
+        return state
+
+    monkeypatch.setattr(decode, "prefill", prefill)
+    got = pj.generate(base, PROMPTS, reward=small, **kwargs)
+    assert [r.tokens for r in got] == [r.tokens for r in expected]
+    assert [r.safety_overrides for r in got] == [r.safety_overrides for r in expected]
+    assert caches == {"base": P(None, "data", "model"),  # [layers, rows, heads, ...]
+                      "reward": P(None, "data")}
+    with pytest.raises(ValueError, match="layout 'diagonal'"):
+        pj.load_model(small_path, mesh=base.mesh, layout="diagonal")
 
 
 def test_bad_preferences_and_mismatched_models(models, tiny_checkpoints, tiny_chat):

@@ -29,6 +29,7 @@ from prosocial_jax.evaluation.judges.base import (
     padded_batches,
     user_messages,
 )
+from prosocial_jax.models import sharding
 from prosocial_jax.models.model import Model
 from prosocial_jax.models.tokenizer import has_chat_template
 
@@ -74,7 +75,7 @@ class GuardJudge:
         for batch in padded_batches(encoded, self.batch_size, self.model.pad_id):
             last = (batch.lengths - 1)[:, None]
             logits = self.model.logits_at(batch.tokens, batch.mask, last, batch.prefix)[:, 0]
-            probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+            probs = sharding.to_host(jax.nn.softmax(logits, axis=-1))
             out[batch.rows] = probs[:len(batch.rows)]
         return out
 

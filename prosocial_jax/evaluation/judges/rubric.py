@@ -39,6 +39,7 @@ from prosocial_jax.evaluation.judges.base import (
     prompt_text,
     single_token,
 )
+from prosocial_jax.models import sharding
 from prosocial_jax.models.model import Model
 from prosocial_jax.models.tokenizer import has_chat_template
 
@@ -137,7 +138,7 @@ class RubricJudge:
             positions = np.stack([answer, after], axis=1)
             probs = jax.nn.softmax(self.model.logits_at(batch.tokens, batch.mask, positions,
                                                         batch.prefix), axis=-1)
-            out[batch.rows] = np.asarray(probs)[:len(batch.rows)]
+            out[batch.rows] = sharding.to_host(probs)[:len(batch.rows)]
             bar.update(len(batch.rows))
         bar.close()
         return out

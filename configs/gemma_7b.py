@@ -1,0 +1,54 @@
+"""Gemma-7B-it guided by a Pv-Arm on Gemma-2B-it (one tokenizer).
+
+    prosocial-jax generate --config configs/gemma_7b.py:v5e-8 --config.adapter=ADAPTER \\
+        --prompts prompts.jsonl --out out.jsonl
+
+After the colon, the platform: v4-16 (TPU v4, 8 chips x 32 GiB), v5e-8 (TPU v5e, 8 chips x 16 GiB),
+h100 and h200 (one node of 8 GPUs, 80 / 141 GB). Each picks a mesh, a Pv-Arm layout and a batch
+that fit its devices with room to spare (plans below, bfloat16, batch rows of 4096 KV slots, from
+`prosocial-jax memory`; the suite checks them and compiles the guided decode step from shapes on 8
+CPU devices). Gemma-7B's 16 full-size KV heads of 256 dimensions make its KV cache large: v5e-8
+decodes 16 rows per batch.
+
+`ADAPTER` is a Pv-Arm adapter trained on the backbone (`prosocial-jax train-arm --model
+hf://google/gemma-2b-it ...`). The hf:// ids need a reachable hub or the hub cache; offline
+machines pass `--config.model=/path/to/folder` and `--config.reward=/path/to/folder`.
+
+Per-device memory plans (weights + both KV caches + adapter + logits):
+    v4-16  mesh 2x4, Pv-Arm replicated  32 rows:  17.9 GiB of 32
+    v5e-8  mesh 1x8, Pv-Arm sharded     16 rows:   8.4 GiB of 16
+    h100   mesh 8x1, Pv-Arm replicated  32 rows:  28.1 GiB of 75
+    h200   mesh 8x1, Pv-Arm replicated  64 rows:  35.7 GiB of 131
+"""
+
+import ml_collections
+
+# platform: (mesh DATAxMODEL, the Pv-Arm backbone's layout, rows per batch)
+PLATFORMS = {
+    "v4-16": ("2x4", "replicated", 32),
+    "v5e-8": ("1x8", "sharded", 16),
+    "h100": ("8x1", "replicated", 32),
+    "h200": ("8x1", "replicated", 64),
+}
+
+
+def get_config(platform: str = "v4-16") -> ml_collections.ConfigDict:
+    if platform not in PLATFORMS:
+        raise ValueError(f"platform {platform!r}: expected one of {sorted(PLATFORMS)}")
+    mesh, layout, batch_size = PLATFORMS[platform]
+    config = ml_collections.ConfigDict()
+    config.model = "hf://google/gemma-7b-it"
+    config.dtype = "bfloat16"
+    config.mesh = mesh
+    config.adapter = ml_collections.FieldReference(None, field_type=str)
+    config.reward = "hf://google/gemma-2b-it"
+    config.reward_layout = layout
+    config.generate = ml_collections.ConfigDict({
+        "max_new_tokens": 256,
+        "temperature": 0.0,
+        "top_k": 0,
+        "top_p": 1.0,
+        "seed": 0,
+        "batch_size": batch_size,
+    })
+    return config
