@@ -41,9 +41,11 @@ from prosocial_jax.decoding.guidance import (
     GuideSpec,
     check_no_repeat_ngram,
     guided_scores,
+    pvarm_rows,
     repeated_ngram_ban,
     row_preferences,
     shared_vocab_size,
+    split_pvarm_rows,
 )
 from prosocial_jax.decoding.sampling import SamplingParams, sample_tokens
 from prosocial_jax.models import sharding
@@ -163,7 +165,7 @@ def prefill(config: ModelConfig, params, tokens, mask, rng, max_new_tokens,
     guided = {}
     if spec is not None:
         copies = 2 if spec.safety_stage else 1  # the safety rows see the same tokens
-        r_tokens, r_mask, r_positions = (jnp.tile(x, (copies, 1))
+        r_tokens, r_mask, r_positions = (pvarm_rows(x, copies)
                                          for x in (tokens, mask, positions))
         reward_cache = _empty_cache(spec.reward_config, guide.reward_params, copies * batch,
                                     max_len, mesh, spec.reward_layout)
@@ -231,9 +233,10 @@ def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: Samp
             repeats)
         # Raw logits, not log-probs: their maximum tells NaN, +inf and all -inf apart.
         batch, reward = scores.shape[0], _row_max(state.reward_logits[:, :spec.vocab])
-        checked = [(0, _row_max(state.logits[:, :spec.vocab])), (1, reward[:batch])]
-        if spec.safety_stage:
-            checked.append((2, reward[batch:]))
+        prosocial, safety = split_pvarm_rows(reward, batch)
+        checked = [(0, _row_max(state.logits[:, :spec.vocab])), (1, prosocial)]
+        if safety is not None:
+            checked.append((2, safety))
         checked.append((3, _row_max(scores)))
     faults = _record_faults(state, checked)
     token = sample_tokens(scores, key, sampling)
@@ -252,8 +255,8 @@ def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: Samp
         if spec is None:
             return base, None
         reward = forward_with_cache(
-            spec.reward_config, guide.reward_params, jnp.tile(token[:, None], (copies, 1)),
-            jnp.tile(state.positions[:, None], (copies, 1)), jnp.tile(token_mask, (copies, 1)),
+            spec.reward_config, guide.reward_params, pvarm_rows(token[:, None], copies),
+            pvarm_rows(state.positions[:, None], copies), pvarm_rows(token_mask, copies),
             state.reward_cache, adapter_config=spec.adapter_config, adapter=guide.adapter_params,
             preference=guide.reward_preferences(spec))
         return base, reward
@@ -275,7 +278,7 @@ def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: Samp
         reward_logits, (rk, rv) = reward
         active = ~state.done
         new.update(
-            reward_cache=state.reward_cache.append(rk, rv, jnp.tile(token_mask, (copies, 1))),
+            reward_cache=state.reward_cache.append(rk, rv, pvarm_rows(token_mask, copies)),
             reward_logits=reward_logits,
             recent=None if state.recent is None else jnp.concatenate(
                 [state.recent[:, 1:], token[:, None]], axis=1),

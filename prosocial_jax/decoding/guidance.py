@@ -264,7 +264,8 @@ def guided_scores(base_logits: jax.Array, reward_logits: jax.Array, guidance: Gu
     """Scores over `vocab` tokens (-inf outside the allowed set) and per-row statistics.
 
     `base_logits` [B, >= vocab] are the base model's; `reward_logits` [R, >= vocab] the
-    Pv-Arm's, R = B prosocial rows, then (when the safety stage runs) B safety rows. `recent`
+    Pv-Arm's: R = B prosocial rows, or with the safety stage 2B rows, each prompt's prosocial
+    row followed by its safety row (`pvarm_rows`: a row's pair stays on one device). `recent`
     [B, W] (None without banned sequences) holds each row's latest tokens; `repeats` [B, vocab]
     (None: off) the tokens that would repeat an n-gram of the answer (`repeated_ngram_ban`).
     Returns (scores [B, vocab], safety override [B] bool, allowed-set size [B] int32).
@@ -279,7 +280,7 @@ def guided_scores(base_logits: jax.Array, reward_logits: jax.Array, guidance: Gu
         chex.assert_shape(recent, (batch, guidance.banned_prefix.shape[-1]))
     base = base_logits[:, :vocab].astype(jnp.float32)
     reward = jax.nn.log_softmax(reward_logits[:, :vocab].astype(jnp.float32), axis=-1)
-    prosocial = reward[:batch]
+    prosocial, safety = split_pvarm_rows(reward, batch)
     weight = guidance.weight[:, None]
     steer = jnp.where(weight > 0, weight * prosocial, 0.0)  # 0 * -inf would be NaN
     unconstrained = base + steer
@@ -292,8 +293,7 @@ def guided_scores(base_logits: jax.Array, reward_logits: jax.Array, guidance: Gu
     if repeats is not None:
         fresh = ~repeats
         candidates = jnp.where(jnp.any(fresh, axis=-1, keepdims=True), fresh, candidates)
-    if reward.shape[0] == 2 * batch:  # the safety stage
-        safety = reward[batch:]
+    if safety is not None:  # the safety stage
         margin = guidance.safety_margin[:, None]
         # What the safety stage alone allows (the override statistic reports on it).
         safe_alone = safety >= jnp.max(safety, axis=-1, keepdims=True) - margin
@@ -340,10 +340,30 @@ class GuideInputs:
     guidance: Guidance
 
     def reward_preferences(self, spec: GuideSpec) -> jax.Array:
-        """Preference rows of the one Pv-Arm forward: users' alphas, then safety one-hots."""
+        """Preference rows of the one Pv-Arm forward (`pvarm_rows` order): each row's alpha,
+        then, with the safety stage, its safety one-hot."""
         alpha = self.guidance.preference
         if not spec.safety_stage:
             return alpha
         config = spec.adapter_config  # the safety one-hot is static: part of the adapter config
         safety = jnp.zeros_like(alpha).at[:, config.safety_index].set(1.0)
-        return jnp.concatenate([alpha, safety], axis=0)
+        return pvarm_rows(jnp.stack([alpha, safety], axis=1))
+
+
+def pvarm_rows(x: jax.Array, copies: int | None = None) -> jax.Array:
+    """The Pv-Arm's rows from per-prompt rows: `x` [B, ...] repeated `copies` times (prosocial,
+    safety), or `x` [B, copies, ...] flattened, to [copies * B, ...] with each prompt's copies
+    adjacent. Rows split over the mesh's "data" axis in blocks, so a prompt's two Pv-Arm rows
+    lie on the device of its base row: the step moves no rows between devices (stacked as
+    [all prosocial; all safety], they would cross devices every step)."""
+    if copies is not None:
+        x = jnp.repeat(x[:, None], copies, axis=1)
+    return x.reshape(-1, *x.shape[2:])
+
+
+def split_pvarm_rows(reward: jax.Array, batch: int) -> tuple[jax.Array, jax.Array | None]:
+    """`pvarm_rows` undone: (prosocial rows [B, ...], safety rows [B, ...] or None)."""
+    if reward.shape[0] == batch:
+        return reward, None
+    pairs = reward.reshape(batch, 2, *reward.shape[1:])
+    return pairs[:, 0], pairs[:, 1]

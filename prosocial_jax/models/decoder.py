@@ -185,10 +185,12 @@ class Attention(nn.Module):
         self_scores = scores(k, self_mask)
         o_proj = _linear(cfg, "o_proj")
 
-        def heads_to_rows(parts):  # [parts, B, G, Q*T, H] -> [parts * B * T, N*H]
+        def heads_to_rows(parts):  # [parts, B, G, Q*T, H] -> [B * parts * T, N*H]
+            # Batch-major rows: on a mesh, each device's block of B stays one block of rows
+            # (parts-major rows would make XLA gather every row to every device each layer).
             count = parts.shape[0]
             out = parts.reshape(count, b, g, q_per_g, t, h)
-            return out.transpose(0, 1, 4, 2, 3, 5).reshape(count * b * t, -1)
+            return out.transpose(1, 0, 4, 2, 3, 5).reshape(b * count * t, -1)
 
         if cache_keys is None:
             probs = jax.nn.softmax(self_scores, axis=-1).astype(v.dtype)
@@ -210,9 +212,9 @@ class Attention(nn.Module):
             out = o_proj(rows).reshape(b, t, cfg.hidden_size)
             return _adapt(adaptation, "o_proj", rows.reshape(b, t, -1), out), (k, v)
         rows = heads_to_rows(jnp.stack([from_cache, from_self]))
-        out = o_proj(rows).reshape(2, b, t, cfg.hidden_size).sum(axis=0)
+        out = o_proj(rows).reshape(b, 2, t, cfg.hidden_size).sum(axis=1)
         if adaptation is not None:  # on the summed input, [B, T, N*H]
-            out = adaptation("o_proj", rows.reshape(2, b, t, -1).sum(axis=0), out)
+            out = adaptation("o_proj", rows.reshape(b, 2, t, -1).sum(axis=1), out)
         return out, (k, v)
 
 

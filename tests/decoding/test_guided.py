@@ -453,7 +453,7 @@ def test_fault_record_on_hand_made_scores():
     safety = np.array([[5, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
     settings = guidance.Guidance(jnp.ones((5, 6)) / 6, jnp.ones(5), jnp.ones(5),
                                  jnp.full(5, -jnp.inf))
-    reward = jnp.asarray(np.concatenate([prosocial, safety]), jnp.float32)
+    reward = jnp.asarray(np.stack([prosocial, safety], axis=1).reshape(10, 4), jnp.float32)
     scores, _, _ = guidance.guided_scores(jnp.asarray(base, jnp.float32), reward, settings,
                                           None, 4)
     state = types.SimpleNamespace(
@@ -461,8 +461,9 @@ def test_fault_record_on_hand_made_scores():
         fault_step=jnp.asarray([-1, -1, -1, -1, 1]), fault_source=jnp.asarray([0, 0, 0, 0, 2]),
         fault_value=jnp.asarray([0, 0, 0, 0, np.nan], jnp.float32))
     faults = decode._record_faults(state, [
-        (0, decode._row_max(jnp.asarray(base, jnp.float32))), (1, decode._row_max(reward[:5])),
-        (2, decode._row_max(reward[5:])), (3, decode._row_max(scores))])
+        (0, decode._row_max(jnp.asarray(base, jnp.float32))),
+        (1, decode._row_max(jnp.asarray(prosocial, jnp.float32))),
+        (2, decode._row_max(jnp.asarray(safety, jnp.float32))), (3, decode._row_max(scores))])
     assert np.asarray(faults["fault_step"]).tolist() == [3, 3, -1, -1, 1]
     assert np.asarray(faults["fault_source"]).tolist()[:2] == [3, 0]
     assert np.asarray(faults["fault_source"])[4] == 2
