@@ -23,6 +23,8 @@ Per-device memory plans (weights + both KV caches + adapter + logits):
 
 import ml_collections
 
+from prosocial_jax.cli.decoding import platform_config
+
 # platform: (mesh DATAxMODEL, the Pv-Arm backbone's layout, rows per batch)
 PLATFORMS = {
     "v4-16": ("2x4", "replicated", 32),
@@ -33,22 +35,5 @@ PLATFORMS = {
 
 
 def get_config(platform: str = "v4-16") -> ml_collections.ConfigDict:
-    if platform not in PLATFORMS:
-        raise ValueError(f"platform {platform!r}: expected one of {sorted(PLATFORMS)}")
-    mesh, layout, batch_size = PLATFORMS[platform]
-    config = ml_collections.ConfigDict()
-    config.model = "hf://google/gemma-7b-it"
-    config.dtype = "bfloat16"
-    config.mesh = mesh
-    config.adapter = ml_collections.FieldReference(None, field_type=str)
-    config.reward = "hf://google/gemma-2b-it"
-    config.reward_layout = layout
-    config.generate = ml_collections.ConfigDict({
-        "max_new_tokens": 256,
-        "temperature": 0.0,
-        "top_k": 0,
-        "top_p": 1.0,
-        "seed": 0,
-        "batch_size": batch_size,
-    })
-    return config
+    return platform_config(platform, PLATFORMS, model="hf://google/gemma-7b-it",
+                           reward="hf://google/gemma-2b-it")

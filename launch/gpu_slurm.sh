@@ -24,6 +24,8 @@ NODES=${NODES:-2}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 VENV=${VENV:-.venv}
 
+# quote and run are tpu_pod.sh's too: this script stays self-contained because sbatch runs a
+# copy of it from Slurm's spool folder, where no sibling file can be sourced.
 quote() {  # one argument as the shell reads it back (single quotes where needed)
   if [[ $1 =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then printf '%s' "$1"
   else printf "'%s'" "${1//\'/\'\\\'\'}"; fi

@@ -51,6 +51,30 @@ GENERATE = (MODEL, Section("generate", GenerateSettings, key="generate"),
                     title="guidance settings (a prompt row may carry its own)"))
 
 
+def platform_config(platform: str, platforms: dict[str, tuple[str, str, int]], model: str,
+                    reward: str | None):
+    """The `generate` config of a real-size guided-decoding file (configs/llama3_8b.py, ...):
+    bfloat16, greedy, 256 new tokens, the platform's (mesh, Pv-Arm layout, rows per batch) from
+    `platforms`; `config.adapter` is left for the user (`--config.adapter=PATH`), and
+    `reward=None` makes the base its own Pv-Arm backbone."""
+    import ml_collections
+
+    if platform not in platforms:
+        raise ValueError(f"platform {platform!r}: expected one of {sorted(platforms)}")
+    mesh, layout, batch_size = platforms[platform]
+    config = ml_collections.ConfigDict()
+    config.model = model
+    config.dtype = "bfloat16"
+    config.mesh = mesh
+    config.adapter = ml_collections.FieldReference(None, field_type=str)
+    config.reward = ml_collections.FieldReference(reward, field_type=str)
+    config.reward_layout = layout
+    config.generate = ml_collections.ConfigDict({
+        "max_new_tokens": 256, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0,
+        "batch_size": batch_size})
+    return config
+
+
 def _generate_parser(sub) -> dict:
     command = Command(_cmd_generate, GENERATE, config_example="generate.temperature=0.7")
     p = add_command(

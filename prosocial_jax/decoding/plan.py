@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any
 
 import jax
@@ -32,17 +31,6 @@ from prosocial_jax.models.config import ModelConfig
 from prosocial_jax.models.decoder import init_params_shapes
 
 PROMPT_LEN = 64  # prompt slots of the planned batch (the rest of max_len is for new tokens)
-
-
-def _itemsize(dtype) -> int:
-    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        return 8  # a threefry key: two uint32
-    return np.dtype(dtype).itemsize
-
-
-def _bytes(shapes, shardings) -> int:
-    return sum(math.prod(s.shard_shape(x.shape)) * _itemsize(x.dtype)
-               for x, s in zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings)))
 
 
 def _with_shardings(shapes, shardings):
@@ -99,7 +87,7 @@ def guided_decoding_plan(base: ModelConfig, reward: ModelConfig | None, adapter:
     reward = base if shared else reward
     copies = 2 if safety_stage else 1
     parts = _parts(base, reward, adapter, mesh, batch, max_len, dtype, reward_layout, copies)
-    per_device = {name: _bytes(*getattr(parts, name))
+    per_device = {name: sharding.per_device_bytes(*getattr(parts, name))
                   for name in ("base", "reward", "adapter", "base_cache", "reward_cache",
                                "logits")}
     if shared:

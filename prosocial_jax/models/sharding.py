@@ -246,11 +246,17 @@ def place_params(config: ModelConfig, params, mesh: Mesh | str | Sequence[int] |
     return shard_params(config, params, mesh, layout), mesh
 
 
-def _per_device_bytes(shapes, shardings) -> int:
-    total = 0
-    for leaf, sharding in zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings)):
-        total += math.prod(sharding.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
-    return total
+def _itemsize(dtype) -> int:
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return 8  # a threefry key: two uint32
+    return np.dtype(dtype).itemsize
+
+
+def per_device_bytes(shapes, shardings) -> int:
+    """Bytes one device holds of the arrays `shapes` (any pytree of shaped leaves) laid out by
+    `shardings` (the same structure): the largest shard's size, from shapes alone."""
+    return sum(math.prod(sharding.shard_shape(leaf.shape)) * _itemsize(leaf.dtype)
+               for leaf, sharding in zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings)))
 
 
 def memory_report(config: ModelConfig, mesh_shape: str | Sequence[int], batch: int,
@@ -262,8 +268,8 @@ def memory_report(config: ModelConfig, mesh_shape: str | Sequence[int], batch: i
     mesh = abstract_mesh(mesh_shape)
     params = init_params_shapes(config, dtype)
     cache = jax.eval_shape(lambda: KVCache.zeros(config, batch, max_len, dtype))
-    param_bytes = _per_device_bytes(params, param_shardings(config, params, mesh))
-    cache_bytes = _per_device_bytes(cache, cache_shardings(config, cache, mesh))
+    param_bytes = per_device_bytes(params, param_shardings(config, params, mesh))
+    cache_bytes = per_device_bytes(cache, cache_shardings(config, cache, mesh))
     total_params = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize
                        for x in jax.tree.leaves(params))
     return {

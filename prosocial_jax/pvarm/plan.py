@@ -8,7 +8,6 @@ the backward pass and the per-attribute gradients PCGrad combines.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -23,17 +22,6 @@ from prosocial_jax.models.config import ModelConfig
 from prosocial_jax.models.decoder import init_params_shapes
 from prosocial_jax.pvarm.train import ArmSettings, _ArmObjective
 from prosocial_jax.training.loop import initial_state, jit_train_step_on_mesh
-
-
-def _itemsize(dtype) -> int:
-    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        return 8  # a threefry key: two uint32
-    return np.dtype(dtype).itemsize
-
-
-def _bytes(shapes, shardings) -> int:
-    return sum(math.prod(s.shard_shape(x.shape)) * _itemsize(x.dtype)
-               for x, s in zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings)))
 
 
 def arm_training_plan(backbone: ModelConfig, adapter: AdapterConfig, settings: ArmSettings,
@@ -58,12 +46,13 @@ def arm_training_plan(backbone: ModelConfig, adapter: AdapterConfig, settings: A
              "response": jax.ShapeDtypeStruct((pairs, 2, length), jnp.bool_),
              "labels": jax.ShapeDtypeStruct((pairs, adapter.num_attributes), jnp.int8)}
     batch_shardings = {name: sharding.batch_sharding(mesh, x.shape) for name, x in batch.items()}
-    per_device = {"backbone": _bytes(frozen, frozen_shardings),
-                  "adapter": _bytes(state.params, jax.tree.map(lambda _: replicated,
-                                                               state.params)),
-                  "optimizer_state": _bytes(state.opt_state, jax.tree.map(lambda _: replicated,
-                                                                         state.opt_state)),
-                  "batch": _bytes(batch, batch_shardings)}
+    size = sharding.per_device_bytes
+    per_device = {"backbone": size(frozen, frozen_shardings),
+                  "adapter": size(state.params, jax.tree.map(lambda _: replicated,
+                                                             state.params)),
+                  "optimizer_state": size(state.opt_state, jax.tree.map(lambda _: replicated,
+                                                                       state.opt_state)),
+                  "batch": size(batch, batch_shardings)}
     plan = {"mesh": f"{mesh.shape['data']}x{mesh.shape['model']}", "pairs": pairs,
             "max_len": length, "dtype": str(np.dtype(dtype)), "bytes_per_device": per_device,
             "total_bytes_per_device": sum(per_device.values())}
