@@ -267,6 +267,29 @@ def test_weak_to_strong_layout_on_one_mesh(tiny_checkpoints, monkeypatch):
         pj.load_model(small_path, mesh=base.mesh, layout="diagonal")
 
 
+def test_generate_command_reward_layout(tiny_chat, tmp_path, capsys):
+    """--reward-layout replicated loads the Pv-Arm backbone a second time, whole on every
+    device of the --mesh (here the base itself: a layout differs, so it is not reused), and
+    decodes the tokens of the default layout."""
+    from prosocial_jax import cli
+
+    adapter_dir = pj.save_adapter(_random_adapter(pj.load_model(tiny_chat.path)),
+                                  tmp_path / "adapter")
+    tokens = {}
+    for layout in ("sharded", "replicated"):
+        out = tmp_path / f"{layout}.jsonl"
+        assert cli.main(["generate", "--model", str(tiny_chat.path), "--prompt", "Be kind.",
+                         "--mesh", "2x4", "--adapter", str(adapter_dir), "--preference",
+                         "empathy=1", "--reward-layout",
+                         layout, "--max-new-tokens", "6", "--quiet", "--out", str(out)]) == 0
+        tokens[layout] = json.loads(out.read_text())["tokens"]
+    assert tokens["replicated"] == tokens["sharded"]
+    assert cli.main(["generate", "--model", str(tiny_chat.path), "--prompt", "Be kind.",
+                     "--adapter", str(adapter_dir), "--reward-layout", "diagonal"]) == 2
+    assert "reward_layout must be sharded or replicated, got 'diagonal'" in \
+        capsys.readouterr().err
+
+
 def test_bad_preferences_and_mismatched_models(models, tiny_checkpoints, tiny_chat):
     base, reward, adapter = models
     run = lambda **kw: pj.generate(base, PROMPTS, max_new_tokens=2, adapter=adapter,  # noqa: E731
