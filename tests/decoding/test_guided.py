@@ -215,20 +215,6 @@ def test_sampling_at_t_one_plus_w_with_identical_models_recovers_the_base(models
     assert p_value(sharpened) < 1e-6  # the test has the power to tell them apart
 
 
-def test_sharded_equals_unsharded(tiny_checkpoints):
-    path = tiny_checkpoints["llama_mesh"].path
-    single = pj.load_model(path)
-    adapter = _random_adapter(single, seed=1)
-    kwargs = dict(max_new_tokens=STEPS, stop_tokens=[], adapter=adapter,
-                  preferences=[[0, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 0], [1, 1, 1, 1, 1, 1]],
-                  guidance=[1.0, 2.0, 0.5], safety_margin=[0.5, 2.0, math.inf])
-    expected = pj.generate(single, PROMPTS, **kwargs)
-    mesh = pj.load_model(path, mesh="4x2")
-    spread = pj.generate(mesh, PROMPTS, **kwargs)
-    assert [r.tokens for r in spread] == [r.tokens for r in expected]
-    assert [r.safety_overrides for r in spread] == [r.safety_overrides for r in expected]
-
-
 def test_weak_to_strong_layout_on_one_mesh(tiny_checkpoints, monkeypatch):
     """A small Pv-Arm replicated over "model" (its rows over "data") guides a larger base
     sharded over both, on one 2x4 mesh: the weights and both KV caches lie as asked, and the

@@ -1,7 +1,6 @@
 """Pv-Arm training on a tiny model: learns above chance, evaluates on a grid (resume: see
 test_training_runs.py)."""
 
-import dataclasses
 
 import jax
 import numpy as np
@@ -51,24 +50,6 @@ def test_simplex_grid():
     assert grid.shape == (7, 3)  # 6 points of step 1/2, plus the uniform vector
     np.testing.assert_allclose(grid.sum(1), 1.0)
     assert simplex_grid(6).shape == (7, 6)
-
-
-def test_data_parallel_mesh_equals_single_device(tiny_checkpoints, tmp_path):
-    train = synthetic_pairs(3, 32)
-    settings = ArmSettings(steps=2, batch_size=8, max_len=32, learning_rate=1e-2,
-                           warmup_steps=1, beta=1.0, checkpoint_every=2)
-    single = pj.load_model(tiny_checkpoints["llama_mesh"].path)
-    mesh = pj.load_model(tiny_checkpoints["llama_mesh"].path, mesh="2x4")
-    config = dataclasses.replace(ARM_ADAPTER, dropout=0.0)
-    one, one_history, _ = train_arm(single, config, train, [], settings, tmp_path / "one",
-                                    progress=False)
-    many, many_history, _ = train_arm(mesh, config, train, [], settings, tmp_path / "many",
-                                      progress=False)
-    for a, b in zip(one_history, many_history):
-        np.testing.assert_allclose(list(b["loss"].values()), list(a["loss"].values()),
-                                   rtol=1e-4)
-    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(many.params)):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)
 
 
 def test_held_out_sample_is_seeded_ordered_and_bounded():
