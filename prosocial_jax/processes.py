@@ -27,13 +27,6 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-def barrier(name: str) -> None:
-    """Waits until every process reaches `name` (after process 0 wrote what the others read)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
-
-
 def _gather_bytes(data: bytes) -> list[bytes]:
     """`data` (at most _MESSAGE_BYTES) from every process, in process order."""
     from jax.experimental import multihost_utils

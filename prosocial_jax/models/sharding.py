@@ -67,6 +67,7 @@ def layout_rules(layout: str) -> dict[str, str | None]:
         raise ValueError(f"layout {layout!r}: expected one of {sorted(LAYOUTS)}")
     return LAYOUTS[layout]
 
+
 # Parameter path (joined with "/") -> logical axes. A bias has its weight's output axis.
 _PARAM_AXES: dict[str, tuple[str, ...]] = {
     "embed/embedding": ("vocab", "embed"),
@@ -207,13 +208,13 @@ def place_batch(batch: Mapping[str, Any], mesh: Mesh | None,
     for name, array in batch.items():
         array = np.asarray(array)
         total = array.shape[0] if rows is None else rows
-        local = array[process_rows(mesh, total)] if rows is None else array
+        mine = process_rows(mesh, total)
+        local = array[mine] if rows is None else array
         shape = (total, *array.shape[1:])
-        expected = process_rows(mesh, total)
-        if local.shape[0] != expected.stop - expected.start:
+        if local.shape[0] != mine.stop - mine.start:
             raise ValueError(f"batch {name!r}: process {jax.process_index()} holds "
-                             f"{local.shape[0]} rows, but feeds rows {expected.start}:"
-                             f"{expected.stop} of {total}")
+                             f"{local.shape[0]} rows, but feeds rows {mine.start}:{mine.stop} "
+                             f"of {total}")
         placed[name] = jax.make_array_from_process_local_data(
             batch_sharding(mesh, shape), local, shape)
     return placed
