@@ -48,7 +48,7 @@ from prosocial_jax.decoding.guidance import (
     split_pvarm_rows,
 )
 from prosocial_jax.decoding.sampling import SamplingParams, sample_tokens
-from prosocial_jax.models import sharding
+from prosocial_jax.models import layers, sharding
 from prosocial_jax.models.adapters import Adapter, check_adapter_fits
 from prosocial_jax.models.cache import KVCache
 from prosocial_jax.models.config import ModelConfig
@@ -134,7 +134,8 @@ class DecodeState:
 
 def _empty_cache(config: ModelConfig, params, batch: int, max_len: int,
                  mesh: Mesh | None, layout: str = "sharded") -> KVCache:
-    cache = KVCache.zeros(config, batch, max_len, jax.tree.leaves(params)[0].dtype)
+    cache = KVCache.zeros(config, batch, max_len, jax.tree.leaves(params)[0].dtype,
+                          per_layer=layers.is_per_layer(params))
     if mesh is not None:
         cache = jax.lax.with_sharding_constraint(
             cache, sharding.cache_shardings(config, cache, mesh, layout))
@@ -348,7 +349,7 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
              plausibility: float | Sequence[float] = GuidanceSettings.plausibility,
              banned_sequences: Sequence[Sequence[int]] | None = None,
              no_repeat_ngram: int = GuidanceSettings.no_repeat_ngram,
-             safety_stage: bool = True) -> list[Generation]:
+             safety_stage: bool = True, layer_layout: str = "auto") -> list[Generation]:
     """Decodes every prompt (a string, chat messages, or token ids) and returns `Generation`s.
 
     Greedy by default (temperature 0). Per-row sampling settings may be sequences, one per prompt.
@@ -370,10 +371,16 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
     removes any token that would repeat an n-gram of the row's own answer before the safety
     stage looks (tau counts from the best remaining token; 0: off; changing it recompiles).
 
+    `layer_layout` ("auto", "stacked", "per_layer"; see `prosocial_jax.models.layers`): how the
+    layers run. "auto" unrolls them over per-layer views of the weights on a lone CPU device
+    (no copy; faster whenever a product has more than one row) and scans the stacked weights
+    elsewhere. Tokens do not depend on it beyond float rounding.
+
     Example: `generate(pj.load_model("bundled:smollm2"), ["Hi!"], max_new_tokens=16)[0].text`.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    params = layers.for_forward(model.params, layer_layout, model.mesh)
     if not prompts:
         return []
     encoded = [list(p) if _is_token_ids(p) else encode_prompt(model.tokenizer, p,
@@ -395,7 +402,7 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
         spec, guide_rows, normalised = _guide(model, reward or model, adapter, n, preference,
                                               preferences, guidance, safety_margin,
                                               plausibility, banned_sequences, safety_stage,
-                                              no_repeat_ngram)
+                                              no_repeat_ngram, layer_layout)
         alpha_rows = np.asarray(guide_rows.guidance.preference)  # for the results
     elif reward is not None or preference is not None or preferences is not None:
         raise GuidanceError("guided decoding needs a Pv-Arm adapter (adapter=...)")
@@ -415,7 +422,7 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
         guide = None if spec is None else guide_rows.replace(
             guidance=guide_rows.guidance.map_rows(take))
         batch = _generate_batch(
-            model, rows, [prompts[i] for i in rows], [encoded[i] for i in rows], batch_size,
+            model, params, rows, [prompts[i] for i in rows], [encoded[i] for i in rows], batch_size,
             jax.tree.map(take, sampling_rows), stops, pad_id, max_new_tokens, num_new,
             chunk_size, jax.random.fold_in(jax.random.key(seed), start), bar, guide, spec)
         if spec is not None:
@@ -436,7 +443,8 @@ def _take_rows(x: jax.Array, rows: np.ndarray, size: int) -> jax.Array:
 
 
 def _guide(model: Model, reward: Model, adapter: Adapter, rows: int, preference, preferences,
-           weight, safety_margin, plausibility, banned, safety_stage, no_repeat_ngram=0):
+           weight, safety_margin, plausibility, banned, safety_stage, no_repeat_ngram=0,
+           layer_layout="auto"):
     """Checks that base, Pv-Arm backbone and adapter fit together; per-row guidance settings."""
     check_adapter_fits(adapter, reward.config)
     if (model.mesh is None) != (reward.mesh is None) or (
@@ -453,10 +461,11 @@ def _guide(model: Model, reward: Model, adapter: Adapter, rows: int, preference,
     check_no_repeat_ngram(no_repeat_ngram, "generate")
     spec = GuideSpec(reward.config, adapter.config, vocab, safety_stage, int(no_repeat_ngram),
                      reward.layout if reward.mesh is not None else "sharded")
-    return spec, GuideInputs(reward.params, adapter.params, settings), normalised
+    reward_params = layers.for_forward(reward.params, layer_layout, reward.mesh)
+    return spec, GuideInputs(reward_params, adapter.params, settings), normalised
 
 
-def _generate_batch(model, rows, prompts, encoded, batch_size, sampling, stops, pad_id,
+def _generate_batch(model, params, rows, prompts, encoded, batch_size, sampling, stops, pad_id,
                     max_new_tokens, num_new, chunk_size, rng, bar, guide=None,
                     spec=None) -> list[Generation]:
     """Decodes one batch; `rows` are the prompts' indices in the whole call (for errors)."""
@@ -476,12 +485,12 @@ def _generate_batch(model, rows, prompts, encoded, batch_size, sampling, stops, 
         mask[row, prompt_len - len(ids):] = True
     placed = sharding.place_batch({"tokens": tokens, "mask": mask}, model.mesh, rows=batch_size)
     tokens_j, mask_j = placed["tokens"], placed["mask"]
-    state = prefill(config, model.params, tokens_j, mask_j, rng, max_new_tokens, guide,
+    state = prefill(config, params, tokens_j, mask_j, rng, max_new_tokens, guide,
                     max_len=max_len, num_new=num_new, mesh=model.mesh, spec=spec,
                     layout=model.layout)
     previous_flags = None
     for chunk in range(num_new // chunk_size):
-        state, flags = decode_chunk(config, model.params, state, sampling, stops, pad_id,
+        state, flags = decode_chunk(config, params, state, sampling, stops, pad_id,
                                     guide, num_steps=chunk_size, spec=spec)
         # Look one chunk behind: reading this chunk's flags now would stall the dispatch queue.
         if previous_flags is not None and sharding.to_host(previous_flags).any():

@@ -153,9 +153,10 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x, cos, sin, self_mask, cache_keys, cache_values, cache_mask,
                  adaptation: Adaptation | None = None):
-        """x [B, T, D]; cos, sin [B, T, H]; self_mask [B, T, T]; one layer's cache_keys,
-        cache_values [B, G, S, H] (None without a cache) and cache_mask [B, T, S]. Returns the
-        output [B, T, D] and this call's keys and values, each [B, G, T, H]."""
+        """x [B, T, D]; cos, sin [B, T, H]; self_mask [B, T, T]; one layer's cache_keys
+        [B, G, H, S] and cache_values [B, G, S, H] (None without a cache) and cache_mask
+        [B, T, S]. Returns the output [B, T, D] and this call's keys [B, G, H, T] and values
+        [B, G, T, H] (the cache's layouts)."""
         cfg = self.config
         b, t, _ = x.shape
         n, g, q_per_g, h = cfg.num_heads, cfg.num_kv_heads, cfg.num_groups, cfg.head_dim
@@ -171,12 +172,12 @@ class Attention(nn.Module):
         q = q_BxTxNxH.reshape(b, t, g, q_per_g, h).transpose(0, 2, 3, 1, 4)
         q = q.reshape(b, g, q_per_g * t, h)
         q = q * jnp.asarray(h ** -0.5, q.dtype)
-        # Keys and values in the cache's [B, G, T, H] layout.
-        k = k_BxTxGxH.transpose(0, 2, 1, 3)
+        # Keys and values in the cache's layouts, [B, G, H, T] and [B, G, T, H].
+        k = k_BxTxGxH.transpose(0, 2, 3, 1)
         v = v_BxTxGxH.transpose(0, 2, 1, 3)
 
-        def scores(keys_BxGxSxH, mask_BxTxS):
-            s = jnp.einsum("bgqh,bgsh->bgqs", q, keys_BxGxSxH.astype(q.dtype),
+        def scores(keys_BxGxHxS, mask_BxTxS):
+            s = jnp.einsum("bgqh,bghs->bgqs", q, keys_BxGxHxS.astype(q.dtype),
                            preferred_element_type=jnp.float32)
             mask = jnp.broadcast_to(mask_BxTxS[:, None, None],
                                     (b, 1, q_per_g, t, mask_BxTxS.shape[-1]))
@@ -197,7 +198,7 @@ class Attention(nn.Module):
             rows = heads_to_rows(jnp.einsum("bgqs,bgsh->bgqh", probs, v)[None])
             out = o_proj(rows).reshape(b, t, cfg.hidden_size)
             return _adapt(adaptation, "o_proj", rows.reshape(b, t, -1), out), (k, v)
-        cached = cache_keys.shape[2]
+        cached = cache_keys.shape[3]
         probs = jax.nn.softmax(
             jnp.concatenate([scores(cache_keys, cache_mask), self_scores], axis=-1),
             axis=-1).astype(v.dtype)
@@ -301,7 +302,9 @@ class Decoder(nn.Module):
                  cache: KVCache | None = None, adapter: dict | None = None,
                  preference: jax.Array | None = None, dropout_key: jax.Array | None = None
                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """Final-norm hidden states [B, T, D] and this call's keys/values, each [L, B, G, T, H].
+        """Final-norm hidden states [B, T, D] and this call's keys [L, B, G, H, T] and values
+        [L, B, G, T, H] (with per-layer parameters, see `models.layers`: L-tuples of one
+        layer's).
 
         `tokens`, `positions` and `token_mask` are [B, T]. The cache (if any) is only read;
         `KVCache.append` stores the returned keys/values. `adapter` is a PBLoRA factor pytree
@@ -325,9 +328,25 @@ class Decoder(nn.Module):
         dropout_keys = None
         if adapter is not None and dropout_key is not None:
             dropout_keys = jax.random.split(dropout_key, cfg.num_layers)
-        x, new_kv = self.layers(x, cache_keys, cache_values, cos, sin, self_mask, cache_mask,
-                                adapter, preference, dropout_keys)
-        return self.final_norm(x), new_kv
+        per_layer = None if self.is_initializing() else self.variables["params"]["layers"]
+        if not isinstance(per_layer, tuple):  # stacked: one scanned layer
+            x, new_kv = self.layers(x, cache_keys, cache_values, cos, sin, self_mask,
+                                    cache_mask, adapter, preference, dropout_keys)
+            return self.final_norm(x), new_kv
+        # Per-layer parameters (`models.layers`): the layers unrolled, each reading its own
+        # weight and cache buffers. Adapter factors and dropout keys stay stacked (they are
+        # tiny, so slicing them out costs nothing).
+        layer = DecoderLayer(cfg, self.adapter_config, parent=None)  # applied per layer
+        keys, values = [], []
+        for i, layer_params in enumerate(per_layer):
+            def pick(tree, i=i):  # layer i of a stacked pytree, or of an L-tuple of arrays
+                return None if tree is None else jax.tree.map(lambda a: a[i], tree)
+            layer_kv = (None, None) if cache is None else cache.layer(i)
+            x, (k, v) = layer.apply({"params": layer_params}, x, *layer_kv, cos, sin, self_mask,
+                                    cache_mask, pick(adapter), preference, pick(dropout_keys))
+            keys.append(k)
+            values.append(v)
+        return self.final_norm(x), (tuple(keys), tuple(values))
 
     def unembed(self, hidden: jax.Array) -> jax.Array:
         """Float32 logits [..., V] from final-norm hidden states."""
@@ -395,14 +414,15 @@ def forward_hidden(config: ModelConfig, params, tokens: jax.Array, token_mask: j
     chex.assert_axis_dimension(prefix, 0, 1)
     batch, length = tokens.shape[0], prefix.shape[1]
     prefix_mask = jnp.ones(prefix.shape, bool)
-    _, (keys_Lx1xGxPxH, values_Lx1xGxPxH) = decoder.apply(
-        variables, prefix, positions_from_mask(prefix_mask), prefix_mask)
-    cache = KVCache(
-        keys=jnp.broadcast_to(keys_Lx1xGxPxH, (keys_Lx1xGxPxH.shape[0], batch,
-                                               *keys_Lx1xGxPxH.shape[2:])),
-        values=jnp.broadcast_to(values_Lx1xGxPxH, (values_Lx1xGxPxH.shape[0], batch,
-                                                   *values_Lx1xGxPxH.shape[2:])),
-        valid=jnp.ones((batch, length), bool), index=jnp.asarray(length, jnp.int32))
+    prefix_kv = decoder.apply(variables, prefix, positions_from_mask(prefix_mask),
+                              prefix_mask)[1]
+
+    def every_row(kv):  # one row's [(L,) 1, G, ., .] -> [(L,) B, G, ., .], either layout
+        return jnp.broadcast_to(kv, (*kv.shape[:-4], batch, *kv.shape[-3:]))
+
+    keys, values = jax.tree.map(every_row, prefix_kv)
+    cache = KVCache(keys=keys, values=values, valid=jnp.ones((batch, length), bool),
+                    index=jnp.asarray(length, jnp.int32))
     hidden, _ = decoder.apply(variables, tokens, length + positions_from_mask(token_mask),
                               token_mask, cache)
     return hidden
@@ -421,8 +441,9 @@ def forward_logits_at(config: ModelConfig, params, tokens: jax.Array, token_mask
 def forward_with_cache(config: ModelConfig, params, tokens: jax.Array, positions: jax.Array,
                        mask: jax.Array, cache: KVCache | None, last_only: bool = True,
                        adapter_config=None, adapter=None, preference=None):
-    """Logits (last position [B, V], or all [B, T, V]) and this call's keys/values, each
-    [L, B, G, T, H], for tokens, positions and mask [B, T].
+    """Logits (last position [B, V], or all [B, T, V]) and this call's keys [L, B, G, H, T] and
+    values [L, B, G, T, H] (L-tuples with per-layer parameters), for tokens, positions and
+    mask [B, T].
 
     The cache is only read (None = empty, e.g. at prefill); store the returned keys/values with
     `cache.append(keys, values, mask)`.

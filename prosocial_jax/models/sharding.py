@@ -3,10 +3,10 @@
 Every parameter and cache axis has a logical name ("vocab", "embed", "heads", ...). `LOGICAL_RULES`
 maps names to mesh axes; everything else asks this module for shardings, so changing how a model
 is laid out over devices is a one-line edit here. The projections' logical axes come from their
-table (`projections.PROJECTIONS`), the cache's from `cache.KV_LOGICAL_AXES`. Shardings are a pure
-function of (shapes, rules, mesh). An axis whose size does not divide evenly over its mesh axis
-(or, for attention heads, whose head count does not) is replicated instead, so small models still
-run on any mesh.
+table (`projections.PROJECTIONS`), the cache's from `cache.KEYS_LOGICAL_AXES` and
+`VALUES_LOGICAL_AXES`. Shardings are a pure function of (shapes, rules, mesh). An axis whose
+size does not divide evenly over its mesh axis (or, for attention heads, whose head count does
+not) is replicated instead, so small models still run on any mesh.
 """
 
 from __future__ import annotations
@@ -23,7 +23,12 @@ from flax import traverse_util
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from prosocial_jax.models.cache import KV_LOGICAL_AXES, VALID_LOGICAL_AXES, KVCache
+from prosocial_jax.models.cache import (
+    KEYS_LOGICAL_AXES,
+    VALID_LOGICAL_AXES,
+    VALUES_LOGICAL_AXES,
+    KVCache,
+)
 from prosocial_jax.models.config import ModelConfig
 from prosocial_jax.models.decoder import init_params_shapes
 from prosocial_jax.models.projections import PROJECTIONS
@@ -158,11 +163,18 @@ def param_shardings(config: ModelConfig, params, mesh: Mesh | AbstractMesh,
 
 def cache_shardings(config: ModelConfig, cache: KVCache, mesh: Mesh | AbstractMesh,
                     layout: str = "sharded") -> KVCache:
-    kv = NamedSharding(mesh, logical_to_spec(KV_LOGICAL_AXES, cache.keys.shape, mesh, config,
-                                             layout))
+    def spec(axes, array):
+        if cache.per_layer:  # an L-tuple: one layer's axes for every entry
+            one = NamedSharding(mesh, logical_to_spec(axes[1:], array[0].shape, mesh, config,
+                                                      layout))
+            return (one,) * cache.num_layers
+        return NamedSharding(mesh, logical_to_spec(axes, array.shape, mesh, config, layout))
+
     valid = NamedSharding(mesh, logical_to_spec(VALID_LOGICAL_AXES, cache.valid.shape, mesh,
                                                 layout=layout))
-    return KVCache(keys=kv, values=kv, valid=valid, index=NamedSharding(mesh, P()))
+    return KVCache(keys=spec(KEYS_LOGICAL_AXES, cache.keys),
+                   values=spec(VALUES_LOGICAL_AXES, cache.values), valid=valid,
+                   index=NamedSharding(mesh, P()))
 
 
 def batch_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:

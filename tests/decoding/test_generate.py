@@ -15,9 +15,13 @@ PROMPTS = [[5, 17, 99, 3, 42], [7, 8], [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 
 
 
 
-def test_greedy_equals_transformers_generate(tiny):
+@pytest.mark.parametrize("layer_layout", ["per_layer", "stacked"])
+def test_greedy_equals_transformers_generate(tiny, layer_layout):
+    """Both layer layouts (unrolled per-layer weights and caches, the default on CPU; the
+    scanned stacked ones used on accelerators) against transformers, every family."""
     model = pj.load_model(tiny.path)
-    results = pj.generate(model, PROMPTS, max_new_tokens=32, chunk_size=8)  # config eos: 2
+    results = pj.generate(model, PROMPTS, max_new_tokens=32, chunk_size=8,  # config eos: 2
+                          layer_layout=layer_layout)
     for prompt, result in zip(PROMPTS, results):
         reference = hf_greedy(tiny.torch_model, prompt, 32)
         assert result.tokens == reference
@@ -25,7 +29,8 @@ def test_greedy_equals_transformers_generate(tiny):
         assert result.prompt_tokens == len(prompt)
         assert result.completion_tokens == len(reference)
     # Without a stop token both run the full 32 steps.
-    results = pj.generate(model, PROMPTS, max_new_tokens=32, chunk_size=8, stop_tokens=[])
+    results = pj.generate(model, PROMPTS, max_new_tokens=32, chunk_size=8, stop_tokens=[],
+                          layer_layout=layer_layout)
     for prompt, result in zip(PROMPTS, results):
         assert result.tokens == hf_greedy(tiny.torch_model, prompt, 32, eos_token_id=VOCAB + 1)
         assert result.finish_reason == "length" and result.completion_tokens == 32

@@ -99,13 +99,14 @@ def test_zero_guidance_and_no_safety_equals_plain_decoding(models):
         assert all(g.safety_overrides == 0 for g in guided)
 
 
-def test_greedy_guided_equals_step_by_step_reference(models):
+@pytest.mark.parametrize("layer_layout", ["per_layer", "stacked"])
+def test_greedy_guided_equals_step_by_step_reference(models, layer_layout):
     base, reward, adapter = models
     alphas = [[0, 1, 0, 0, 0, 0], [0.1, 0.2, 0.3, 0.1, 0.2, 0.1], [0, 0, 0, 0, 0.5, 0.5]]
     weights, taus = [1.5, 0.7, 3.0], [0.4, math.inf, 1.0]
     guided = pj.generate(base, PROMPTS, max_new_tokens=STEPS, stop_tokens=[], adapter=adapter,
                          reward=reward, preferences=alphas, guidance=weights,
-                         safety_margin=taus)
+                         safety_margin=taus, layer_layout=layer_layout)
     total_overrides = 0
     for row, result in enumerate(guided):
         tokens, overrides, mean_safe = _reference(base, reward, adapter, PROMPTS[row],

@@ -7,8 +7,9 @@ import pytest
 from helpers import VOCAB, torch_logits
 
 import prosocial_jax as pj
+from prosocial_jax.models import layers
 from prosocial_jax.models.cache import KVCache
-from prosocial_jax.models.decoder import forward_with_cache
+from prosocial_jax.models.decoder import forward_logits, forward_logits_at, forward_with_cache
 
 cached_forward = jax.jit(forward_with_cache, static_argnums=0)
 append = jax.jit(KVCache.append)
@@ -53,9 +54,10 @@ def test_bfloat16_weights_give_float32_logits_close_to_float32(tiny_checkpoints)
     assert (low.argmax(-1) == high.argmax(-1)).mean() > 0.9
 
 
-def test_prefill_then_cached_steps_equal_full_recomputation(tiny):
+@pytest.mark.parametrize("layer_layout", ["stacked", "per_layer"])
+def test_prefill_then_cached_steps_equal_full_recomputation(tiny, layer_layout):
     model = pj.load_model(tiny.path)
-    config, params = model.config, model.params
+    config, params = model.config, layers.for_forward(model.params, layer_layout)
     lengths = [5, 8]  # ragged prompts, left-padded to 8
     total = 8 + 8
     seqs = [_ids(1, n + 8, seed=10 + n)[0] for n in lengths]
@@ -63,7 +65,7 @@ def test_prefill_then_cached_steps_equal_full_recomputation(tiny):
     mask = np.zeros((2, 8), bool)
     for row, (seq, n) in enumerate(zip(seqs, lengths)):
         tokens[row, 8 - n:], mask[row, 8 - n:] = seq[:n], True
-    cache = KVCache.zeros(config, 2, total)
+    cache = KVCache.zeros(config, 2, total, per_layer=layer_layout == "per_layer")
     positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
     logits, (k, v) = cached_forward(config, params, tokens, positions, mask, None)
     cache = append(cache, k, v, mask)
@@ -111,3 +113,37 @@ def test_shared_prefix_run_once_equals_whole_rows(tiny):
     split = model.logits_at(rest, rest_mask, last, prefix=prefix)
     full = model.logits_at(whole, whole_mask, last + np.array([[9, 9]]))
     np.testing.assert_allclose(split, full, atol=2e-5, rtol=2e-5)
+
+
+def test_per_layer_views_alias_the_stacked_weights_and_outlive_them(tiny_checkpoints):
+    """On CPU the per-layer layout costs no memory: each layer's weight is a view of its slice
+    of the stacked buffer, and stays valid after the stacked pytree is dropped. Its logits
+    equal the scanned layers' (different fusion, so float rounding only)."""
+    model = pj.load_model(tiny_checkpoints["llama"].path)
+    stacked = model.params["layers"]["mlp"]["up_proj"]["weight"]
+    per_layer = layers.unstack(model.params)
+    assert layers.resolve("auto", model.params) == "per_layer"
+    assert len(per_layer["layers"]) == model.config.num_layers
+    view = per_layer["layers"][1]["mlp"]["up_proj"]["weight"]
+    assert view.unsafe_buffer_pointer() == (stacked.unsafe_buffer_pointer()
+                                            + stacked[0].nbytes)
+    expected = np.asarray(stacked[1]).copy()
+    ids = _ids(2, SEQ)
+    scanned = np.asarray(model.logits(ids))
+    config = model.config
+    del model, stacked
+    jax.block_until_ready(jnp.ones((512, 512)) * 3)  # reuse freed memory, if any was freed
+    np.testing.assert_array_equal(np.asarray(view), expected)
+    unrolled = forward_logits(config, per_layer, ids, np.ones(ids.shape, bool))
+    np.testing.assert_allclose(np.asarray(unrolled), scanned, atol=2e-5, rtol=0)
+    # A shared prefix's per-layer keys and values, broadcast to every row.
+    split = forward_logits_at(config, per_layer, ids[:, 5:], np.ones((2, SEQ - 5), bool),
+                              np.array([[0, 3], [2, 10]]), prefix=ids[:1, :5])
+    same_prefix = np.concatenate([np.repeat(ids[:1, :5], 2, 0), ids[:, 5:]], axis=1)
+    whole = np.asarray(forward_logits(config, per_layer, same_prefix, np.ones(ids.shape, bool)))
+    np.testing.assert_allclose(np.asarray(split), whole[[[0], [1]], [[5, 8], [7, 15]]],
+                               atol=2e-5, rtol=0)
+    with pytest.raises(ValueError, match="layer layout 'unrolled': choose from auto"):
+        layers.resolve("unrolled", per_layer)
+    with pytest.raises(ValueError, match="cannot be restacked"):
+        layers.for_forward(per_layer, "stacked")

@@ -81,6 +81,7 @@ def test_full_size_configs_shard_validly_on_2x4(config_file):
     cache = jax.eval_shape(lambda: KVCache.zeros(config, 8, 4096, jnp.bfloat16))
     cache_shardings = sharding.cache_shardings(config, cache, mesh)
     assert cache_shardings.keys.spec == P(None, "data", "model", None, None)
+    assert cache_shardings.values.spec == P(None, "data", "model", None, None)
 
 
 def test_memory_report_for_llama3_8b():
