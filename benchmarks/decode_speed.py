@@ -1,25 +1,35 @@
-"""Decode speed of prosocial_jax vs transformers (PyTorch), side by side, on SmolLM2-135M-Instruct.
+"""Decode speed of prosocial_jax vs transformers (PyTorch), side by side, on SmolLM2-135M-Instruct,
+against this machine's memory-bandwidth and matmul limits measured in the same run.
 
     .venv/bin/python benchmarks/decode_speed.py --out benchmarks/results/decode_speed.json
 
 Both run the same float32 weights (our GGUF load, saved as an HF folder that transformers loads),
-the same chat prompts, greedy, the same number of new tokens with no early stop; the generated
-tokens are compared. Each library runs in its own worker process, one after the other: in one
-process, PyTorch's OpenMP threads keep spinning after each call and steal this machine's two cores
-from XLA. Measured in one run:
+greedy, no early stop; generated tokens are compared row by row. Each measurement runs in its own
+worker process (in one process PyTorch's spinning OpenMP threads steal this machine's cores from
+XLA, and peak memory is per process). Measured:
 
-- decode tokens/s at batch 1 and 16: from the time difference between generating N_LONG and
-  N_SHORT new tokens, which cancels tokenisation, prefill and fixed overheads;
-- the batch-1 decode step time against the memory-bandwidth bound: bytes of weights read per step
-  divided by a copy bandwidth measured here (STREAM convention: 2 x bytes / time);
-- prefill tokens/s (batch 16) and compile times (prefill, one 16-step decode chunk).
+- limits: copy bandwidth (one thread, STREAM convention 2 x bytes / time: the bound the targets
+  use), the read rate of XLA's own matrix-vector product over a 1 GiB matrix (all cores), and
+  XLA's float32 GEMM throughput (2048^3);
+- short prompts (the 16 chat prompts), batch 1 and 16: decode step from the time difference
+  between N_LONG and N_SHORT new tokens (cancels prefill and fixed costs), for both layer layouts
+  (per-layer, the CPU default, and stacked) and transformers `generate`; each step against its
+  bound, bytes read per step (weights + the KV cache's real tokens at mid-generation) over the
+  copy bandwidth;
+- prefill of 16 x 512 tokens: tokens/s and GFLOP/s against the GEMM throughput;
+- long context, a prompt of 2,048 and of 8,192 tokens: its prefill (time, and the process's peak
+  memory after it; ours in the chunks `generate` picks, and once more in one pass, to show what
+  chunking saves), then LONG_STEPS greedy steps from its cache at batch 1 and, copied to 8 rows,
+  at batch 8 (transformers: its default attention, a greedy loop over its DynamicCache, which is
+  what `generate` runs), each step against its bound; peak memory at the end.
 
-Timings are medians over REPEATS runs after a warm-up (this 2-core VM is noisy).
+Timings are medians (this 2-core VM is noisy).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -33,12 +43,17 @@ from pathlib import Path
 import numpy as np
 
 N_SHORT, N_LONG = 32, 128
-REPEATS = 5
+REPEATS = 3
 BATCHES = (1, 16)
+LAYOUTS = ("per_layer", "stacked")
+PREFILL_SHAPE = (16, 512)
+CONTEXTS = (2048, 8192)
+LONG_BATCHES = (1, 8)
+LONG_STEPS = 32  # timed greedy steps at a long context (after 16 warm-up steps)
 
 
 def copy_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
-    """Best-of-N STREAM-style copy bandwidth: (bytes read + bytes written) / time.
+    """Best-of-N STREAM-style copy bandwidth of one thread: (bytes read + bytes written) / time.
 
     Copies into a preallocated buffer, so page faults on fresh memory are not timed.
     """
@@ -51,6 +66,32 @@ def copy_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
         np.copyto(target, source)
         best = min(best, time.perf_counter() - start)
     return 2 * source.nbytes / best
+
+
+def xla_limits(repeats: int = 5) -> dict:
+    """XLA's matrix-vector read rate over a 1 GiB float32 matrix (bytes / time, all cores) and
+    its float32 GEMM throughput (2 n^3 / time at n = 2048): best of N after a warm-up."""
+    import jax
+    import jax.numpy as jnp
+
+    def best(fn, *args):
+        jax.block_until_ready(fn(*args))
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    matrix = jnp.ones((2**16, 2**12), jnp.float32)
+    vector = jnp.ones((2**12,), jnp.float32)
+    matvec = best(jax.jit(lambda m, v: m @ v), matrix, vector)
+    del matrix
+    n = 2048
+    a = jnp.ones((n, n), jnp.float32)
+    gemm = best(jax.jit(lambda x, y: x @ y), a, a)
+    return {"xla_matvec_read_gb_s": 2**30 / matvec / 1e9,
+            "xla_gemm_f32_gflop_s": 2 * n**3 / gemm / 1e9}
 
 
 def write_results(path: Path | None, results: dict) -> None:
@@ -88,53 +129,85 @@ def median_time(fn) -> float:
     return statistics.median(times)
 
 
+def peak_memory_gb() -> float:
+    """This process's peak resident memory (VmHWM; unlike ru_maxrss it does not carry over the
+    parent's peak across exec)."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024 / 1e9
+
+
+def long_prompts(batch: int, context: int, vocab: int) -> np.ndarray:
+    """`batch` prompts of `context` token ids (seeded; the same for both libraries)."""
+    return np.random.default_rng(context + batch).integers(100, vocab - 100, (batch, context))
+
+
+def kv_bytes_per_token(config) -> int:
+    return 2 * config.num_layers * config.num_kv_heads * config.head_dim * 4
+
+
 # ---------------------------------------------------------------------------- workers
-def jax_worker(folder: Path) -> dict:
+def jax_short(folder: Path, _: dict) -> dict:
     import jax
     import jax.numpy as jnp
 
     import prosocial_jax as pj
     from prosocial_jax.decoding import decode, sampling
+    from prosocial_jax.models import layers
     from prosocial_jax.models.tokenizer import encode_prompt
 
     model = pj.load_model(folder, dtype="float32")
     prompts = chat_prompts(max(BATCHES))
-    out: dict = {"weight_bytes": sum(x.nbytes for x in jax.tree.leaves(model.params))}
-
     encoded = [encode_prompt(model.tokenizer, p) for p in prompts]
-    length = decode._round_up(max(len(e) for e in encoded), decode.PROMPT_BUCKET)
-    tokens = np.zeros((len(prompts), length), np.int32)
-    mask = np.zeros((len(prompts), length), bool)
-    for row, ids in enumerate(encoded):
-        tokens[row, length - len(ids):], mask[row, length - len(ids):] = ids, True
-    tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
-    key = jax.random.key(0)
+    out: dict = {"weight_bytes": sum(x.nbytes for x in jax.tree.leaves(model.params)),
+                 "prompt_tokens": [len(e) for e in encoded],
+                 "kv_bytes_per_token": kv_bytes_per_token(model.config)}
+    for layout in LAYOUTS:
+        params = layers.for_forward(model.params, layout)
+        for batch in BATCHES:
+            def run(n, rows=prompts[:batch], layout=layout):
+                start = time.perf_counter()
+                results = pj.generate(model, rows, max_new_tokens=n, batch_size=len(rows),
+                                      stop_tokens=[], layer_layout=layout)
+                return time.perf_counter() - start, [r.tokens for r in results]
+            stats, out[f"tokens_{layout}{batch}"] = decode_stats(run)
+            out[f"{layout}{batch}"] = stats
+            print(f"jax {layout} batch {batch}: {stats['step_ms']:.1f} ms/step", file=sys.stderr)
 
-    start = time.perf_counter()
-    prefill = decode.prefill.lower(model.config, model.params, tokens, mask, key, 16,
+        # Compile times: a prefill and one 16-step decode chunk of 16 prompts.
+        tokens = jnp.ones((16, 64), jnp.int32)
+        mask = jnp.ones((16, 64), bool)
+        key = jax.random.key(0)
+        start = time.perf_counter()
+        prefill = decode.prefill.lower(model.config, params, tokens, mask, key, 16,
+                                       max_len=80, num_new=16).compile()
+        out[f"compile_prefill_s_{layout}"] = time.perf_counter() - start
+        state = prefill(params, tokens, mask, key, 16)
+        start = time.perf_counter()
+        decode.decode_chunk.lower(model.config, params, state,
+                                  sampling.SamplingParams.create(16),
+                                  jnp.asarray([-1], jnp.int32), 0, num_steps=16).compile()
+        out[f"compile_decode_chunk_s_{layout}"] = time.perf_counter() - start
+
+        # Prefill throughput: 16 x 512 tokens, every token real.
+        rows, length = PREFILL_SHAPE
+        tokens = jnp.asarray(long_prompts(rows, length, model.config.vocab_size), jnp.int32)
+        mask = jnp.ones(tokens.shape, bool)
+        run = decode.prefill.lower(model.config, params, tokens, mask, key, 16,
                                    max_len=length + 16, num_new=16).compile()
-    out["compile_prefill_s"] = time.perf_counter() - start
-    state = prefill(model.params, tokens, mask, key, 16)
-    start = time.perf_counter()
-    decode.decode_chunk.lower(model.config, model.params, state,
-                              sampling.SamplingParams.create(len(prompts)),
-                              jnp.asarray([-1], jnp.int32), 0, num_steps=16).compile()
-    out["compile_decode_chunk_s"] = time.perf_counter() - start
-    out["prefill_tokens"] = int(sum(len(e) for e in encoded))
-    out["prefill_s"] = median_time(
-        lambda: jax.block_until_ready(prefill(model.params, tokens, mask, key, 16).logits))
-
-    for batch in BATCHES:
-        def run(n, rows=prompts[:batch]):
-            start = time.perf_counter()
-            results = pj.generate(model, rows, max_new_tokens=n, batch_size=len(rows),
-                                  stop_tokens=[])
-            return time.perf_counter() - start, [r.tokens for r in results]
-        out[f"batch{batch}"], out[f"tokens{batch}"] = decode_stats(run)
+        out[f"prefill_s_{layout}"] = median_time(
+            lambda run=run, params=params, tokens=tokens, mask=mask, key=key:
+            jax.block_until_ready(run(params, tokens, mask, key, 16).logits))
+    c = model.config
+    layer_params = sum(x.size for x in jax.tree.leaves(model.params["layers"]))
+    rows, length = PREFILL_SHAPE
+    # Products over every prompt token, plus attention scores and weighted values as computed
+    # (every query against every slot of its chunk: 2 x 2 x T x T x heads x head_dim per layer).
+    out["prefill_flops"] = (2 * layer_params * rows * length
+                            + 4 * c.num_layers * rows * length * length * c.num_heads * c.head_dim)
     return out
 
 
-def torch_worker(folder: Path) -> dict:
+def torch_short(folder: Path, _: dict) -> dict:
     import torch
     import transformers
 
@@ -149,9 +222,10 @@ def torch_worker(folder: Path) -> dict:
         return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
 
     out: dict = {"threads": torch.get_num_threads()}
-    batch16 = encode(prompts)
+    rows, length = PREFILL_SHAPE
+    ids = torch.as_tensor(long_prompts(rows, length, model.config.vocab_size))
     with torch.no_grad():
-        out["prefill_s"] = median_time(lambda: model(**batch16))
+        out["prefill_s"] = median_time(lambda: model(input_ids=ids))
     for batch in BATCHES:
         encoded = encode(prompts[:batch])
 
@@ -164,28 +238,133 @@ def torch_worker(folder: Path) -> dict:
             new = result[:, encoded["input_ids"].shape[1]:].tolist()
             return time.perf_counter() - start, new
         out[f"batch{batch}"], out[f"tokens{batch}"] = decode_stats(run)
+        print(f"torch batch {batch}: {out[f'batch{batch}']['step_ms']:.1f} ms/step",
+              file=sys.stderr)
     return out
 
 
-def run_worker(kind: str, folder: Path) -> dict:
+def _prompt_cache_rows(tree, rows: int):
+    """A one-row decode state as `rows` identical rows (batch-leading leaves), every leaf a new
+    buffer (decoding donates its state)."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree.map(lambda x: jnp.repeat(x, rows, axis=0) if x.ndim and x.shape[0] == 1
+                        else x.copy(), tree)
+
+
+def jax_long(folder: Path, setting: dict) -> dict:
+    """Prefills one prompt of `context` tokens, times LONG_STEPS greedy steps from it, then from
+    its state copied to each of LONG_BATCHES rows; peak memory after the prefill and at the end.
+    `one_pass`: prefill in one pass instead of chunks, to compare peak memory (no decoding)."""
+    import jax
+    import jax.numpy as jnp
+
+    import prosocial_jax as pj
+    from prosocial_jax.decoding import decode, sampling
+    from prosocial_jax.models import layers
+
+    model = pj.load_model(folder, dtype="float32")
+    context = setting["context"]
+    params = layers.for_forward(model.params, "auto")
+    chunk = decode.auto_prefill_chunk(model.config.num_heads, context)  # what generate picks
+    prompt_len, chunk = decode.prefill_chunks(context, context if setting.get("one_pass")
+                                              else chunk)
+    tokens = jnp.asarray(long_prompts(1, context, model.config.vocab_size), jnp.int32)
+    tokens = jnp.pad(tokens, ((0, 0), (prompt_len - context, 0)))
+    mask = jnp.arange(prompt_len)[None, :] >= prompt_len - context
+    steps, num_new = 16, 16 + LONG_STEPS
+    key = jax.random.key(0)
+    prefill = decode.prefill.lower(model.config, params, tokens, mask, key, num_new,
+                                   max_len=prompt_len + num_new, num_new=num_new,
+                                   chunk=chunk).compile()
+    jax.block_until_ready(prefill(params, tokens, mask, key, num_new).logits)  # warm-up
+    start = time.perf_counter()
+    prompt_state = prefill(params, tokens, mask, key, num_new)
+    jax.block_until_ready(prompt_state.logits)
+    out = {"prefill_s": time.perf_counter() - start, "prefill_peak_gb": peak_memory_gb(),
+           "prefill_chunk": chunk, "cache_slots": prompt_len + num_new}
+    if setting.get("one_pass"):
+        return out
+    for batch in LONG_BATCHES:
+        state = _prompt_cache_rows(prompt_state, batch)
+        args = (sampling.SamplingParams.create(batch), jnp.asarray([-1], jnp.int32), 0)
+        state, _ = decode.decode_chunk(model.config, params, state, *args, num_steps=steps)
+        jax.block_until_ready(state.tokens)  # warm-up chunk: compiles
+        start = time.perf_counter()
+        for _ in range(LONG_STEPS // steps):
+            state, _ = decode.decode_chunk(model.config, params, state, *args, num_steps=steps)
+        jax.block_until_ready(state.tokens)
+        out[f"step_ms{batch}"] = 1e3 * (time.perf_counter() - start) / LONG_STEPS
+        out[f"tokens{batch}"] = np.asarray(state.tokens).tolist()
+    out["peak_gb"] = peak_memory_gb()
+    return out
+
+
+def torch_long(folder: Path, setting: dict) -> dict:
+    """As `jax_long`: transformers' default attention and its DynamicCache, the greedy loop
+    `generate` runs (minus its per-step bookkeeping)."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    context = setting["context"]
+    ids = torch.as_tensor(long_prompts(1, context, model.config.vocab_size))
+    out: dict = {"attention": model.config._attn_implementation}
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=True, logits_to_keep=1)  # warm-up, as for ours
+        start = time.perf_counter()
+        prompt = model(input_ids=ids, use_cache=True, logits_to_keep=1)  # as generate does
+        out["prefill_s"] = time.perf_counter() - start
+        out["prefill_peak_gb"] = peak_memory_gb()
+        for batch in LONG_BATCHES:
+            cache = copy.deepcopy(prompt.cache)
+            cache.batch_repeat_interleave(batch)
+            token = prompt.logits[:, -1].argmax(-1).repeat(batch)
+            tokens = []
+            for step in range(16 + LONG_STEPS):
+                if step == 16:
+                    start = time.perf_counter()
+                tokens.append(token.tolist())
+                step_out = model(input_ids=token[:, None], cache=cache, use_cache=True)
+                cache, token = step_out.cache, step_out.logits[:, -1].argmax(-1)
+            out[f"step_ms{batch}"] = 1e3 * (time.perf_counter() - start) / LONG_STEPS
+            out[f"tokens{batch}"] = np.asarray(tokens).T.tolist()
+            del cache
+    out["peak_gb"] = peak_memory_gb()
+    return out
+
+
+WORKERS = {"jax_short": jax_short, "torch_short": torch_short, "jax_long": jax_long,
+           "torch_long": torch_long}
+
+
+def run_worker(kind: str, folder: Path, setting: dict | None = None) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as handle:
         subprocess.run([sys.executable, __file__, "--worker", kind, "--folder", str(folder),
-                        "--out", handle.name], check=True)
+                        "--setting", json.dumps(setting or {}), "--out", handle.name],
+                       check=True)
         return json.loads(Path(handle.name).read_text())
 
 
 # ---------------------------------------------------------------------------- report
+def identical_rows(a: list, b: list) -> str:
+    return f"{sum(x == y for x, y in zip(a, b))}/{len(a)}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
-    parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--skip-long", action="store_true",
+                        help="leave out the long-context part (about 10 of the ~15 minutes)")
+    parser.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--setting", type=json.loads, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.worker:
-        result = (jax_worker if args.worker == "jax" else torch_worker)(args.folder)
-        args.out.write_text(json.dumps(result))
+        args.out.write_text(json.dumps(WORKERS[args.worker](args.folder, args.setting)))
         return
 
     import prosocial_jax as pj
@@ -194,55 +373,120 @@ def main() -> None:
         folder = pj.save_model(pj.load_model("bundled:smollm2", dtype="float32"),
                                Path(tmp) / "smollm2")
         bandwidth = copy_bandwidth()
-        ours = run_worker("jax", folder)
-        theirs = run_worker("torch", folder)
+        limits = xla_limits()
+        ours = run_worker("jax_short", folder)
+        theirs = run_worker("torch_short", folder)
+        long_runs = {}
+        for context in () if args.skip_long else CONTEXTS:
+            long_runs[context] = (run_worker("jax_long", folder, {"context": context}),
+                                  run_worker("torch_long", folder, {"context": context}))
+            print(f"long {context}: jax {long_runs[context][0]['step_ms1']:.1f} ms/step, torch "
+                  f"{long_runs[context][1]['step_ms1']:.1f}", file=sys.stderr)
+        if not args.skip_long:
+            one_pass = run_worker("jax_long", folder, {"context": CONTEXTS[-1], "one_pass": True})
 
+    weights, per_token = ours["weight_bytes"], ours["kv_bytes_per_token"]
     results: dict = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantised), float32",
-        "weight_bytes": ours["weight_bytes"],
-        "copy_bandwidth_gb_s": bandwidth / 1e9,
-        "compile_s": {"prefill": ours["compile_prefill_s"],
-                      "decode_chunk_16_steps": ours["compile_decode_chunk_s"]},
-        "prefill_batch16": {
-            "real_tokens": ours["prefill_tokens"],
-            "prosocial_jax_tokens_per_s": ours["prefill_tokens"] / ours["prefill_s"],
-            "transformers_tokens_per_s": ours["prefill_tokens"] / theirs["prefill_s"]},
-        "decode": {},
+        "weight_bytes": weights,
+        "limits": {"copy_bandwidth_gb_s": bandwidth / 1e9, **limits},
+        "compile_s": {layout: {"prefill": ours[f"compile_prefill_s_{layout}"],
+                               "decode_chunk_16_steps": ours[f"compile_decode_chunk_s_{layout}"]}
+                      for layout in LAYOUTS},
+        "decode": {}, "prefill": {}, "long_context": {},
     }
     for batch in BATCHES:
-        mine, ref = ours[f"batch{batch}"], theirs[f"batch{batch}"]
-        identical = sum(a == b for a, b in zip(ours[f"tokens{batch}"], theirs[f"tokens{batch}"]))
-        entry = {"prosocial_jax_step_ms": mine["step_ms"],
-                 "transformers_step_ms": ref["step_ms"],
-                 "prosocial_jax_tokens_per_s": 1e3 * batch / mine["step_ms"],
-                 "transformers_tokens_per_s": 1e3 * batch / ref["step_ms"],
-                 "speedup": ref["step_ms"] / mine["step_ms"],
-                 "identical_rows": f"{identical}/{batch}"}
-        if batch == 1:
-            entry["bandwidth_bound_step_ms"] = 1e3 * ours["weight_bytes"] / bandwidth
-            entry["step_over_bound"] = mine["step_ms"] / entry["bandwidth_bound_step_ms"]
+        ref = theirs[f"batch{batch}"]["step_ms"]
+        # Bytes a step must read: the weights and the cache's real tokens at mid-generation.
+        context = np.mean(ours["prompt_tokens"][:batch]) + (N_SHORT + N_LONG) / 2
+        bound = 1e3 * (weights + batch * context * per_token) / bandwidth
+        entry = {"transformers_step_ms": ref, "bandwidth_bound_step_ms": bound}
+        for layout in LAYOUTS:
+            step = ours[f"{layout}{batch}"]["step_ms"]
+            entry[layout] = {"step_ms": step, "tokens_per_s": 1e3 * batch / step,
+                             "speedup_vs_transformers": ref / step,
+                             "step_over_bound": step / bound,
+                             "identical_rows": identical_rows(ours[f"tokens_{layout}{batch}"],
+                                                              theirs[f"tokens{batch}"])}
         results["decode"][str(batch)] = entry
-
+    rows, length = PREFILL_SHAPE
+    for layout in LAYOUTS:
+        seconds = ours[f"prefill_s_{layout}"]
+        gflop_s = ours["prefill_flops"] / seconds / 1e9
+        results["prefill"][layout] = {
+            "tokens_per_s": rows * length / seconds, "gflop_s": gflop_s,
+            "fraction_of_gemm": gflop_s / limits["xla_gemm_f32_gflop_s"]}
+    results["prefill"]["transformers_tokens_per_s"] = rows * length / theirs["prefill_s"]
+    for context, (mine, ref) in long_runs.items():
+        for batch in LONG_BATCHES:
+            read = weights + batch * (context + 16 + LONG_STEPS / 2) * per_token
+            bound = 1e3 * read / bandwidth
+            step, ref_step = mine[f"step_ms{batch}"], ref[f"step_ms{batch}"]
+            results["long_context"][f"{context}x{batch}"] = {
+                "step_ms": step, "transformers_step_ms": ref_step,
+                "tokens_per_s": 1e3 * batch / step,
+                "transformers_tokens_per_s": 1e3 * batch / ref_step,
+                "speedup_vs_transformers": ref_step / step,
+                "bandwidth_bound_step_ms": bound, "step_over_bound": step / bound,
+                "identical_rows": identical_rows(mine[f"tokens{batch}"], ref[f"tokens{batch}"])}
+        results["long_context"][f"{context}_memory"] = {
+            "prefill_s": mine["prefill_s"], "transformers_prefill_s": ref["prefill_s"],
+            "prefill_chunk": mine["prefill_chunk"], "transformers_attention": ref["attention"],
+            "peak_gb_after_prefill": mine["prefill_peak_gb"],
+            "transformers_peak_gb_after_prefill": ref["prefill_peak_gb"],
+            "peak_gb": mine["peak_gb"], "transformers_peak_gb": ref["peak_gb"]}
+    if long_runs:
+        results["long_context"]["one_pass_prefill"] = {
+            "context": CONTEXTS[-1], "prefill_s": one_pass["prefill_s"],
+            "peak_gb_after_prefill": one_pass["prefill_peak_gb"]}
     print(json.dumps(results, indent=2))
-    print(f"\ncopy bandwidth {bandwidth / 1e9:.1f} GB/s; "
-          f"weights {ours['weight_bytes'] / 1e6:.0f} MB")
-    for batch, entry in results["decode"].items():
-        print(f"batch {batch}: prosocial_jax {entry['prosocial_jax_tokens_per_s']:.1f} tok/s "
-              f"({entry['prosocial_jax_step_ms']:.1f} ms/step), transformers "
-              f"{entry['transformers_tokens_per_s']:.1f} tok/s "
-              f"({entry['transformers_step_ms']:.1f} ms/step): {entry['speedup']:.2f}x; "
-              f"identical rows {entry['identical_rows']}")
-    one = results["decode"]["1"]
-    print(f"batch-1 step {one['prosocial_jax_step_ms']:.1f} ms vs bandwidth bound "
-          f"{one['bandwidth_bound_step_ms']:.1f} ms: {one['step_over_bound']:.2f}x")
-    pre = results["prefill_batch16"]
-    print(f"prefill (batch 16, {pre['real_tokens']} tokens): prosocial_jax "
-          f"{pre['prosocial_jax_tokens_per_s']:.0f} tok/s, transformers "
-          f"{pre['transformers_tokens_per_s']:.0f} tok/s")
-    print(f"compile: prefill {results['compile_s']['prefill']:.1f} s, 16-step decode chunk "
-          f"{results['compile_s']['decode_chunk_16_steps']:.1f} s")
+    report(results)
     write_results(args.out, results)
+
+
+def report(results: dict) -> None:
+    lim = results["limits"]
+    print(f"\ncopy bandwidth {lim['copy_bandwidth_gb_s']:.1f} GB/s (one thread); XLA matvec "
+          f"read {lim['xla_matvec_read_gb_s']:.1f} GB/s; XLA f32 GEMM "
+          f"{lim['xla_gemm_f32_gflop_s']:.0f} GFLOP/s; weights "
+          f"{results['weight_bytes'] / 1e6:.0f} MB")
+    for batch, entry in results["decode"].items():
+        for layout in LAYOUTS:
+            e = entry[layout]
+            print(f"batch {batch} {layout}: {e['step_ms']:.1f} ms/step = "
+                  f"{e['step_over_bound']:.2f}x the bound of {entry['bandwidth_bound_step_ms']:.1f}"
+                  f" ms; {e['speedup_vs_transformers']:.2f}x transformers "
+                  f"({entry['transformers_step_ms']:.1f} ms); identical rows {e['identical_rows']}")
+    for layout in LAYOUTS:
+        p = results["prefill"][layout]
+        print(f"prefill 16 x 512 {layout}: {p['tokens_per_s']:.0f} tok/s, {p['gflop_s']:.0f} "
+              f"GFLOP/s = {p['fraction_of_gemm']:.0%} of the GEMM rate")
+    print(f"prefill transformers: {results['prefill']['transformers_tokens_per_s']:.0f} tok/s")
+    long = results["long_context"]
+    for context in CONTEXTS:
+        for batch in LONG_BATCHES:
+            e = long.get(f"{context}x{batch}")
+            if e is None:
+                continue
+            print(f"context {context} x batch {batch}: {e['step_ms']:.1f} ms/step "
+                  f"({e['step_over_bound']:.2f}x bound {e['bandwidth_bound_step_ms']:.1f} ms) vs "
+                  f"transformers {e['transformers_step_ms']:.1f}: "
+                  f"{e['speedup_vs_transformers']:.2f}x; identical rows {e['identical_rows']}")
+        m = long.get(f"{context}_memory")
+        if m:
+            print(f"context {context}: prefill of one prompt {m['prefill_s']:.1f} s (chunks of "
+                  f"{m['prefill_chunk']}) vs transformers {m['transformers_prefill_s']:.1f} s; "
+                  f"peak memory after it {m['peak_gb_after_prefill']:.2f} vs "
+                  f"{m['transformers_peak_gb_after_prefill']:.2f} GB, at the end (8 rows "
+                  f"decoded) {m['peak_gb']:.2f} vs {m['transformers_peak_gb']:.2f} GB")
+    if "one_pass_prefill" in long:
+        e = long["one_pass_prefill"]
+        print(f"context {e['context']} prefilled in one pass: {e['prefill_s']:.1f} s, peak "
+              f"memory {e['peak_gb_after_prefill']:.2f} GB")
+    for layout, c in results["compile_s"].items():
+        print(f"compile {layout}: prefill {c['prefill']:.1f} s, 16-step decode chunk "
+              f"{c['decode_chunk_16_steps']:.1f} s")
 
 
 if __name__ == "__main__":

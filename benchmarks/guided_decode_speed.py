@@ -14,9 +14,12 @@ preference could be, and it has no safety stage. Ours runs per-row preferences w
 stage on (Pv-Arm forward on 2B rows) and off (B rows); with the stage off the tokens must equal
 the reference's (compared row by row).
 
-Also measured in the same run: a guided step's time over a plain (unguided) step's time, next
-to the ideal, the ratio of bytes read per step (weights of both models + adapter + both KV
-caches, over the base model's weights + cache).
+Also measured in the same run: each guided step against its bound, the bytes it must read
+(weights of both models + adapter + both KV caches' real tokens at mid-generation) over the
+copy bandwidth; a guided step's time over a plain (unguided) step's time, next to the ideal,
+the ratio of those bytes over the plain step's (the base model's weights + cache); and the
+guided step with the safety stage in the stacked layer layout (scanned layers, as on
+accelerators) beside the per-layer one that CPUs run by default.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from decode_speed import chat_prompts, copy_bandwidth, write_results
+from decode_speed import chat_prompts, copy_bandwidth, kv_bytes_per_token, write_results
 
 N_SHORT, N_LONG = 16, 64
 REPEATS = 3
@@ -76,26 +79,22 @@ def jax_worker(folder: Path, adapter_dir: Path) -> dict:
     import jax
 
     import prosocial_jax as pj
-    from prosocial_jax.decoding import decode
     from prosocial_jax.models.tokenizer import encode_prompt
 
     base = pj.load_model(folder, dtype="float32")
     reward = pj.load_model(folder, dtype="float32")  # its own copy of the weights
     adapter = pj.load_adapter(adapter_dir, reward.config)
     prompts = chat_prompts(max(BATCHES))
-    c = base.config
-    longest = max(len(encode_prompt(base.tokenizer, p)) for p in prompts)
-    slots = decode._round_up(longest, decode.PROMPT_BUCKET) + N_LONG  # every slot is read
     out: dict = {
         "weight_bytes": sum(x.nbytes for x in jax.tree.leaves(base.params)),
         "adapter_bytes": sum(x.nbytes for x in jax.tree.leaves(adapter.params)),
-        "kv_bytes_per_row": 2 * c.num_layers * c.num_kv_heads * c.head_dim * 4 * slots}
+        "prompt_tokens": [len(encode_prompt(base.tokenizer, p)) for p in prompts],
+        "kv_bytes_per_token": kv_bytes_per_token(base.config)}
+    guided = dict(adapter=adapter, reward=reward, preference=uniform(adapter), guidance=WEIGHT)
     modes = {"plain": {},
-             "guided_safety": dict(adapter=adapter, reward=reward, preference=uniform(adapter),
-                                   guidance=WEIGHT, safety_margin=3.0),
-             "guided_no_safety": dict(adapter=adapter, reward=reward,
-                                      preference=uniform(adapter), guidance=WEIGHT,
-                                      safety_stage=False)}
+             "guided_safety": dict(guided, safety_margin=3.0),
+             "guided_no_safety": dict(guided, safety_stage=False),
+             "guided_safety_stacked": dict(guided, safety_margin=3.0, layer_layout="stacked")}
     for batch in BATCHES:
         for mode, kwargs in modes.items():
             def run(n, rows=prompts[:batch], kwargs=kwargs):
@@ -227,39 +226,49 @@ def main() -> None:
         ref = theirs[f"guided{batch}"]["step_ms"]
         entry = {"reference_step_ms": ref, "reference_tokens_per_s": 1e3 * batch / ref}
         plain = ours[f"plain{batch}"]["step_ms"]
-        for mode in ("guided_safety", "guided_no_safety"):
+        # Bytes a step must read: weights (+ adapter) and the KV caches' real tokens at
+        # mid-generation; the safety stage adds B Pv-Arm rows, so three caches of B rows
+        # against the plain step's one.
+        context = np.mean(ours["prompt_tokens"][:batch]) + (N_SHORT + N_LONG) / 2
+        kv_per_row = context * ours["kv_bytes_per_token"]
+        plain_bytes = weights + batch * kv_per_row
+        needed = {"guided_safety": 2 * weights + adapter_bytes + 3 * batch * kv_per_row,
+                  "guided_no_safety": 2 * weights + adapter_bytes + 2 * batch * kv_per_row}
+        needed["guided_safety_stacked"] = needed["guided_safety"]
+        for mode, nbytes in needed.items():
             step = ours[f"{mode}{batch}"]["step_ms"]
+            bound = 1e3 * nbytes / bandwidth
             entry[mode] = {"step_ms": step, "tokens_per_s": 1e3 * batch / step,
                            "speedup_vs_reference": ref / step,
-                           "step_over_plain_step": step / plain}
+                           "bandwidth_bound_step_ms": bound, "step_over_bound": step / bound,
+                           "step_over_plain_step": step / plain,
+                           "bytes_ratio": nbytes / plain_bytes,
+                           "step_ratio_over_bytes_ratio": step / plain * plain_bytes / nbytes}
         entry["plain_step_ms"] = plain
+        entry["plain_step_over_bound"] = plain / (1e3 * plain_bytes / bandwidth)
         identical = sum(a == b for a, b in zip(ours[f"tokens_guided_no_safety{batch}"],
                                                theirs[f"tokens{batch}"]))
         entry["identical_rows_vs_reference"] = f"{identical}/{batch}"
-        # Bytes read per step: weights (+ adapter) and the KV caches (the safety stage adds B
-        # Pv-Arm rows, so three caches of B rows against the plain step's one).
-        kv_per_row = ours["kv_bytes_per_row"]
-        plain_bytes = weights + batch * kv_per_row
-        entry["bytes_ratio_safety"] = (2 * weights + adapter_bytes
-                                       + 3 * batch * kv_per_row) / plain_bytes
-        entry["bytes_ratio_no_safety"] = (2 * weights + adapter_bytes
-                                          + 2 * batch * kv_per_row) / plain_bytes
-        if batch == 1:
-            bound = 1e3 * (2 * weights + adapter_bytes) / bandwidth
-            entry["bandwidth_bound_guided_step_ms"] = bound
-            entry["guided_safety"]["step_over_bound"] = entry["guided_safety"]["step_ms"] / bound
+        same = sum(a == b for a, b in zip(ours[f"tokens_guided_safety{batch}"],
+                                          ours[f"tokens_guided_safety_stacked{batch}"]))
+        entry["identical_rows_per_layer_vs_stacked"] = f"{same}/{batch}"
         results["batches"][str(batch)] = entry
     print(json.dumps(results, indent=2))
+    print(f"\ncopy bandwidth {bandwidth / 1e9:.1f} GB/s (one thread)")
     for batch, entry in results["batches"].items():
-        for mode in ("guided_safety", "guided_no_safety"):
+        print(f"batch {batch} plain: {entry['plain_step_ms']:.1f} ms/step "
+              f"({entry['plain_step_over_bound']:.2f}x its bound)")
+        for mode in ("guided_safety", "guided_no_safety", "guided_safety_stacked"):
             e = entry[mode]
             print(f"batch {batch} {mode}: {e['tokens_per_s']:.1f} tok/s "
-                  f"({e['step_ms']:.1f} ms/step) vs reference "
+                  f"({e['step_ms']:.1f} ms/step = {e['step_over_bound']:.2f}x the bound of "
+                  f"{e['bandwidth_bound_step_ms']:.1f} ms) vs reference "
                   f"{entry['reference_tokens_per_s']:.1f} tok/s: {e['speedup_vs_reference']:.2f}x;"
-                  f" guided/plain step {e['step_over_plain_step']:.2f}x (bytes ratio "
-                  f"{entry['bytes_ratio_' + mode.split('_', 1)[1]]:.2f})")
+                  f" guided/plain step {e['step_over_plain_step']:.2f}x, bytes ratio "
+                  f"{e['bytes_ratio']:.2f} ({e['step_ratio_over_bytes_ratio']:.2f}x it)")
         print(f"batch {batch}: identical rows vs reference "
-              f"{entry['identical_rows_vs_reference']}")
+              f"{entry['identical_rows_vs_reference']}; per-layer vs stacked "
+              f"{entry['identical_rows_per_layer_vs_stacked']}")
     write_results(args.out, results)
 
 

@@ -57,6 +57,13 @@ from prosocial_jax.models.model import Model
 from prosocial_jax.models.tokenizer import Messages, decode, encode_prompt
 
 PROMPT_BUCKET = 32  # prompt lengths are padded up to a multiple of this
+# Long prompts are prefilled in chunks, each attending to the cache the earlier ones wrote:
+# attention scores then take [chunk, slots] per head instead of [prompt, prompt], so peak memory
+# grows linearly with the prompt, not with its square. By default a chunk is as long as keeps
+# one layer's float32 scores (all rows and heads, both models when guided) within this budget;
+# one pass where they fit, since a chunked pass costs more (measured on CPU: 2,048 tokens in
+# one pass 4.2 s, in chunks of 512 6.5 s).
+PREFILL_SCORES_BYTES = 512 * 2**20
 # Default batch sizes: a batch of n prompts is padded (rows that start done) up to the next of
 # these, so 3 and 4 prompts share one compiled program and 5 to 8 another.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
@@ -149,19 +156,73 @@ def _recent_tokens(tokens_BxT, mask_BxT, window: int) -> jax.Array:
     return jnp.pad(recent_BxW, ((0, 0), (window - recent_BxW.shape[1], 0)), constant_values=-2)
 
 
+def auto_prefill_chunk(score_rows: int, prompt_len: int,
+                       budget: int = PREFILL_SCORES_BYTES) -> int:
+    """The longest chunk (tokens) whose attention scores fit `budget` bytes: `score_rows` is
+    rows x query heads summed over the models that prefill (float32 scores against up to the
+    prompt's slots plus the chunk's own)."""
+    chunk = budget // (4 * score_rows * max(prompt_len, 1))
+    return max(PROMPT_BUCKET, chunk // PROMPT_BUCKET * PROMPT_BUCKET)
+
+
+def prefill_chunks(prompt_len: int, chunk: int) -> tuple[int, int]:
+    """(slots, chunk) for prompts of `prompt_len` tokens: one pass up to `chunk` tokens, else
+    the fewest equal chunks of at most `chunk` tokens (multiples of PROMPT_BUCKET where that
+    fits, so that nearby prompt lengths share a compiled prefill)."""
+    if chunk < 1:
+        raise ValueError(f"prefill_chunk must be >= 1, got {chunk}")
+    padded = _round_up(prompt_len, PROMPT_BUCKET)
+    if padded <= chunk:
+        return padded, padded
+    count = -(-prompt_len // chunk)
+    size = -(-prompt_len // count)
+    if _round_up(size, PROMPT_BUCKET) <= chunk:
+        size = _round_up(size, PROMPT_BUCKET)
+    return count * size, size
+
+
+def _fill(config: ModelConfig, params, cache: KVCache, tokens, positions, mask, chunk: int,
+          **adapter) -> tuple[jax.Array, KVCache]:
+    """Last-position logits [B, V] of prompts [B, T] and `cache` holding their keys and values;
+    in chunks of `chunk` tokens (a scan: one compiled chunk) when T is longer."""
+    if chunk >= tokens.shape[1]:
+        logits, (k, v) = forward_with_cache(config, params, tokens, positions, mask, None,
+                                            **adapter)
+        return logits, cache.append(k, v, mask)
+    count = tokens.shape[1] // chunk
+
+    def chunks(x_BxT):  # [count, B, chunk]
+        return x_BxT.reshape(x_BxT.shape[0], count, chunk).swapaxes(0, 1)
+
+    def fill_one(cache, inputs):
+        tokens_c, positions_c, mask_c = inputs
+        logits, (k, v) = forward_with_cache(config, params, tokens_c, positions_c, mask_c,
+                                            cache, **adapter)
+        return cache.append(k, v, mask_c), logits
+
+    cache, logits = jax.lax.scan(fill_one, cache, (chunks(tokens), chunks(positions),
+                                                   chunks(mask)))
+    return logits[-1], cache
+
+
 @functools.partial(jax.jit, static_argnames=("config", "max_len", "num_new", "mesh", "spec",
-                                             "layout"))
+                                             "layout", "chunk"))
 def prefill(config: ModelConfig, params, tokens, mask, rng, max_new_tokens,
             guide: GuideInputs | None = None, *, max_len: int, num_new: int,
             mesh: Mesh | None = None, spec: GuideSpec | None = None,
-            layout: str = "sharded") -> DecodeState:
+            layout: str = "sharded", chunk: int | None = None) -> DecodeState:
     """Runs left-padded prompts (tokens and mask [B, T]) through the model (and the Pv-Arm,
-    when guided), filling fresh caches of `max_len` slots; room for `num_new` new tokens."""
+    when guided), filling fresh caches of `max_len` slots; room for `num_new` new tokens.
+    `chunk` (dividing T; None: T) prefills in chunks of that many tokens, see
+    PREFILL_SCORES_BYTES."""
     batch = tokens.shape[0]
+    chunk = chunk or tokens.shape[1]
+    if tokens.shape[1] % chunk:
+        raise ValueError(f"prefill chunk {chunk} does not divide the {tokens.shape[1]} prompt "
+                         "slots (see prefill_chunks)")
     cache = _empty_cache(config, params, batch, max_len, mesh, layout)
     positions = positions_from_mask(mask)
-    logits, (k, v) = forward_with_cache(config, params, tokens, positions, mask, None)
-    cache = cache.append(k, v, mask)
+    logits, cache = _fill(config, params, cache, tokens, positions, mask, chunk)
     no_prompt = ~jnp.any(mask, axis=-1)  # padding rows of a partial batch
     guided = {}
     if spec is not None:
@@ -170,12 +231,12 @@ def prefill(config: ModelConfig, params, tokens, mask, rng, max_new_tokens,
                                          for x in (tokens, mask, positions))
         reward_cache = _empty_cache(spec.reward_config, guide.reward_params, copies * batch,
                                     max_len, mesh, spec.reward_layout)
-        reward_logits, (rk, rv) = forward_with_cache(
-            spec.reward_config, guide.reward_params, r_tokens, r_positions, r_mask, None,
-            adapter_config=spec.adapter_config, adapter=guide.adapter_params,
+        reward_logits, reward_cache = _fill(
+            spec.reward_config, guide.reward_params, reward_cache, r_tokens, r_positions,
+            r_mask, chunk, adapter_config=spec.adapter_config, adapter=guide.adapter_params,
             preference=guide.reward_preferences(spec))
         banned = guide.guidance.banned_prefix
-        guided = dict(reward_cache=reward_cache.append(rk, rv, r_mask),
+        guided = dict(reward_cache=reward_cache,
                       reward_logits=reward_logits,
                       recent=None if banned is None else _recent_tokens(
                           tokens, mask, banned.shape[-1]),
@@ -349,7 +410,8 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
              plausibility: float | Sequence[float] = GuidanceSettings.plausibility,
              banned_sequences: Sequence[Sequence[int]] | None = None,
              no_repeat_ngram: int = GuidanceSettings.no_repeat_ngram,
-             safety_stage: bool = True, layer_layout: str = "auto") -> list[Generation]:
+             safety_stage: bool = True, layer_layout: str = "auto",
+             prefill_chunk: int | None = None) -> list[Generation]:
     """Decodes every prompt (a string, chat messages, or token ids) and returns `Generation`s.
 
     Greedy by default (temperature 0). Per-row sampling settings may be sequences, one per prompt.
@@ -374,13 +436,17 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
     `layer_layout` ("auto", "stacked", "per_layer"; see `prosocial_jax.models.layers`): how the
     layers run. "auto" unrolls them over per-layer views of the weights on a lone CPU device
     (no copy; faster whenever a product has more than one row) and scans the stacked weights
-    elsewhere. Tokens do not depend on it beyond float rounding.
+    elsewhere. Tokens do not depend on it beyond float rounding. Long prompts are prefilled in
+    chunks of at most `prefill_chunk` tokens (None: as long as keeps one layer's attention
+    scores within PREFILL_SCORES_BYTES), so peak memory grows linearly with the prompt.
 
     Example: `generate(pj.load_model("bundled:smollm2"), ["Hi!"], max_new_tokens=16)[0].text`.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     params = layers.for_forward(model.params, layer_layout, model.mesh)
+    if prefill_chunk is not None:
+        prefill_chunks(1, prefill_chunk)  # validates it before any work
     if not prompts:
         return []
     encoded = [list(p) if _is_token_ids(p) else encode_prompt(model.tokenizer, p,
@@ -422,9 +488,10 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
         guide = None if spec is None else guide_rows.replace(
             guidance=guide_rows.guidance.map_rows(take))
         batch = _generate_batch(
-            model, params, rows, [prompts[i] for i in rows], [encoded[i] for i in rows], batch_size,
-            jax.tree.map(take, sampling_rows), stops, pad_id, max_new_tokens, num_new,
-            chunk_size, jax.random.fold_in(jax.random.key(seed), start), bar, guide, spec)
+            model, params, rows, [prompts[i] for i in rows], [encoded[i] for i in rows],
+            batch_size, jax.tree.map(take, sampling_rows), stops, pad_id, max_new_tokens,
+            num_new, chunk_size, prefill_chunk, jax.random.fold_in(jax.random.key(seed), start),
+            bar, guide, spec)
         if spec is not None:
             for result, row in zip(batch, rows):
                 result.preference = alpha_rows[row].tolist()
@@ -466,12 +533,18 @@ def _guide(model: Model, reward: Model, adapter: Adapter, rows: int, preference,
 
 
 def _generate_batch(model, params, rows, prompts, encoded, batch_size, sampling, stops, pad_id,
-                    max_new_tokens, num_new, chunk_size, rng, bar, guide=None,
+                    max_new_tokens, num_new, chunk_size, prefill_chunk, rng, bar, guide=None,
                     spec=None) -> list[Generation]:
     """Decodes one batch; `rows` are the prompts' indices in the whole call (for errors)."""
     config = model.config
     longest = max(len(ids) for ids in encoded)
-    prompt_len = _round_up(longest, PROMPT_BUCKET)
+    if prefill_chunk is None:
+        score_rows = batch_size * config.num_heads
+        if spec is not None:
+            copies = 2 if spec.safety_stage else 1
+            score_rows += copies * batch_size * spec.reward_config.num_heads
+        prefill_chunk = auto_prefill_chunk(score_rows, longest)
+    prompt_len, chunk = prefill_chunks(longest, prefill_chunk)
     max_len = prompt_len + num_new
     if longest + max_new_tokens > config.max_position_embeddings:
         raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the "
@@ -487,7 +560,7 @@ def _generate_batch(model, params, rows, prompts, encoded, batch_size, sampling,
     tokens_j, mask_j = placed["tokens"], placed["mask"]
     state = prefill(config, params, tokens_j, mask_j, rng, max_new_tokens, guide,
                     max_len=max_len, num_new=num_new, mesh=model.mesh, spec=spec,
-                    layout=model.layout)
+                    layout=model.layout, chunk=chunk)
     previous_flags = None
     for chunk in range(num_new // chunk_size):
         state, flags = decode_chunk(config, params, state, sampling, stops, pad_id,

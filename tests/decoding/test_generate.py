@@ -36,6 +36,30 @@ def test_greedy_equals_transformers_generate(tiny, layer_layout):
         assert result.finish_reason == "length" and result.completion_tokens == 32
 
 
+def test_chunked_prefill_equals_transformers_generate(tiny):
+    """Prompts prefilled 4 tokens at a time (each chunk attending to the cache the earlier
+    ones wrote; the tiny Mistral's sliding window of 6 spans chunks) give transformers' tokens,
+    in both layer layouts; the chunk sizes cover the prompt with little padding."""
+    model = pj.load_model(tiny.path)
+    long_prompt = list(range(3, 40))  # 37 tokens: 40 slots in 10 chunks of 4
+    assert decode.prefill_chunks(37, 4) == (40, 4)
+    assert decode.prefill_chunks(600, 512) == (640, 320)  # 2 x 300, rounded up to 32s
+    assert decode.prefill_chunks(500, 512) == (512, 512)
+    for layer_layout in ("per_layer", "stacked"):
+        results = pj.generate(model, [*PROMPTS, long_prompt], max_new_tokens=12, chunk_size=4,
+                              stop_tokens=[], layer_layout=layer_layout, prefill_chunk=4)
+        for prompt, result in zip([*PROMPTS, long_prompt], results):
+            assert result.tokens == hf_greedy(tiny.torch_model, prompt, 12,
+                                              eos_token_id=VOCAB + 1), layer_layout
+    # Automatic chunks: one layer's float32 scores (rows x heads x chunk x prompt) within the
+    # budget, in whole prompt buckets; one pass where the prompt fits.
+    assert decode.auto_prefill_chunk(9, 8192, budget=512 * 2**20) == 1792  # 1820 rounded down
+    assert decode.auto_prefill_chunk(9 * 64, 8192, budget=512 * 2**20) == decode.PROMPT_BUCKET
+    assert decode.prefill_chunks(2048, decode.auto_prefill_chunk(27, 2048)) == (2048, 2048)
+    with pytest.raises(ValueError, match="prefill_chunk must be >= 1, got 0"):
+        pj.generate(model, PROMPTS, prefill_chunk=0)
+
+
 def test_stop_token_ends_row_and_is_kept(tiny_checkpoints):
     model = pj.load_model(tiny_checkpoints["llama"].path)
     free = pj.generate(model, PROMPTS[:2], max_new_tokens=24, stop_tokens=[])

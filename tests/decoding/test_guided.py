@@ -99,14 +99,17 @@ def test_zero_guidance_and_no_safety_equals_plain_decoding(models):
         assert all(g.safety_overrides == 0 for g in guided)
 
 
-@pytest.mark.parametrize("layer_layout", ["per_layer", "stacked"])
-def test_greedy_guided_equals_step_by_step_reference(models, layer_layout):
+@pytest.mark.parametrize("layer_layout,prefill_chunk", [("per_layer", 512), ("stacked", 512),
+                                                        ("per_layer", 4)])
+def test_greedy_guided_equals_step_by_step_reference(models, layer_layout, prefill_chunk):
+    """Both layer layouts, and prompts prefilled in chunks of 4 tokens (base and Pv-Arm)."""
     base, reward, adapter = models
     alphas = [[0, 1, 0, 0, 0, 0], [0.1, 0.2, 0.3, 0.1, 0.2, 0.1], [0, 0, 0, 0, 0.5, 0.5]]
     weights, taus = [1.5, 0.7, 3.0], [0.4, math.inf, 1.0]
     guided = pj.generate(base, PROMPTS, max_new_tokens=STEPS, stop_tokens=[], adapter=adapter,
                          reward=reward, preferences=alphas, guidance=weights,
-                         safety_margin=taus, layer_layout=layer_layout)
+                         safety_margin=taus, layer_layout=layer_layout,
+                         prefill_chunk=prefill_chunk)
     total_overrides = 0
     for row, result in enumerate(guided):
         tokens, overrides, mean_safe = _reference(base, reward, adapter, PROMPTS[row],
