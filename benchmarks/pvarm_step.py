@@ -3,7 +3,9 @@ each, PBLoRA r1 = r2 = 4 on q/k/v), three ways:
 
   (a) the K attribute gradients from one backward pass + PCGrad (what `train_arm` runs),
   (b) the plain preference-weighted single loss, sum_i alpha_i L_i, one gradient (the floor),
-  (c) K separate backward passes in a Python loop, then PCGrad (the naive way).
+  (c) K separate backward passes in a Python loop, then PCGrad (the naive way);
+  (d) = (a) with the backbone's layers unrolled over per-layer views of its weights (the layout
+      CPU decoding runs, `prosocial_jax.models.layers`), to see whether training gains from it.
 
     .venv/bin/python benchmarks/pvarm_step.py --out benchmarks/results/pvarm_step.json
 
@@ -60,6 +62,10 @@ def worker(method: str) -> dict:
     tx = optax.chain(pcgrad(K), optax.adamw(1e-3))
     plain_tx = optax.adamw(1e-3)
     params, frozen = adapter.params, model.params
+    if method == "d":
+        from prosocial_jax.models import layers
+
+        frozen = layers.unstack(model.params)
 
     # The frozen backbone and the batch are arguments, not closed-over constants: XLA would
     # otherwise fold them into the executable (as train_arm never does).
@@ -93,7 +99,7 @@ def worker(method: str) -> dict:
         return optax.apply_updates(params, updates), state
 
     step, state = {"a": (step_a, tx.init(params)), "b": (step_b, plain_tx.init(params)),
-                   "c": (step_c, tx.init(params))}[method]
+                   "c": (step_c, tx.init(params)), "d": (step_a, tx.init(params))}[method]
     start = time.perf_counter()
     out = step(params, state, frozen, batch)  # compile + first run
     jax.block_until_ready(out)
@@ -114,7 +120,7 @@ def worker(method: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--worker", choices=("a", "b", "c"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("a", "b", "c", "d"), help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -122,9 +128,10 @@ def main() -> None:
         return
     labels = {"a": "(a) K gradients, one backward + PCGrad",
               "b": "(b) weighted single loss, one backward",
-              "c": "(c) K separate backward passes + PCGrad"}
+              "c": "(c) K separate backward passes + PCGrad",
+              "d": "(d) = (a), backbone layers unrolled"}
     results = {}
-    for method in ("a", "b", "c"):
+    for method in ("a", "b", "c", "d"):
         with tempfile.NamedTemporaryFile(suffix=".json") as handle:
             subprocess.run([sys.executable, __file__, "--worker", method, "--result",
                             handle.name], check=True)
@@ -139,7 +146,10 @@ def main() -> None:
     print(f"(a)/(b) time {ratio_ab:.2f}x (target <= 1.3x); (c)/(b) {ratio_cb:.2f}x; "
           f"(a)/(b) peak memory {memory_ab:.2f}x")
     print(f"(a) and (c) updated parameters agree: checksums {results['a']['param_checksum']:.6g}"
-          f" vs {results['c']['param_checksum']:.6g}")
+          f" vs {results['c']['param_checksum']:.6g}; (d) {results['d']['param_checksum']:.6g}"
+          f"; (d)/(a) time {results['d']['seconds'] / results['a']['seconds']:.2f}x, first "
+          f"call (compile) {results['d']['first_call_seconds']:.1f} s vs "
+          f"{results['a']['first_call_seconds']:.1f} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({

@@ -123,6 +123,8 @@ def test_per_layer_views_alias_the_stacked_weights_and_outlive_them(tiny_checkpo
     stacked = model.params["layers"]["mlp"]["up_proj"]["weight"]
     per_layer = layers.unstack(model.params)
     assert layers.resolve("auto", model.params) == "per_layer"
+    mesh = jax.make_mesh((1, 1), ("data", "model"))
+    assert layers.resolve("auto", model.params, mesh) == "stacked"  # meshes scan the layers
     assert len(per_layer["layers"]) == model.config.num_layers
     view = per_layer["layers"][1]["mlp"]["up_proj"]["weight"]
     assert view.unsafe_buffer_pointer() == (stacked.unsafe_buffer_pointer()

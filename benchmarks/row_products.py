@@ -1,0 +1,129 @@
+"""What a decode step's weight products cost on this CPU, by rows per product: XLA vs PyTorch.
+
+    .venv/bin/python benchmarks/row_products.py --out benchmarks/results/row_products.json
+
+The products of SmolLM2-135M's 30 MLP and attention-output layers alone (random float32
+weights of its shapes, 358 MB; x <- x + x Wo^T, then x <- x + (silu(x Wg^T) * x Wu^T) Wd^T), at
+1, 2, 4, 8 and 16 rows: in XLA with the weights stacked [layers, ...] and scanned, and as
+separate per-layer buffers unrolled (what CPU decoding runs), and in PyTorch (its CPU matmul,
+MKL / oneDNN). Each library in its own process; best of 15 after a warm-up, next to the
+one-thread copy bandwidth measured in the same run (the decode benchmarks' bound).
+
+It shows where the time of a batched decode step goes that no layout removes: a product of a
+few rows costs more than reading its weights, in both libraries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from decode_speed import copy_bandwidth, write_results
+
+LAYERS, D, F = 30, 576, 1536
+ROWS = (1, 2, 4, 8, 16)
+
+
+def weights(seed: int = 0) -> list[tuple[np.ndarray, ...]]:
+    rng = np.random.default_rng(seed)
+    shapes = ((F, D), (F, D), (D, F), (D, D))  # gate, up, down, o: HF [out, in]
+    return [tuple((rng.standard_normal(s) * 0.02).astype(np.float32) for s in shapes)
+            for _ in range(LAYERS)]
+
+
+def best_ms(fn, *args, sync=lambda x: x) -> float:
+    sync(fn(*args))
+    times = []
+    for _ in range(15):
+        start = time.perf_counter()
+        sync(fn(*args))
+        times.append(time.perf_counter() - start)
+    return 1e3 * min(times)
+
+
+def jax_worker() -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    per_layer = [tuple(jnp.asarray(w) for w in layer) for layer in weights()]
+    stacked = tuple(jnp.stack([layer[i] for layer in per_layer]) for i in range(4))
+
+    def layer(x, gate, up, down, out):
+        x = x + x @ out.T
+        return x + (jax.nn.silu(x @ gate.T) * (x @ up.T)) @ down.T
+
+    @jax.jit
+    def unrolled(x, layers):
+        for w in layers:
+            x = layer(x, *w)
+        return x
+
+    @jax.jit
+    def scanned(x, stacked):
+        return jax.lax.scan(lambda x, w: (layer(x, *w), None), x, stacked)[0]
+
+    result = {}
+    for rows in ROWS:
+        x = jnp.ones((rows, D), jnp.float32)
+        result[rows] = {"per_layer_ms": best_ms(unrolled, x, per_layer,
+                                                sync=jax.block_until_ready),
+                        "stacked_ms": best_ms(scanned, x, stacked, sync=jax.block_until_ready)}
+    return result
+
+
+def torch_worker() -> dict:
+    import torch
+
+    layers = [tuple(torch.from_numpy(w) for w in layer) for layer in weights()]
+
+    def run(x):
+        for gate, up, down, out in layers:
+            x = x + x @ out.T
+            x = x + (torch.nn.functional.silu(x @ gate.T) * (x @ up.T)) @ down.T
+        return x
+
+    with torch.no_grad():
+        return {rows: {"torch_ms": best_ms(run, torch.ones(rows, D))} for rows in ROWS}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--to", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.to.write_text(json.dumps((jax_worker if args.worker == "jax" else torch_worker)()))
+        return
+    bandwidth = copy_bandwidth()
+    runs = {}
+    for kind in ("jax", "torch"):
+        with tempfile.NamedTemporaryFile(suffix=".json") as handle:
+            subprocess.run([sys.executable, __file__, "--worker", kind, "--to", handle.name],
+                           check=True)
+            runs[kind] = json.loads(Path(handle.name).read_text())
+    nbytes = sum(w.nbytes for layer in weights() for w in layer)
+    bound = 1e3 * nbytes / bandwidth
+    results = {"weight_bytes": nbytes, "copy_bandwidth_gb_s": bandwidth / 1e9,
+               "bandwidth_bound_ms": bound, "rows": {}}
+    print(f"{nbytes / 1e6:.0f} MB of weights; copy bandwidth {bandwidth / 1e9:.1f} GB/s; "
+          f"bound {bound:.1f} ms")
+    for rows in ROWS:
+        entry = {**runs["jax"][str(rows)], **runs["torch"][str(rows)]}
+        entry.update({f"{k[:-3]}_over_bound": v / bound for k, v in list(entry.items())})
+        results["rows"][str(rows)] = entry
+        print(f"{rows:2d} rows: XLA per-layer {entry['per_layer_ms']:.1f} ms "
+              f"({entry['per_layer_over_bound']:.2f}x bound), XLA stacked "
+              f"{entry['stacked_ms']:.1f} ms, PyTorch {entry['torch_ms']:.1f} ms "
+              f"({entry['torch_over_bound']:.2f}x)")
+    write_results(args.out, results)
+
+
+if __name__ == "__main__":
+    main()
