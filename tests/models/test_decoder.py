@@ -136,13 +136,16 @@ def test_per_layer_views_alias_the_stacked_weights_and_outlive_them(tiny_checkpo
     del model, stacked
     jax.block_until_ready(jnp.ones((512, 512)) * 3)  # reuse freed memory, if any was freed
     np.testing.assert_array_equal(np.asarray(view), expected)
-    unrolled = forward_logits(config, per_layer, ids, np.ones(ids.shape, bool))
+    unrolled = jax.jit(forward_logits, static_argnums=0)(config, per_layer, ids,
+                                                         np.ones(ids.shape, bool))
     np.testing.assert_allclose(np.asarray(unrolled), scanned, atol=2e-5, rtol=0)
     # A shared prefix's per-layer keys and values, broadcast to every row.
-    split = forward_logits_at(config, per_layer, ids[:, 5:], np.ones((2, SEQ - 5), bool),
-                              np.array([[0, 3], [2, 10]]), prefix=ids[:1, :5])
+    split = jax.jit(forward_logits_at, static_argnums=0)(
+        config, per_layer, ids[:, 5:], np.ones((2, SEQ - 5), bool), np.array([[0, 3], [2, 10]]),
+        prefix=ids[:1, :5])
     same_prefix = np.concatenate([np.repeat(ids[:1, :5], 2, 0), ids[:, 5:]], axis=1)
-    whole = np.asarray(forward_logits(config, per_layer, same_prefix, np.ones(ids.shape, bool)))
+    whole = np.asarray(jax.jit(forward_logits, static_argnums=0)(
+        config, per_layer, same_prefix, np.ones(ids.shape, bool)))
     np.testing.assert_allclose(np.asarray(split), whole[[[0], [1]], [[5, 8], [7, 15]]],
                                atol=2e-5, rtol=0)
     with pytest.raises(ValueError, match="layer layout 'unrolled': choose from auto"):
