@@ -2,9 +2,10 @@
 
 Applied functionally: parameters are a plain pytree, the KV cache an explicit pytree passed in and
 returned. Layers are stacked on a leading axis and run by `nn.scan`, so compile time does not grow
-with depth. The whole cache rides in the scan carry and each layer writes only its new slots with
-`dynamic_update_slice`, which XLA performs in place; passing per-layer caches as scan inputs and
-outputs would instead copy the whole cache at every step.
+with depth; given per-layer parameters (`models.layers`, what CPU decoding runs) they are
+unrolled instead, each reading its own weight and cache buffers. The cache is only read inside the
+layers; the caller writes every layer's new slots once, with `dynamic_update_slice`, which XLA
+performs in place.
 
 Numerics follow transformers: RMSNorm in float32, rotary tables in float32, attention softmax in
 float32, logits always float32; weights and activations in the checkpoint's dtype otherwise.
@@ -339,7 +340,7 @@ class Decoder(nn.Module):
         layer = DecoderLayer(cfg, self.adapter_config, parent=None)  # applied per layer
         keys, values = [], []
         for i, layer_params in enumerate(per_layer):
-            def pick(tree, i=i):  # layer i of a stacked pytree, or of an L-tuple of arrays
+            def pick(tree, i=i):  # layer i of a stacked pytree (adapter factors, keys)
                 return None if tree is None else jax.tree.map(lambda a: a[i], tree)
             layer_kv = (None, None) if cache is None else cache.layer(i)
             x, (k, v) = layer.apply({"params": layer_params}, x, *layer_kv, cos, sin, self_mask,
