@@ -142,6 +142,7 @@ def long_prompts(batch: int, context: int, vocab: int) -> np.ndarray:
 
 
 def kv_bytes_per_token(config) -> int:
+    """Float32 key and value bytes one token adds to the cache (the benchmarks run float32)."""
     return 2 * config.num_layers * config.num_kv_heads * config.head_dim * 4
 
 
@@ -243,7 +244,7 @@ def torch_short(folder: Path, _: dict) -> dict:
     return out
 
 
-def _prompt_cache_rows(tree, rows: int):
+def _copied_to_rows(tree, rows: int):
     """A one-row decode state as `rows` identical rows (batch-leading leaves), every leaf a new
     buffer (decoding donates its state)."""
     import jax
@@ -287,7 +288,7 @@ def jax_long(folder: Path, setting: dict) -> dict:
     if setting.get("one_pass"):
         return out
     for batch in LONG_BATCHES:
-        state = _prompt_cache_rows(prompt_state, batch)
+        state = _copied_to_rows(prompt_state, batch)
         args = (sampling.SamplingParams.create(batch), jnp.asarray([-1], jnp.int32), 0)
         state, _ = decode.decode_chunk(model.config, params, state, *args, num_steps=steps)
         jax.block_until_ready(state.tokens)  # warm-up chunk: compiles

@@ -11,6 +11,11 @@ one-thread copy bandwidth measured in the same run (the decode benchmarks' bound
 
 It shows where the time of a batched decode step goes that no layout removes: a product of a
 few rows costs more than reading its weights, in both libraries.
+
+Also in XLA: one decode step's attention reads of a KV cache (30 layers, 3 key/value heads of 64,
+3 query heads each, per-layer buffers) at batch 16 x 2,048 and 1 x 8,192 slots: the scores q K^T
+with keys [B, G, S, H] and with the slots-last keys [B, G, H, S] the cache keeps, and the
+weighted values probs x V ([B, G, S, H]), each against the bytes it reads.
 """
 
 from __future__ import annotations
@@ -68,12 +73,48 @@ def jax_worker() -> dict:
     def scanned(x, stacked):
         return jax.lax.scan(lambda x, w: (layer(x, *w), None), x, stacked)[0]
 
-    result = {}
+    result = {"cache": cache_reads()}
     for rows in ROWS:
         x = jnp.ones((rows, D), jnp.float32)
         result[rows] = {"per_layer_ms": best_ms(unrolled, x, per_layer,
                                                 sync=jax.block_until_ready),
                         "stacked_ms": best_ms(scanned, x, stacked, sync=jax.block_until_ready)}
+    return result
+
+
+def cache_reads(heads: int = 3, per_head: int = 3, head_dim: int = 64) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    result = {}
+    for batch, slots in ((16, 2048), (1, 8192)):
+        def cache(*shape):
+            return [jnp.asarray(rng.standard_normal(shape, np.float32)) for _ in range(LAYERS)]
+        keys = cache(batch, heads, slots, head_dim)
+        keys_t = [jnp.swapaxes(k, -1, -2).copy() for k in keys]
+        values = cache(batch, heads, slots, head_dim)
+        q = jnp.ones((batch, heads, per_head, head_dim), jnp.float32)
+        probs = jnp.full((batch, heads, per_head, slots), 1.0 / slots, jnp.float32)
+
+        def every_layer(product):  # one product per layer's buffer; a tiny result each
+            return jax.jit(lambda x, caches: sum(product(x, c)[..., :8].sum() for c in caches))
+
+        nbytes = sum(k.nbytes for k in keys)  # the same for keys and values
+        times = {
+            "scores_keys_slots_first_ms": best_ms(every_layer(
+                lambda q, k: jnp.einsum("bgqh,bgsh->bgqs", q, k)), q, keys,
+                sync=jax.block_until_ready),
+            "scores_keys_slots_last_ms": best_ms(every_layer(
+                lambda q, k: jnp.einsum("bgqh,bghs->bgqs", q, k)), q, keys_t,
+                sync=jax.block_until_ready),
+            "weighted_values_ms": best_ms(every_layer(
+                lambda p, v: jnp.einsum("bgqs,bgsh->bgqh", p, v)), probs, values,
+                sync=jax.block_until_ready)}
+        result[f"{batch}x{slots}"] = {
+            "bytes": nbytes, **times,
+            **{k.replace("_ms", "_gb_s"): nbytes / (v / 1e3) / 1e9 for k, v in times.items()}}
+        del keys, keys_t, values
     return result
 
 
@@ -114,6 +155,12 @@ def main() -> None:
                "bandwidth_bound_ms": bound, "rows": {}}
     print(f"{nbytes / 1e6:.0f} MB of weights; copy bandwidth {bandwidth / 1e9:.1f} GB/s; "
           f"bound {bound:.1f} ms")
+    results["cache_reads"] = runs["jax"]["cache"]
+    for name, entry in results["cache_reads"].items():
+        print(f"cache reads, batch x slots {name} ({entry['bytes'] / 1e6:.0f} MB of keys): "
+              f"q K^T {entry['scores_keys_slots_first_gb_s']:.1f} GB/s with [S, H] keys, "
+              f"{entry['scores_keys_slots_last_gb_s']:.1f} GB/s with [H, S] keys; probs x V "
+              f"{entry['weighted_values_gb_s']:.1f} GB/s")
     for rows in ROWS:
         entry = {**runs["jax"][str(rows)], **runs["torch"][str(rows)]}
         entry.update({f"{k[:-3]}_over_bound": v / bound for k, v in list(entry.items())})

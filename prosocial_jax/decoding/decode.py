@@ -61,8 +61,8 @@ PROMPT_BUCKET = 32  # prompt lengths are padded up to a multiple of this
 # attention scores then take [chunk, slots] per head instead of [prompt, prompt], so peak memory
 # grows linearly with the prompt, not with its square. By default a chunk is as long as keeps
 # one layer's float32 scores (all rows and heads, both models when guided) within this budget;
-# one pass where they fit, since a chunked pass costs more (measured on CPU: 2,048 tokens in
-# one pass 4.2 s, in chunks of 512 6.5 s).
+# one pass where they fit, since a chunked pass costs more (benchmarks/decode_speed.py on CPU:
+# 8,192 tokens in one pass 64.4 s and 9.35 GB, in chunks of 1,664 80.8 s and 4.26 GB).
 PREFILL_SCORES_BYTES = 512 * 2**20
 # Default batch sizes: a batch of n prompts is padded (rows that start done) up to the next of
 # these, so 3 and 4 prompts share one compiled program and 5 to 8 another.

@@ -4,11 +4,11 @@ Values are [L, B, G, S, H] (layers, batch, key/value heads, slots, head dimensio
 [L, B, G, H, S]: the batch and head axes lead, so attention against the cache is a plain batched
 matrix product (2x faster on CPU than slots-before-heads), and the keys keep their slots last,
 because one decode step's scores q K^T then stream them at twice the speed of [S, H] keys
-(XLA:CPU, measured at 2,048 and 8,192 slots). Slots are shared by all rows of a batch: slot
-`index` is written for every row at once. Prompts are left-padded, so each row's real tokens
-are contiguous and end at the same slot; `valid` marks the slots that hold real tokens and
-rotary positions are tracked per row by the caller. A model keeps its own cache, so guided
-decoding carries two of these in one state pytree.
+(XLA:CPU at 2,048 and 8,192 slots, `benchmarks/row_products.py`). Slots are shared by all rows
+of a batch: slot `index` is written for every row at once. Prompts are left-padded, so each
+row's real tokens are contiguous and end at the same slot; `valid` marks the slots that hold
+real tokens and rotary positions are tracked per row by the caller. A model keeps its own cache,
+so guided decoding carries two of these in one state pytree.
 
 Two layouts, following the parameters' (see `models.layers`): stacked, `keys` and `values` one
 [L, ...] array each (read by the scanned layers), or per layer, a tuple of L arrays each (read

@@ -7,11 +7,11 @@ and the layers are unrolled.
 
 Why two: with more than one row per product (batch > 1, the Pv-Arm's safety rows, prefill),
 XLA:CPU runs a matrix-matrix product through a library kernel that needs its operand in a buffer
-of its own, so a scanned layer's weight is first copied out of the stacked array, in every step.
-That copy was about a quarter of a batch-16 decode step of SmolLM2-135M. Separate per-layer
-buffers are read where they lie. On CPU the per-layer arrays are views of the stacked buffers
-(`jax.device_put` of a NumPy view aliases host memory), so the second layout costs no memory.
-Accelerators keep the stacked layout.
+of its own, so a scanned layer's weight is first copied out of the stacked array, in every step
+(`benchmarks/row_products.py` times a decode step's MLP products both ways: about a quarter less
+time per layer at 16 rows). Separate per-layer buffers are read where they lie. On CPU the
+per-layer arrays are views of the stacked buffers (`jax.device_put` of a NumPy view aliases host
+memory), so the second layout costs no memory. Accelerators and meshes keep the stacked layout.
 """
 
 from __future__ import annotations
@@ -26,32 +26,27 @@ def is_per_layer(params) -> bool:
     return isinstance(params.get("layers"), tuple)
 
 
-def unstack(params) -> dict:
-    """`params` with `layers` as a tuple of per-layer pytrees (unchanged if it already is).
+def _one_cpu_device(x: jax.Array) -> bool:
+    devices = x.devices()
+    return len(devices) == 1 and next(iter(devices)).platform == "cpu"
 
-    On a CPU device each per-layer array aliases its slice of the stacked buffer (no copy);
-    elsewhere, or where the slice is not aligned for aliasing, it is a copy."""
+
+def _layer(x: jax.Array, index: int) -> jax.Array:
+    """Layer `index` of a stacked array: a view of its buffer on one CPU device (np.asarray of
+    a CPU array and device_put of an aligned NumPy view are both zero-copy), else a copy."""
+    if _one_cpu_device(x):
+        return jax.device_put(np.asarray(x)[index], next(iter(x.devices())))
+    return x[index]
+
+
+def unstack(params) -> dict:
+    """`params` with `layers` as a tuple of per-layer pytrees (unchanged if it already is)."""
     if is_per_layer(params):
         return params
     stacked = params["layers"]
     count = jax.tree.leaves(stacked)[0].shape[0]
-    hosts = jax.tree.map(_host_view, stacked)
-    layers = tuple(jax.tree.map(lambda host, x, i=i: _layer(host, x, i), hosts, stacked)
-                   for i in range(count))
+    layers = tuple(jax.tree.map(lambda x, i=i: _layer(x, i), stacked) for i in range(count))
     return {**params, "layers": layers}
-
-
-def _host_view(x: jax.Array):
-    """A NumPy view of a single-CPU-device array (no copy), or None."""
-    if len(x.devices()) == 1 and next(iter(x.devices())).platform == "cpu":
-        return np.asarray(x)
-    return None
-
-
-def _layer(host, x: jax.Array, index: int) -> jax.Array:
-    if host is None:
-        return x[index]
-    return jax.device_put(host[index], next(iter(x.devices())))
 
 
 def resolve(layout: str, params, mesh=None) -> str:
@@ -62,8 +57,7 @@ def resolve(layout: str, params, mesh=None) -> str:
         return layout
     if is_per_layer(params):
         return "per_layer"
-    leaf = jax.tree.leaves(params)[0]
-    one_cpu = len(leaf.devices()) == 1 and next(iter(leaf.devices())).platform == "cpu"
+    one_cpu = _one_cpu_device(jax.tree.leaves(params)[0])
     return "per_layer" if mesh is None and one_cpu else "stacked"
 
 

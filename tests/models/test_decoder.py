@@ -130,6 +130,7 @@ def test_per_layer_views_alias_the_stacked_weights_and_outlive_them(tiny_checkpo
     assert view.unsafe_buffer_pointer() == (stacked.unsafe_buffer_pointer()
                                             + stacked[0].nbytes)
     expected = np.asarray(stacked[1]).copy()
+    stacked_copy = np.asarray(stacked).copy()
     ids = _ids(2, SEQ)
     scanned = np.asarray(model.logits(ids))
     config = model.config
@@ -148,6 +149,12 @@ def test_per_layer_views_alias_the_stacked_weights_and_outlive_them(tiny_checkpo
         config, per_layer, same_prefix, np.ones(ids.shape, bool)))
     np.testing.assert_allclose(np.asarray(split), whole[[[0], [1]], [[5, 8], [7, 15]]],
                                atol=2e-5, rtol=0)
+    # Over several devices (a mesh, an accelerator) the layers are copies, not views.
+    replicated = jax.device_put(stacked_copy, jax.sharding.NamedSharding(
+        jax.make_mesh((2, 1), ("data", "model")), jax.sharding.PartitionSpec()))
+    split = layers.unstack({"layers": replicated})["layers"]
+    assert len(split[1].devices()) == 2
+    np.testing.assert_array_equal(np.asarray(split[1]), expected)
     with pytest.raises(ValueError, match="layer layout 'unrolled': choose from auto"):
         layers.resolve("unrolled", per_layer)
     with pytest.raises(ValueError, match="cannot be restacked"):
