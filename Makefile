@@ -39,8 +39,13 @@ lint: $(VENV)/.test
 	$(BIN)/ruff check prosocial_jax tests benchmarks configs
 	$(BIN)/lint-imports --no-cache  # the layering contract in pyproject.toml
 
+# Test files run in parallel processes (pytest-xdist), each file whole in one process so that
+# its module fixtures are built once. Two suit a 2-core machine (each process also uses both
+# cores for XLA); every process holds its own models, so raise it with the memory, not the cores.
+TEST_WORKERS ?= 2
+
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # SmolLM2: harmful fine-tune on HarmBench val, then the DiReg sweep on HarmBench test + benign.
 # Each stage is a file target, so a finished stage is not redone.

@@ -71,13 +71,38 @@ def tiny_chat(tmp_path_factory) -> TinyCheckpoint:
     return build_tiny_chat(tmp_path_factory.mktemp("tiny_chat"))
 
 
-def pytest_terminal_summary(terminalreporter):
-    """The fault-injection tally (tests/cli/test_faults.py), when that module ran."""
+def _fault_tally(config):
+    import collections
+
+    return config.stash.setdefault(_FAULT_TALLY, collections.Counter())
+
+
+_FAULT_TALLY = pytest.StashKey()
+
+
+def pytest_sessionfinish(session):
+    """Collects the fault-injection tally (tests/cli/test_faults.py) of this process; an xdist
+    worker hands it to the controller, which prints the sum."""
     import sys
 
     faults = sys.modules.get("test_faults")
-    if faults is not None and faults.TALLY:
-        tally = faults.TALLY
+    if faults is None:
+        return
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["fault_tally"] = dict(faults.TALLY)
+    else:
+        _fault_tally(session.config).update(faults.TALLY)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):  # xdist, on the controller: a worker finished
+    _fault_tally(node.config).update(getattr(node, "workeroutput", {}).get("fault_tally", {}))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault-injection tally, when tests/cli/test_faults.py ran."""
+    tally = _fault_tally(terminalreporter.config)
+    if tally:
         terminalreporter.write_line(
             f"fault injection: {tally['inputs']} inputs tried, {tally['faults']} faults "
             f"injected, {tally['bystander_bytes']} bytes of bystander files checked, 0 lost")
