@@ -268,7 +268,7 @@ def jax_long(folder: Path, setting: dict) -> dict:
     model = pj.load_model(folder, dtype="float32")
     context = setting["context"]
     params = layers.for_forward(model.params, "auto")
-    chunk = decode.auto_prefill_chunk(model.config.num_heads, context)  # what generate picks
+    chunk = decode.auto_prefill_chunk(model.config.num_heads)  # what generate picks
     prompt_len, chunk = decode.prefill_chunks(context, context if setting.get("one_pass")
                                               else chunk)
     tokens = jnp.asarray(long_prompts(1, context, model.config.vocab_size), jnp.int32)

@@ -20,6 +20,13 @@ copy bandwidth; a guided step's time over a plain (unguided) step's time, next t
 the ratio of those bytes over the plain step's (the base model's weights + cache); and the
 guided step with the safety stage in the stacked layer layout (scanned layers, as on
 accelerators) beside the per-layer one that CPUs run by default.
+
+Long context (leave it out with --skip-long): one prompt of 2,048 and of 8,192 random tokens is
+prefilled (base model, and the Pv-Arm on its prosocial and safety rows), then greedy guided
+steps with the safety stage on are timed from that state copied to batch 1 and 8, against the
+reference doing the same from its two prefilled caches; with each step's bound (both models'
+weights and the three caches' tokens over the copy bandwidth), the prefill times and the peak
+memory (VmHWM) of both.
 """
 
 from __future__ import annotations
@@ -36,7 +43,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from decode_speed import chat_prompts, copy_bandwidth, kv_bytes_per_token, write_results
+from decode_speed import (
+    CONTEXTS,
+    LONG_BATCHES,
+    LONG_STEPS,
+    chat_prompts,
+    copy_bandwidth,
+    kv_bytes_per_token,
+    long_prompts,
+    peak_memory_gb,
+    write_results,
+)
 
 N_SHORT, N_LONG = 16, 64
 REPEATS = 3
@@ -158,10 +175,127 @@ def torch_worker(folder: Path, merged: Path) -> dict:
     return out
 
 
-def run_worker(kind: str, folder: Path, other: Path) -> dict:
+def _copied_to_rows(state, rows: int):
+    """A one-prompt guided decode state as `rows` identical prompts: every batch-leading leaf
+    (one base row, or the Pv-Arm's prosocial and safety rows) repeated whole, which keeps each
+    prompt's Pv-Arm rows adjacent (`guidance.pvarm_rows`); every leaf a new buffer."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree.map(lambda x: jnp.concatenate([x] * rows) if x.ndim and rows > 1
+                        else x.copy(), state)
+
+
+def jax_long_worker(folder: Path, adapter_dir: Path, context: int) -> dict:
+    """Guided decoding (safety stage on) from one prefilled prompt of `context` tokens, copied
+    to LONG_BATCHES rows; prefill time and peak memory."""
+    import jax
+    import jax.numpy as jnp
+
+    import prosocial_jax as pj
+    from prosocial_jax.decoding import decode, sampling
+    from prosocial_jax.models import layers
+
+    base = pj.load_model(folder, dtype="float32")
+    reward = pj.load_model(folder, dtype="float32")
+    adapter = pj.load_adapter(adapter_dir, reward.config)
+    params = layers.for_forward(base.params, "auto")
+
+    def guide(rows):
+        return decode._guide(base, reward, adapter, rows, uniform(adapter), None, WEIGHT,
+                             safety_margin=3.0, plausibility=0.0, banned=None,
+                             safety_stage=True)[:2]
+
+    spec, inputs = guide(1)
+    chunk = decode.auto_prefill_chunk(3 * base.config.num_heads)  # what generate picks
+    prompt_len, chunk = decode.prefill_chunks(context, chunk)
+    tokens = jnp.asarray(long_prompts(1, context, base.config.vocab_size), jnp.int32)
+    tokens = jnp.pad(tokens, ((0, 0), (prompt_len - context, 0)))
+    mask = jnp.arange(prompt_len)[None, :] >= prompt_len - context
+    steps, num_new = 16, 16 + LONG_STEPS
+    key = jax.random.key(0)
+    prefill = decode.prefill.lower(base.config, params, tokens, mask, key, num_new, inputs,
+                                   max_len=prompt_len + num_new, num_new=num_new, spec=spec,
+                                   chunk=chunk).compile()
+    jax.block_until_ready(prefill(params, tokens, mask, key, num_new, inputs).logits)
+    start = time.perf_counter()
+    prompt_state = prefill(params, tokens, mask, key, num_new, inputs)
+    jax.block_until_ready(prompt_state.reward_logits)
+    out = {"prefill_s": time.perf_counter() - start, "prefill_peak_gb": peak_memory_gb(),
+           "prefill_chunk": chunk}
+    for batch in LONG_BATCHES:
+        state = _copied_to_rows(prompt_state, batch)
+        spec, inputs = guide(batch)
+        args = (sampling.SamplingParams.create(batch), jnp.asarray([-1], jnp.int32), 0, inputs)
+        state, _ = decode.decode_chunk(base.config, params, state, *args, num_steps=steps,
+                                       spec=spec)
+        jax.block_until_ready(state.tokens)  # warm-up chunk: compiles
+        start = time.perf_counter()
+        for _ in range(LONG_STEPS // steps):
+            state, _ = decode.decode_chunk(base.config, params, state, *args, num_steps=steps,
+                                           spec=spec)
+        jax.block_until_ready(state.tokens)
+        out[f"step_ms{batch}"] = 1e3 * (time.perf_counter() - start) / LONG_STEPS
+        out[f"overrides{batch}"] = int(np.asarray(state.overrides).sum())
+        print(f"jax guided {context}x{batch}: {out[f'step_ms{batch}']:.1f} ms/step",
+              file=sys.stderr)
+    out["peak_gb"] = peak_memory_gb()
+    return out
+
+
+def torch_long_worker(folder: Path, merged: Path, context: int) -> dict:
+    """The reference's guided loop from one prefilled prompt, its two caches copied to
+    LONG_BATCHES rows."""
+    import copy
+
+    import torch
+    import transformers
+
+    base = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    reward = transformers.AutoModelForCausalLM.from_pretrained(merged,
+                                                               dtype=torch.float32).eval()
+    ids = torch.as_tensor(long_prompts(1, context, base.config.vocab_size))
+    out: dict = {"attention": base.config._attn_implementation}
+    with torch.no_grad():
+        for model in (base, reward):  # warm-up, as for ours
+            model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        start = time.perf_counter()
+        prompts = [model(input_ids=ids, use_cache=True, logits_to_keep=1)
+                   for model in (base, reward)]
+        out["prefill_s"] = time.perf_counter() - start
+        out["prefill_peak_gb"] = peak_memory_gb()
+        for batch in LONG_BATCHES:
+            caches = [copy.deepcopy(prompt.past_key_values) for prompt in prompts]
+            for cache in caches:
+                cache.batch_repeat_interleave(batch)
+            logits = [prompt.logits[:, -1].repeat(batch, 1) for prompt in prompts]
+            for step in range(16 + LONG_STEPS):
+                if step == 16:
+                    start = time.perf_counter()
+                score = (torch.log_softmax(logits[0].float(), -1)
+                         + WEIGHT * torch.log_softmax(logits[1].float(), -1))
+                token = score.argmax(-1, keepdim=True)
+                steps = [model(input_ids=token, past_key_values=cache, use_cache=True)
+                         for model, cache in zip((base, reward), caches)]
+                caches = [s.past_key_values for s in steps]
+                logits = [s.logits[:, -1] for s in steps]
+            out[f"step_ms{batch}"] = 1e3 * (time.perf_counter() - start) / LONG_STEPS
+            print(f"torch guided {context}x{batch}: {out[f'step_ms{batch}']:.1f} ms/step",
+                  file=sys.stderr)
+            del caches
+    out["peak_gb"] = peak_memory_gb()
+    return out
+
+
+WORKERS = {"jax": jax_worker, "torch": torch_worker, "jax_long": jax_long_worker,
+           "torch_long": torch_long_worker}
+
+
+def run_worker(kind: str, folder: Path, other: Path, context: int = 0) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as handle:
         subprocess.run([sys.executable, __file__, "--worker", kind, "--folder", str(folder),
-                        "--other", str(other), "--out", handle.name], check=True)
+                        "--other", str(other), "--context", str(context),
+                        "--out", handle.name], check=True)
         return json.loads(Path(handle.name).read_text())
 
 
@@ -190,15 +324,18 @@ def merged_reward(model, adapter, preference: np.ndarray):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
-    parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--skip-long", action="store_true",
+                        help="leave out the long-context part (2,048 and 8,192 tokens)")
+    parser.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--other", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--context", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.worker:
-        worker = jax_worker if args.worker == "jax" else torch_worker
-        args.out.write_text(json.dumps(worker(args.folder, args.other)))
+        extra = (args.context,) if args.worker.endswith("_long") else ()
+        args.out.write_text(json.dumps(WORKERS[args.worker](args.folder, args.other, *extra)))
         return
 
     import prosocial_jax as pj
@@ -214,6 +351,9 @@ def main() -> None:
         bandwidth = copy_bandwidth()
         ours = run_worker("jax", folder, adapter_dir)
         theirs = run_worker("torch", folder, merged)
+        long_runs = {context: (run_worker("jax_long", folder, adapter_dir, context),
+                               run_worker("torch_long", folder, merged, context))
+                     for context in (() if args.skip_long else CONTEXTS)}
 
     weights, adapter_bytes = ours["weight_bytes"], ours["adapter_bytes"]
     results: dict = {
@@ -253,6 +393,27 @@ def main() -> None:
                                           ours[f"tokens_guided_safety_stacked{batch}"]))
         entry["identical_rows_per_layer_vs_stacked"] = f"{same}/{batch}"
         results["batches"][str(batch)] = entry
+    results["long_context"] = {}
+    for context, (mine, ref) in long_runs.items():
+        for batch in LONG_BATCHES:
+            # Both models' weights, the adapter, and three caches of `batch` rows (base,
+            # prosocial, safety) at mid-generation.
+            tokens = context + 16 + LONG_STEPS / 2
+            nbytes = 2 * weights + adapter_bytes + 3 * batch * tokens * ours["kv_bytes_per_token"]
+            bound = 1e3 * nbytes / bandwidth
+            step, ref_step = mine[f"step_ms{batch}"], ref[f"step_ms{batch}"]
+            results["long_context"][f"{context}x{batch}"] = {
+                "step_ms": step, "reference_step_ms": ref_step,
+                "tokens_per_s": 1e3 * batch / step,
+                "reference_tokens_per_s": 1e3 * batch / ref_step,
+                "speedup_vs_reference": ref_step / step, "bandwidth_bound_step_ms": bound,
+                "step_over_bound": step / bound, "safety_overrides": mine[f"overrides{batch}"]}
+        results["long_context"][f"{context}_memory"] = {
+            "prefill_s": mine["prefill_s"], "reference_prefill_s": ref["prefill_s"],
+            "prefill_chunk": mine["prefill_chunk"], "reference_attention": ref["attention"],
+            "peak_gb_after_prefill": mine["prefill_peak_gb"],
+            "reference_peak_gb_after_prefill": ref["prefill_peak_gb"],
+            "peak_gb": mine["peak_gb"], "reference_peak_gb": ref["peak_gb"]}
     print(json.dumps(results, indent=2))
     print(f"\ncopy bandwidth {bandwidth / 1e9:.1f} GB/s (one thread)")
     for batch, entry in results["batches"].items():
@@ -269,6 +430,16 @@ def main() -> None:
         print(f"batch {batch}: identical rows vs reference "
               f"{entry['identical_rows_vs_reference']}; per-layer vs stacked "
               f"{entry['identical_rows_per_layer_vs_stacked']}")
+    for key, e in results["long_context"].items():
+        if key.endswith("_memory"):
+            print(f"context {key[:-7]}: prefill {e['prefill_s']:.1f} s (chunks of "
+                  f"{e['prefill_chunk']}) vs reference {e['reference_prefill_s']:.1f} s; peak "
+                  f"{e['peak_gb']:.2f} GB vs {e['reference_peak_gb']:.2f} GB")
+        else:
+            print(f"context {key} guided with the safety stage: {e['step_ms']:.1f} ms/step = "
+                  f"{e['step_over_bound']:.2f}x the bound of {e['bandwidth_bound_step_ms']:.1f} "
+                  f"ms; {e['speedup_vs_reference']:.2f}x the reference "
+                  f"({e['reference_step_ms']:.1f} ms)")
     write_results(args.out, results)
 
 

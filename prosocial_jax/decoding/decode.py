@@ -57,12 +57,14 @@ from prosocial_jax.models.model import Model
 from prosocial_jax.models.tokenizer import Messages, decode, encode_prompt
 
 PROMPT_BUCKET = 32  # prompt lengths are padded up to a multiple of this
-# Long prompts are prefilled in chunks, each attending to the cache the earlier ones wrote:
-# attention scores then take [chunk, slots] per head instead of [prompt, prompt], so peak memory
-# grows linearly with the prompt, not with its square. By default a chunk is as long as keeps
-# one layer's float32 scores (all rows and heads, both models when guided) within this budget;
-# one pass where they fit, since a chunked pass costs more (benchmarks/decode_speed.py on CPU:
-# 8,192 tokens in one pass 64.4 s and 9.35 GB, in chunks of 1,664 80.8 s and 4.26 GB).
+# Long prompts are prefilled in chunks of PREFILL_CHUNK tokens, each attending block by block to
+# the cache the earlier ones wrote (`models.decoder._attend_blockwise`): every chunk scores only
+# the slots before it, so the work is the causal half of the full [prompt, prompt] scores, and the
+# scores held at once are [chunk, KEY_BLOCK] and [chunk, chunk] per head: peak memory grows
+# linearly with the prompt, not with its square. PREFILL_CHUNK is the fastest chunk measured on
+# CPU (benchmarks/decode_speed.py); a chunk is shortened where one layer's float32 self-scores
+# (all rows and heads, both models when guided) would pass PREFILL_SCORES_BYTES.
+PREFILL_CHUNK = 512
 PREFILL_SCORES_BYTES = 512 * 2**20
 # Default batch sizes: a batch of n prompts is padded (rows that start done) up to the next of
 # these, so 3 and 4 prompts share one compiled program and 5 to 8 another.
@@ -125,8 +127,9 @@ class DecodeState:
     stopped: jax.Array  # [B] bool: done because a stop token was produced (not the length limit)
     rng: jax.Array
     # Guided decoding only (None otherwise): the Pv-Arm's own cache and next-token logits
-    # (R = B prosocial rows, then B safety rows), the rows' recent tokens (banned sequences),
-    # and per-row counts of safety overrides and of allowed-set sizes summed over steps.
+    # (R rows: each prompt's prosocial row, then its safety row, see `guidance.pvarm_rows`),
+    # the rows' recent tokens (banned sequences), and per-row counts of safety overrides and
+    # of allowed-set sizes summed over steps.
     reward_cache: KVCache | None = None
     reward_logits: jax.Array | None = None  # [R, V]
     recent: jax.Array | None = None  # [B, W]
@@ -156,13 +159,12 @@ def _recent_tokens(tokens_BxT, mask_BxT, window: int) -> jax.Array:
     return jnp.pad(recent_BxW, ((0, 0), (window - recent_BxW.shape[1], 0)), constant_values=-2)
 
 
-def auto_prefill_chunk(score_rows: int, prompt_len: int,
-                       budget: int = PREFILL_SCORES_BYTES) -> int:
-    """The longest chunk (tokens) whose attention scores fit `budget` bytes: `score_rows` is
-    rows x query heads summed over the models that prefill (float32 scores against up to the
-    prompt's slots plus the chunk's own)."""
-    chunk = budget // (4 * score_rows * max(prompt_len, 1))
-    return max(PROMPT_BUCKET, chunk // PROMPT_BUCKET * PROMPT_BUCKET)
+def auto_prefill_chunk(score_rows: int, budget: int = PREFILL_SCORES_BYTES) -> int:
+    """The default prefill chunk (tokens): PREFILL_CHUNK, or the longest multiple of
+    PROMPT_BUCKET whose float32 self-scores [chunk, chunk] fit `budget` bytes over `score_rows`
+    (rows x query heads, summed over the models that prefill) where PREFILL_CHUNK's do not."""
+    chunk = math.isqrt(budget // (4 * score_rows))
+    return max(PROMPT_BUCKET, min(PREFILL_CHUNK, chunk // PROMPT_BUCKET * PROMPT_BUCKET))
 
 
 def prefill_chunks(prompt_len: int, chunk: int) -> tuple[int, int]:
@@ -437,8 +439,9 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
     layers run. "auto" unrolls them over per-layer views of the weights on a lone CPU device
     (no copy; faster whenever a product has more than one row) and scans the stacked weights
     elsewhere. Tokens do not depend on it beyond float rounding. Long prompts are prefilled in
-    chunks of at most `prefill_chunk` tokens (None: as long as keeps one layer's attention
-    scores within PREFILL_SCORES_BYTES), so peak memory grows linearly with the prompt.
+    chunks of at most `prefill_chunk` tokens (None: PREFILL_CHUNK, less where one layer's
+    attention scores would pass PREFILL_SCORES_BYTES), so peak memory grows linearly with the
+    prompt.
 
     Example: `generate(pj.load_model("bundled:smollm2"), ["Hi!"], max_new_tokens=16)[0].text`.
     """
@@ -543,7 +546,7 @@ def _generate_batch(model, params, rows, prompts, encoded, batch_size, sampling,
         if spec is not None:
             copies = 2 if spec.safety_stage else 1
             score_rows += copies * batch_size * spec.reward_config.num_heads
-        prefill_chunk = auto_prefill_chunk(score_rows, longest)
+        prefill_chunk = auto_prefill_chunk(score_rows)
     prompt_len, chunk = prefill_chunks(longest, prefill_chunk)
     max_len = prompt_len + num_new
     if longest + max_new_tokens > config.max_position_embeddings:

@@ -33,11 +33,15 @@ def test_greedy_equals_transformers_generate(tiny):
         assert result.finish_reason == "length" and result.completion_tokens == 32
 
 
-def test_chunked_prefill_equals_transformers_generate(tiny):
+def test_chunked_prefill_equals_transformers_generate(tiny, monkeypatch):
     """Prompts prefilled 4 tokens at a time (each chunk attending to the cache the earlier
-    ones wrote; the tiny Mistral's sliding window of 6 spans chunks) give transformers' tokens,
-    in both layer layouts (per-layer, the CPU default, and the scanned stacked one); the chunk
-    sizes cover the prompt with little padding."""
+    ones wrote, in blocks of 8 slots, skipping blocks outside the tiny Mistral's sliding window
+    of 6) give transformers' tokens, in both layer layouts (per-layer, the CPU default, and the
+    scanned stacked one); the chunk sizes cover the prompt with little padding."""
+    from prosocial_jax.models import decoder
+
+    monkeypatch.setattr(decoder, "KEY_BLOCK", 8)  # 52 slots: 7 blocks, the last overlapping
+    jax.clear_caches()  # programs traced with the default block would be reused otherwise
     model = pj.load_model(tiny.path)
     long_prompt = list(range(3, 40))  # 37 tokens: 40 slots in 10 chunks of 4
     assert decode.prefill_chunks(37, 4) == (40, 4)
@@ -49,11 +53,12 @@ def test_chunked_prefill_equals_transformers_generate(tiny):
         for prompt, result in zip([*PROMPTS, long_prompt], results):
             assert result.tokens == hf_greedy(tiny.torch_model, prompt, 12,
                                               eos_token_id=VOCAB + 1), layer_layout
-    # Automatic chunks: one layer's float32 scores (rows x heads x chunk x prompt) within the
-    # budget, in whole prompt buckets; one pass where the prompt fits.
-    assert decode.auto_prefill_chunk(9, 8192, budget=512 * 2**20) == 1792  # 1820 rounded down
-    assert decode.auto_prefill_chunk(9 * 64, 8192, budget=512 * 2**20) == decode.PROMPT_BUCKET
-    assert decode.prefill_chunks(2048, decode.auto_prefill_chunk(27, 2048)) == (2048, 2048)
+    # Automatic chunks: PREFILL_CHUNK tokens, shorter where one layer's float32 self-scores
+    # (rows x heads x chunk x chunk) would pass the budget, in whole prompt buckets.
+    assert decode.auto_prefill_chunk(9, budget=512 * 2**20) == decode.PREFILL_CHUNK == 512
+    assert decode.auto_prefill_chunk(9 * 64, budget=512 * 2**20) == 480  # 482.7 rounded down
+    assert decode.auto_prefill_chunk(9 * 64, budget=2**20) == decode.PROMPT_BUCKET
+    assert decode.prefill_chunks(2048, decode.auto_prefill_chunk(27)) == (2048, 512)
     with pytest.raises(ValueError, match="prefill_chunk must be >= 1, got 0"):
         pj.generate(model, PROMPTS, prefill_chunk=0)
 

@@ -159,3 +159,49 @@ def test_per_layer_views_alias_the_stacked_weights_and_outlive_them(tiny_checkpo
         layers.resolve("unrolled", per_layer)
     with pytest.raises(ValueError, match="cannot be restacked"):
         layers.for_forward(per_layer, "stacked")
+
+
+@pytest.mark.parametrize("key_block", [4, 32])  # blocks overlapping at the end; one block
+def test_blockwise_attention_equals_numpy_softmax(monkeypatch, key_block):
+    """A continued prefill's attention, one block of cache slots at a time with a running
+    softmax (skipping blocks no query attends to), equals numpy's softmax over all the cache's
+    scores and the queries' own; rows that attend to nothing stay finite."""
+    from prosocial_jax.models import decoder
+
+    monkeypatch.setattr(decoder, "KEY_BLOCK", key_block)
+    b, g, q_per_g, t, h, s = 2, 2, 3, 5, 4, 14
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((b, g, q_per_g * t, h)).astype(np.float32)
+    keys = rng.standard_normal((b, g, h, s)).astype(np.float32)
+    values = rng.standard_normal((b, g, s, h)).astype(np.float32)
+    own_keys = rng.standard_normal((b, g, h, t)).astype(np.float32)
+    own_values = rng.standard_normal((b, g, t, h)).astype(np.float32)
+    # Cache slots 6..12 attendable (a window over a prompt so far: blocks of 4 skip slots 0-3,
+    # and the last block, slots 12-15, is read as 10-13), some keys padding; the queries' own
+    # keys causal; row 1's query 0 attends to nothing at all.
+    cache_mask = np.zeros((b, t, s), bool)
+    cache_mask[:, :, 6:13] = rng.random((b, t, 7)) < 0.7
+    cache_mask[1, 0] = False
+    self_mask = np.tril(np.ones((t, t), bool))[None].repeat(b, 0)
+    self_mask[1, 0] = False
+
+    def masked_scores(keys_BxGxHxK, mask_BxTxK):
+        scores = jnp.einsum("bgqh,bghs->bgqs", q, keys_BxGxHxK)
+        mask = jnp.broadcast_to(mask_BxTxK[:, None, None], (b, 1, q_per_g, t, mask_BxTxK.shape[-1]))
+        return jnp.where(mask.reshape(b, 1, q_per_g * t, -1), scores, decoder._MASKED)
+
+    ours = np.asarray(jax.jit(decoder._attend_blockwise, static_argnums=0)(
+        masked_scores, keys, values, cache_mask, masked_scores(own_keys, self_mask),
+        own_values))
+
+    all_scores = np.concatenate([q @ keys, q @ own_keys], axis=-1)  # [B, G, Q*T, S+T]
+    allowed = np.concatenate([cache_mask, self_mask], axis=-1)  # [B, T, S+T]
+    allowed = np.tile(allowed[:, None], (1, 1, q_per_g, 1)).reshape(b, 1, q_per_g * t, -1)
+    weights = np.where(allowed, np.exp(all_scores - all_scores.max(-1, keepdims=True)), 0)
+    with np.errstate(invalid="ignore"):
+        weights /= weights.sum(-1, keepdims=True)
+    expected = weights @ np.concatenate([values, own_values], axis=2)
+    attends = allowed.any(-1)[:, 0]  # [B, Q*T]
+    assert not attends.all() and np.isfinite(ours).all()
+    np.testing.assert_allclose(ours[attends[:, None].repeat(g, 1)],
+                               expected[attends[:, None].repeat(g, 1)], atol=1e-5)
