@@ -62,8 +62,9 @@ PROMPT_BUCKET = 32  # prompt lengths are padded up to a multiple of this
 # the slots before it, so the work is the causal half of the full [prompt, prompt] scores, and the
 # scores held at once are [chunk, KEY_BLOCK] and [chunk, chunk] per head: peak memory grows
 # linearly with the prompt, not with its square. PREFILL_CHUNK is the fastest chunk measured on
-# CPU (benchmarks/decode_speed.py); a chunk is shortened where one layer's float32 self-scores
-# (all rows and heads, both models when guided) would pass PREFILL_SCORES_BYTES.
+# CPU, among 256 to 2,048 (benchmarks/prefill_chunks.py); a chunk is shortened where one layer's
+# float32 self-scores (all rows and heads, both models when guided) would pass
+# PREFILL_SCORES_BYTES.
 PREFILL_CHUNK = 512
 PREFILL_SCORES_BYTES = 512 * 2**20
 # Default batch sizes: a batch of n prompts is padded (rows that start done) up to the next of

@@ -33,8 +33,8 @@ from prosocial_jax.models.projections import PROJECTIONS
 _MASKED = float(np.finfo(np.float32).min)
 
 # Cache slots per block of the blockwise attention of a continued prefill (`_attend_blockwise`).
-# On a 2-core CPU, 512 was fastest for one layer of SmolLM2's attention at 2,048 and 8,192
-# tokens among blocks of 256, 512 and 1,024 (prefill chunks of 512 to 2,048 tokens).
+# On a 2-core CPU, SmolLM2's prefill of 8,192 tokens in chunks of 512 was fastest with blocks of
+# 512 among 256, 512 and 1,024 (benchmarks/prefill_chunks.py).
 KEY_BLOCK = 512
 
 
