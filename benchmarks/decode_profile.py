@@ -1,0 +1,188 @@
+"""Where a decode step's time goes on this CPU: XLA's own per-operation trace of decode steps.
+
+    .venv/bin/python benchmarks/decode_profile.py --out benchmarks/results/decode_profile.json
+
+SmolLM2-135M-Instruct float32, per-layer layout (the CPU default), greedy: a 256-token prompt
+prefilled, then 32 decode steps (two 16-step chunks, after a warm-up chunk) traced with
+`jax.profiler` at batch 1 and 16. XLA:CPU records every operation it runs (each fused loop, each
+product) as a trace event; the events are summed by kind:
+
+- products with a weight matrix: events whose operation reads one of the layer weights or the
+  unembedding (matched by the operand shapes in the compiled program's HLO);
+- other products (attention's q K^T and probs x V);
+- everything else (norms, rotary, softmax, masks, cache writes, sampling), with their count;
+- the rest of the wall time: between operations (dispatch, the while loop's control).
+
+Beside them, the time the weights take to read at the one-thread copy bandwidth measured in the
+same run (the decode benchmarks' bound). It is the profile behind "Benchmark: plain decoding
+speed" in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from decode_speed import chat_prompts, copy_bandwidth, write_results
+
+BATCHES = (1, 16)
+STEPS = 16
+TRACED_CHUNKS = 2
+
+
+def instruction_kinds(hlo_text: str, weight_shapes: set[str]) -> dict[str, str]:
+    """Each instruction of the compiled program -> its kind: "weight product" (a fused loop or
+    product that reads a weight matrix), "attention product" (other products), or "other".
+    Control flow (while, conditional, call) is left out: its trace event spans what it runs."""
+    computations: dict[str, list[tuple[str, str, str]]] = collections.defaultdict(list)
+    shapes: dict[str, str] = {}
+    computation = None
+    for line in hlo_text.splitlines():
+        header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if header:
+            computation = header.group(1)
+            continue
+        match = re.match(r"^\s+(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\((.*)$", line)
+        if match:
+            name, shape, opcode, rest = match.groups()
+            shapes[name] = re.sub(r"\{.*", "", shape)
+            computations[computation].append((name, opcode, rest))
+
+    def reads_weight(operands: str) -> bool:
+        names = re.findall(r"%([\w.\-]+)", operands.split(")")[0])
+        return any(shapes.get(n) in weight_shapes for n in names)
+
+    def fused(called: str) -> tuple[bool, bool]:  # (reads a weight, has a product)
+        body = computations.get(called, [])
+        return (any(op == "parameter" and shapes[n] in weight_shapes for n, op, _ in body),
+                any(op in ("dot", "convolution") for _, op, _ in body))
+
+    def projection(rest: str, called) -> str:  # which weight: its name in the op metadata
+        texts = [rest] + [r for _, _, r in computations.get(called.group(1), [])] if called \
+            else [rest]
+        for text in texts:
+            named = re.search(r"/(\w+_proj)/", text)
+            if named:
+                return named.group(1)
+        return "unembedding (and embedding lookup)"
+
+    kinds: dict[str, str] = {}
+    for body in computations.values():
+        for name, opcode, rest in body:
+            if opcode in ("while", "conditional", "call"):
+                continue
+            weight, product = False, opcode in ("dot", "convolution", "custom-call")
+            called = re.search(r"calls=%?([\w.\-]+)", rest)
+            if called:
+                weight, has_dot = fused(called.group(1))
+                product = product or has_dot
+            weight = weight or (product and reads_weight(rest))
+            # A fused loop that reads a weight is a product with it, dot or not (XLA may turn
+            # a one-row product into a multiply-reduce); the embedding lookup counts too.
+            kinds[name] = (f"weight product: {projection(rest, called)}" if weight
+                           else "attention product" if product else "other")
+    return kinds
+
+
+def profile(batch: int, bandwidth: float) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    import prosocial_jax as pj
+    from prosocial_jax.decoding import decode, sampling
+    from prosocial_jax.models import layers
+    from prosocial_jax.models.tokenizer import encode_prompt
+
+    model = pj.load_model("bundled:smollm2", dtype="float32")
+    params = layers.for_forward(model.params, "auto")
+    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(model.params))
+    # Prompts: the chat prompts, each left-padded to 256 slots.
+    encoded = [encode_prompt(model.tokenizer, p)[:256] for p in chat_prompts(batch)]
+    tokens = np.zeros((batch, 256), np.int32)
+    mask = np.zeros((batch, 256), bool)
+    for row, ids in enumerate(encoded):
+        tokens[row, 256 - len(ids):], mask[row, 256 - len(ids):] = ids, True
+    num_new = STEPS * (TRACED_CHUNKS + 1)
+    key = jax.random.key(0)
+    state = decode.prefill(model.config, params, jnp.asarray(tokens), jnp.asarray(mask), key,
+                           num_new, max_len=256 + num_new, num_new=num_new)
+    args = (sampling.SamplingParams.create(batch), jnp.asarray([-1], jnp.int32), 0)
+    compiled = decode.decode_chunk.lower(model.config, params, state, *args,
+                                         num_steps=STEPS).compile()
+    shapes = {f"f32[{','.join(map(str, x.shape[1:]))}]"
+              for x in jax.tree.leaves(model.params["layers"]) if x.ndim == 3}
+    shapes.add(f"f32[{model.config.vocab_size},{model.config.hidden_size}]")
+    kinds = instruction_kinds(compiled.as_text(), shapes)
+    state, _ = decode.decode_chunk(model.config, params, state, *args, num_steps=STEPS)
+    jax.block_until_ready(state.tokens)  # warm-up
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+        start = time.perf_counter()
+        for _ in range(TRACED_CHUNKS):
+            state, _ = decode.decode_chunk(model.config, params, state, *args,
+                                           num_steps=STEPS)
+        jax.block_until_ready(state.tokens)
+        wall = time.perf_counter() - start
+        jax.profiler.stop_trace()
+        trace_file = next(Path(trace_dir).rglob("*.trace.json.gz"))
+        events = json.loads(gzip.decompress(trace_file.read_bytes()))["traceEvents"]
+    steps = STEPS * TRACED_CHUNKS
+    totals: dict[str, float] = collections.Counter()
+    counts: dict[str, int] = collections.Counter()
+    for event in events:
+        kind = kinds.get(event.get("name"))
+        if event.get("ph") == "X" and kind is not None:
+            totals[kind] += event["dur"] / 1e3  # microseconds -> ms
+            counts[kind] += 1
+    step_ms = 1e3 * wall / steps
+    per_step = {kind: {"ms": totals[kind] / steps, "ops": counts[kind] / steps}
+                for kind in sorted(totals)}
+    # Each weight's bytes (all layers), to set its products' time against reading it.
+    layer_bytes = {name: sum(x.nbytes for x in jax.tree.leaves(group[name]))
+                   for group in model.params["layers"].values() for name in group}
+    for kind, entry in per_step.items():
+        name = kind.split(": ")[-1]
+        if name in layer_bytes:  # bytes of the layers its events covered (a trace may miss some)
+            nbytes = layer_bytes[name] / model.config.num_layers * entry["ops"]
+            entry["read_gb_s"] = nbytes / entry["ms"] / 1e6
+        elif kind.startswith("weight product"):  # the unembedding reads the table once a step
+            entry["read_gb_s"] = model.params["embed"]["embedding"].nbytes / entry["ms"] / 1e6
+    products = sum(v["ms"] for k, v in per_step.items() if k.startswith("weight product"))
+    return {"batch": batch, "step_ms": step_ms, "weight_bytes": weight_bytes,
+            "weights_read_ms": 1e3 * weight_bytes / bandwidth, "weight_products_ms": products,
+            "operations_ms": sum(v["ms"] for v in per_step.values()), "per_step": per_step}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    bandwidth = copy_bandwidth()
+    results = {"model": "SmolLM2-135M-Instruct float32, per-layer layout, 256-slot prompts",
+               "cpus": os.cpu_count(), "copy_bandwidth_gb_s": bandwidth / 1e9,
+               "batches": [profile(batch, bandwidth) for batch in BATCHES]}
+    print(json.dumps(results, indent=2))
+    print(f"\ncopy bandwidth {bandwidth / 1e9:.1f} GB/s (one thread)", file=sys.stderr)
+    for entry in results["batches"]:
+        print(f"batch {entry['batch']}: {entry['step_ms']:.1f} ms/step traced; operations "
+              f"{entry['operations_ms']:.1f} ms (two threads may overlap them), of which weight "
+              f"products {entry['weight_products_ms']:.1f} ms against "
+              f"{entry['weights_read_ms']:.1f} ms to read the weights", file=sys.stderr)
+        for kind, v in entry["per_step"].items():
+            rate = f", {v['read_gb_s']:.1f} GB/s" if "read_gb_s" in v else ""
+            print(f"  {kind}: {v['ms']:.2f} ms ({v['ops']:.0f} ops{rate})", file=sys.stderr)
+    write_results(args.out, results)
+
+
+if __name__ == "__main__":
+    main()
