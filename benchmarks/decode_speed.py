@@ -94,6 +94,16 @@ def xla_limits(repeats: int = 5) -> dict:
             "xla_gemm_f32_gflop_s": 2 * n**3 / gemm / 1e9}
 
 
+def step_figures(step_ms: float, ref_step_ms: float, batch: int, bound_ms: float,
+                 ref_name: str) -> dict:
+    """A decode step's figures beside a reference's (named `ref_name`) and its bound."""
+    return {"step_ms": step_ms, f"{ref_name}_step_ms": ref_step_ms,
+            "tokens_per_s": 1e3 * batch / step_ms,
+            f"{ref_name}_tokens_per_s": 1e3 * batch / ref_step_ms,
+            f"speedup_vs_{ref_name}": ref_step_ms / step_ms,
+            "bandwidth_bound_step_ms": bound_ms, "step_over_bound": step_ms / bound_ms}
+
+
 def write_results(path: Path | None, results: dict) -> None:
     """The run's figures as JSON (benchmarks/results/*.json), when a path was given."""
     if path is not None:
@@ -423,13 +433,9 @@ def main() -> None:
         for batch in LONG_BATCHES:
             read = weights + batch * (context + 16 + LONG_STEPS / 2) * per_token
             bound = 1e3 * read / bandwidth
-            step, ref_step = mine[f"step_ms{batch}"], ref[f"step_ms{batch}"]
             results["long_context"][f"{context}x{batch}"] = {
-                "step_ms": step, "transformers_step_ms": ref_step,
-                "tokens_per_s": 1e3 * batch / step,
-                "transformers_tokens_per_s": 1e3 * batch / ref_step,
-                "speedup_vs_transformers": ref_step / step,
-                "bandwidth_bound_step_ms": bound, "step_over_bound": step / bound,
+                **step_figures(mine[f"step_ms{batch}"], ref[f"step_ms{batch}"], batch, bound,
+                               "transformers"),
                 "identical_rows": identical_rows(mine[f"tokens{batch}"], ref[f"tokens{batch}"])}
         results["long_context"][f"{context}_memory"] = {
             "prefill_s": mine["prefill_s"], "transformers_prefill_s": ref["prefill_s"],

@@ -52,6 +52,7 @@ from decode_speed import (
     kv_bytes_per_token,
     long_prompts,
     peak_memory_gb,
+    step_figures,
     write_results,
 )
 
@@ -401,13 +402,10 @@ def main() -> None:
             tokens = context + 16 + LONG_STEPS / 2
             nbytes = 2 * weights + adapter_bytes + 3 * batch * tokens * ours["kv_bytes_per_token"]
             bound = 1e3 * nbytes / bandwidth
-            step, ref_step = mine[f"step_ms{batch}"], ref[f"step_ms{batch}"]
             results["long_context"][f"{context}x{batch}"] = {
-                "step_ms": step, "reference_step_ms": ref_step,
-                "tokens_per_s": 1e3 * batch / step,
-                "reference_tokens_per_s": 1e3 * batch / ref_step,
-                "speedup_vs_reference": ref_step / step, "bandwidth_bound_step_ms": bound,
-                "step_over_bound": step / bound, "safety_overrides": mine[f"overrides{batch}"]}
+                **step_figures(mine[f"step_ms{batch}"], ref[f"step_ms{batch}"], batch, bound,
+                               "reference"),
+                "safety_overrides": mine[f"overrides{batch}"]}
         results["long_context"][f"{context}_memory"] = {
             "prefill_s": mine["prefill_s"], "reference_prefill_s": ref["prefill_s"],
             "prefill_chunk": mine["prefill_chunk"], "reference_attention": ref["attention"],
