@@ -154,9 +154,9 @@ def torch_worker(folder: Path, merged: Path) -> dict:
             new.append(token)
             mask = torch.cat([mask, torch.ones_like(token)], dim=-1)
             step_b = base(input_ids=token, attention_mask=mask, position_ids=next_position,
-                          past_key_values=step_b.past_key_values, use_cache=True)
+                          cache=step_b.cache, use_cache=True)
             step_r = reward(input_ids=token, attention_mask=mask, position_ids=next_position,
-                            past_key_values=step_r.past_key_values, use_cache=True)
+                            cache=step_r.cache, use_cache=True)
             next_position = next_position + 1
         return torch.cat(new, dim=-1).tolist()
 
@@ -266,7 +266,7 @@ def torch_long_worker(folder: Path, merged: Path, context: int) -> dict:
         out["prefill_s"] = time.perf_counter() - start
         out["prefill_peak_gb"] = peak_memory_gb()
         for batch in LONG_BATCHES:
-            caches = [copy.deepcopy(prompt.past_key_values) for prompt in prompts]
+            caches = [copy.deepcopy(prompt.cache) for prompt in prompts]
             for cache in caches:
                 cache.batch_repeat_interleave(batch)
             logits = [prompt.logits[:, -1].repeat(batch, 1) for prompt in prompts]
@@ -276,9 +276,9 @@ def torch_long_worker(folder: Path, merged: Path, context: int) -> dict:
                 score = (torch.log_softmax(logits[0].float(), -1)
                          + WEIGHT * torch.log_softmax(logits[1].float(), -1))
                 token = score.argmax(-1, keepdim=True)
-                steps = [model(input_ids=token, past_key_values=cache, use_cache=True)
+                steps = [model(input_ids=token, cache=cache, use_cache=True)
                          for model, cache in zip((base, reward), caches)]
-                caches = [s.past_key_values for s in steps]
+                caches = [s.cache for s in steps]
                 logits = [s.logits[:, -1] for s in steps]
             out[f"step_ms{batch}"] = 1e3 * (time.perf_counter() - start) / LONG_STEPS
             print(f"torch guided {context}x{batch}: {out[f'step_ms{batch}']:.1f} ms/step",
