@@ -91,7 +91,11 @@ def _generate_parser(sub) -> dict:
                     "guidance": "w, the Pv-Arm's weight",
                     "plausibility": "drop tokens below this fraction of the base model's top "
                     "probability (0 = off)",
-                    "no_repeat_ngram": "never repeat an n-gram of the answer (n >= 2; 0 = off)"})
+                    "no_repeat_ngram": "never repeat an n-gram of the answer (n >= 2; 0 = off)",
+                    "layer_layout": "auto (per-layer buffers on one CPU device, else the "
+                    "scanned stacked layers), stacked or per_layer; tokens do not depend on it",
+                    "prefill_chunk": "prompt tokens per prefill pass (none: 512, fewer where "
+                    "the attention scores would pass 512 MiB per layer)"})
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="one prompt (plain text)")
     source.add_argument("--prompts", type=Path, help="JSONL file of prompt rows")

@@ -83,15 +83,21 @@ class GenerateSettings:
     seed: int = 0
     batch_size: int | None = None  # rows decoded together; None: the next of BATCH_BUCKETS
     system: str | None = None  # system message for chat-template models
+    layer_layout: str = "auto"  # models.layers.LAYER_LAYOUTS; tokens do not depend on it
+    prefill_chunk: int | None = None  # prompt tokens per prefill pass; None: PREFILL_CHUNK
 
     def __post_init__(self):
         settings.coerce(self, "generate settings")
         settings.positive(self, "generate settings", "max_new_tokens")
         settings.positive(self, "generate settings", "temperature", "top_k", "top_p",
                           allow_zero=True)
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"generate settings: batch_size must be >= 1, got "
-                             f"{self.batch_size}")
+        for name in ("batch_size", "prefill_chunk"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"generate settings: {name} must be >= 1, got "
+                                 f"{getattr(self, name)}")
+        if self.layer_layout not in layers.LAYER_LAYOUTS:
+            raise ValueError(f"generate settings: layer_layout must be one of "
+                             f"{', '.join(layers.LAYER_LAYOUTS)}, got {self.layer_layout!r}")
 
 
 # What produced a row's unusable next-token distribution (DecodeState.fault_source).
@@ -413,8 +419,9 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
              plausibility: float | Sequence[float] = GuidanceSettings.plausibility,
              banned_sequences: Sequence[Sequence[int]] | None = None,
              no_repeat_ngram: int = GuidanceSettings.no_repeat_ngram,
-             safety_stage: bool = True, layer_layout: str = "auto",
-             prefill_chunk: int | None = None) -> list[Generation]:
+             safety_stage: bool = True,
+             layer_layout: str = GenerateSettings.layer_layout,
+             prefill_chunk: int | None = GenerateSettings.prefill_chunk) -> list[Generation]:
     """Decodes every prompt (a string, chat messages, or token ids) and returns `Generation`s.
 
     Greedy by default (temperature 0). Per-row sampling settings may be sequences, one per prompt.

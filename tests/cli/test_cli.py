@@ -76,6 +76,38 @@ def test_generate_errors_are_clear(tmp_path, capsys):
     assert cli.main(["generate", "--model", "bundled:smollm2",
                      "--prompts", str(tmp_path / "none.jsonl")]) == 2
     assert "no such prompt file" in capsys.readouterr().err
+    assert cli.main(["generate", "--model", "bundled:smollm2", "--prompt", "x",
+                     "--prefill-chunk", "0"]) == 2
+    assert "prefill_chunk must be >= 1, got 0" in capsys.readouterr().err
+    assert cli.main(["generate", "--model", "bundled:smollm2", "--prompt", "x",
+                     "--layer-layout", "scan"]) == 2
+    assert ("layer_layout must be one of auto, stacked, per_layer, got 'scan'"
+            in capsys.readouterr().err)
+
+
+def test_generate_layer_layout_and_prefill_chunk_flags_keep_the_tokens(tiny_chat, tmp_path,
+                                                                        monkeypatch):
+    """The flags reach `generate`, and the scanned stacked layers with a prompt prefilled 32
+    tokens at a time give the default's tokens (per-layer buffers, one pass)."""
+    import prosocial_jax as pj
+
+    calls = []
+    generate = pj.generate
+    monkeypatch.setattr(pj, "generate", lambda *a, **kw: calls.append(kw) or generate(*a, **kw))
+    prompt = "Tell me, in a few words, why the sky looks blue on a clear day. " * 3
+    tokens = {}
+    for name, flags in {"default": [],
+                        "stacked, chunks of 32": ["--layer-layout", "stacked",
+                                                  "--prefill-chunk", "32"]}.items():
+        out = tmp_path / f"{len(tokens)}.jsonl"
+        assert cli.main(["generate", "--model", str(tiny_chat.path), "--prompt", prompt,
+                         "--max-new-tokens", "8", "--out", str(out), "--quiet", *flags]) == 0
+        row = json.loads(out.read_text())
+        assert row["prompt_tokens"] > 64  # so that 32-token chunks make three or more passes
+        tokens[name] = row["tokens"]
+    assert [(kw["layer_layout"], kw["prefill_chunk"]) for kw in calls] == [
+        ("auto", None), ("stacked", 32)]
+    assert tokens["stacked, chunks of 32"] == tokens["default"]
 
 
 def test_prompts_command_writes_bundled_sets(tmp_path):
