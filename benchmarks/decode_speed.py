@@ -254,14 +254,16 @@ def torch_short(folder: Path, _: dict) -> dict:
     return out
 
 
-def _copied_to_rows(tree, rows: int):
-    """A one-row decode state as `rows` identical rows (batch-leading leaves), every leaf a new
-    buffer (decoding donates its state)."""
+def copied_to_rows(state, rows: int):
+    """A one-prompt decode state (per-layer caches: every non-scalar leaf is batch-leading) as
+    `rows` identical prompts: each such leaf repeated whole, which keeps a guided state's Pv-Arm
+    rows of one prompt adjacent (`guidance.pvarm_rows`); every leaf a new buffer (decoding
+    donates its state)."""
     import jax
     import jax.numpy as jnp
 
-    return jax.tree.map(lambda x: jnp.repeat(x, rows, axis=0) if x.ndim and x.shape[0] == 1
-                        else x.copy(), tree)
+    return jax.tree.map(lambda x: jnp.concatenate([x] * rows) if x.ndim and rows > 1
+                        else x.copy(), state)
 
 
 def jax_long(folder: Path, setting: dict) -> dict:
@@ -298,7 +300,7 @@ def jax_long(folder: Path, setting: dict) -> dict:
     if setting.get("one_pass"):
         return out
     for batch in LONG_BATCHES:
-        state = _copied_to_rows(prompt_state, batch)
+        state = copied_to_rows(prompt_state, batch)
         args = (sampling.SamplingParams.create(batch), jnp.asarray([-1], jnp.int32), 0)
         state, _ = decode.decode_chunk(model.config, params, state, *args, num_steps=steps)
         jax.block_until_ready(state.tokens)  # warm-up chunk: compiles

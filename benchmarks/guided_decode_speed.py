@@ -48,6 +48,7 @@ from decode_speed import (
     LONG_BATCHES,
     LONG_STEPS,
     chat_prompts,
+    copied_to_rows,
     copy_bandwidth,
     kv_bytes_per_token,
     long_prompts,
@@ -176,17 +177,6 @@ def torch_worker(folder: Path, merged: Path) -> dict:
     return out
 
 
-def _copied_to_rows(state, rows: int):
-    """A one-prompt guided decode state as `rows` identical prompts: every batch-leading leaf
-    (one base row, or the Pv-Arm's prosocial and safety rows) repeated whole, which keeps each
-    prompt's Pv-Arm rows adjacent (`guidance.pvarm_rows`); every leaf a new buffer."""
-    import jax
-    import jax.numpy as jnp
-
-    return jax.tree.map(lambda x: jnp.concatenate([x] * rows) if x.ndim and rows > 1
-                        else x.copy(), state)
-
-
 def jax_long_worker(folder: Path, adapter_dir: Path, context: int) -> dict:
     """Guided decoding (safety stage on) from one prefilled prompt of `context` tokens, copied
     to LONG_BATCHES rows; prefill time and peak memory."""
@@ -225,7 +215,7 @@ def jax_long_worker(folder: Path, adapter_dir: Path, context: int) -> dict:
     out = {"prefill_s": time.perf_counter() - start, "prefill_peak_gb": peak_memory_gb(),
            "prefill_chunk": chunk}
     for batch in LONG_BATCHES:
-        state = _copied_to_rows(prompt_state, batch)
+        state = copied_to_rows(prompt_state, batch)
         spec, inputs = guide(batch)
         args = (sampling.SamplingParams.create(batch), jnp.asarray([-1], jnp.int32), 0, inputs)
         state, _ = decode.decode_chunk(base.config, params, state, *args, num_steps=steps,
