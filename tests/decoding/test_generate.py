@@ -40,7 +40,7 @@ def test_chunked_prefill_equals_transformers_generate(tiny, monkeypatch):
     scanned stacked one); the chunk sizes cover the prompt with little padding."""
     from prosocial_jax.models import decoder
 
-    monkeypatch.setattr(decoder, "KEY_BLOCK", 8)  # 52 slots: 7 blocks, the last overlapping
+    monkeypatch.setattr(decoder, "KEY_BLOCK", 8)  # the 40 prompt slots in 5 blocks
     jax.clear_caches()  # programs traced with the default block would be reused otherwise
     model = pj.load_model(tiny.path)
     long_prompt = list(range(3, 40))  # 37 tokens: 40 slots in 10 chunks of 4

@@ -91,10 +91,16 @@ def test_out_of_vocabulary_token_rejected(tiny_checkpoints):
         model.logits([1, 2, 3])
 
 
-def test_shared_prefix_run_once_equals_whole_rows(tiny):
+def test_shared_prefix_run_once_equals_whole_rows(tiny, monkeypatch):
     """Rows that start with the same tokens: the prefix run once (one row, its keys and values
     continued by every row) gives the logits of running each row whole, for every family
-    (Mistral's sliding window of 6 is shorter than the prefix here)."""
+    (Mistral's sliding window of 6 is shorter than the prefix here). The rows attend to the
+    prefix's 9 slots in blocks of 4: the last block is read as slots 5-8 (overlapping), and
+    Mistral's window skips the first."""
+    from prosocial_jax.models import decoder
+
+    monkeypatch.setattr(decoder, "KEY_BLOCK", 4)
+    jax.clear_caches()  # programs traced with the default block would be reused otherwise
     model = pj.load_model(tiny.path)
     rng = np.random.default_rng(7)
     prefix = rng.integers(3, VOCAB, 9).tolist()
