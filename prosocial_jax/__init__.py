@@ -8,6 +8,8 @@ Public API (see README):
     pj.save_model(m, "out/smollm2-hf")
     ad = pj.load_adapter("adapter/")                    # a Pv-Arm (PBLoRA) adapter
     out = pj.generate(m, ["I failed my exam."], adapter=ad, preference="empathy=1")
+    grid = pj.simplex_grid(ad.config.attributes, step=0.5)  # every preference, 0.5 apart
+    per_prompt = pj.sweep(m, ["I failed my exam."], ad, grid)  # one batched decode
     tx = optax.chain(pj.pcgrad(num_attributes=6), optax.adamw(1e-3))
 
 Each pipeline stage is also a curated namespace: `pj.models`, `pj.data`, `pj.decoding`,
@@ -18,6 +20,7 @@ Each pipeline stage is also a curated namespace: `pj.models`, `pj.data`, `pj.dec
 from prosocial_jax import data, decoding, direg, evaluation, models, pvarm, training
 from prosocial_jax.decoding.decode import Generation, NonFiniteError, generate
 from prosocial_jax.decoding.guidance import GuidanceError
+from prosocial_jax.decoding.sweep import simplex_grid, sweep
 from prosocial_jax.models.adapters import Adapter, AdapterConfig, load_adapter, save_adapter
 from prosocial_jax.models.config import ConfigError, ModelConfig
 from prosocial_jax.models.hf import CheckpointError
@@ -47,5 +50,7 @@ __all__ = [
     "pvarm",
     "save_adapter",
     "save_model",
+    "simplex_grid",
+    "sweep",
     "training",
 ]

@@ -19,6 +19,7 @@ from prosocial_jax.cli.options import Command, Section, add_command, require
 from prosocial_jax.data import prompts
 from prosocial_jax.decoding.decode import GenerateSettings
 from prosocial_jax.decoding.guidance import GuidanceSettings
+from prosocial_jax.decoding.sweep import SweepSettings
 from prosocial_jax.files import check_output_file, write_jsonl
 
 ROW_GUIDANCE = ("preference", "guidance", "safety_margin")  # fields a prompt row may carry
@@ -339,6 +340,105 @@ def _guided_settings(args, model, rows):
     return kept, guided, errors
 
 
+SWEEP = (MODEL, Section("generate", GenerateSettings, key="generate"),
+         Section("adapter", AdapterInputs, title="guided decoding (ProSocialAlign)"),
+         Section("guidance", GuidanceSettings, key="guidance", skip=("preference",),
+                 title="guidance settings (every row's)"),
+         Section("sweep", SweepSettings, key="sweep", title="the preference grid"))
+
+
+def _sweep_parser(sub) -> dict:
+    command = Command(_cmd_sweep, SWEEP, config_example="sweep.step=0.25")
+    p = add_command(
+        sub, "sweep", command, help="guided decoding of every prompt under every preference "
+        "of a simplex grid",
+        description="Answers every prompt (--prompt, or a JSONL file of rows as for generate) "
+        "under every point of a grid on the preference simplex: the weights that are "
+        "multiples of --step (all corners included, and the centre), over all the adapter's "
+        "attributes or over --over ones with the rest at --fixed weights. Prompts x points "
+        "run as the rows of batched guided decoding; each prompt's prefill is shared by its "
+        "rows. The output is a generations file whose rows carry their preference: "
+        "`prosocial-jax evaluate --generations FILE` reports the sweep's Pareto front, MIP and "
+        "hypervolume.",
+        field_help={"batch_size": "rows decoded together (none: the fewest equal batches of "
+                    "at most 128 rows that fit in half the free memory)",
+                    "safety_margin": "tau in nats; inf disables the safety stage",
+                    "guidance": "w, the Pv-Arm's weight",
+                    "plausibility": "drop tokens below this fraction of the base model's top "
+                    "probability (0 = off)",
+                    "no_repeat_ngram": "never repeat an n-gram of the answer (n >= 2; 0 = off)"})
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="one prompt (plain text)")
+    source.add_argument("--prompts", type=Path, help="JSONL file of prompt rows")
+    p.add_argument("--out", type=Path, required=True, help="generations file to write (JSONL)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--no-chat-template", action="store_true",
+                   help="feed prompts as raw text even if the tokenizer has a chat template")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with an error on any malformed prompt row instead of skipping it")
+    p.add_argument("--no-safety-stage", action="store_true", help="compile without the safety "
+                   "stage (half the Pv-Arm cost; ignores --safety-margin)")
+    return {"sweep": command}
+
+
+def _cmd_sweep(args) -> int:
+    import prosocial_jax as pj
+    from prosocial_jax.decoding.sweep import simplex_grid, sweep
+
+    inputs, chosen = args.settings.inputs, args.settings.sweep
+    require(inputs, "model")
+    require(args.settings.adapter, "adapter")
+    check_output_file(args.out, args.overwrite)  # before decoding, not after
+    rows, errors = _read_prompts(args)
+    if any(key in row.extra for row in rows for key in ROW_GUIDANCE):
+        print(f"note: the rows' own {', '.join(ROW_GUIDANCE)} are ignored: a sweep gives "
+              "every row the grid's preferences and the command's guidance settings",
+              file=sys.stderr)
+    model = pj.load_model(inputs.model, dtype=inputs.dtype, mesh=inputs.mesh)
+    adapter, reward = _load_adapter_and_reward(args, model)
+    attributes = adapter.config.attributes
+    grid = simplex_grid(attributes, chosen.step, chosen.over or None, chosen.fixed,
+                        chosen.centre)
+    guidance = args.settings.guidance
+    generate = dataclasses.asdict(args.settings.generate)
+    print(f"sweep: {len(rows)} prompt(s) x {len(grid)} preference(s) = "
+          f"{len(rows) * len(grid)} rows", file=sys.stderr)
+    started = time.perf_counter()
+    results = sweep(model, [row.prompt for row in rows], adapter, grid, reward=reward,
+                    safety_stage=not args.no_safety_stage,
+                    use_chat_template=False if args.no_chat_template else None, progress=True,
+                    guidance=guidance.guidance, safety_margin=guidance.safety_margin,
+                    plausibility=guidance.plausibility,
+                    no_repeat_ngram=guidance.no_repeat_ngram, **generate)
+    elapsed = time.perf_counter() - started
+    out_rows = []
+    for row, answers in zip(rows, results):
+        extra = {k: v for k, v in row.extra.items() if k not in ROW_GUIDANCE}
+        for point, result in enumerate(answers):
+            out_rows.append({
+                **extra, **({"line": row.line} if row.line else {}),
+                "setting": chosen.setting, "point": point, "prompt": row.prompt,
+                "response": result.text, "tokens": result.tokens,
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "finish_reason": result.finish_reason,
+                "preference": {a: round(float(w), 6) for a, w in
+                               zip(attributes, result.preference)},
+                "guidance": guidance.guidance, "safety_margin": guidance.safety_margin,
+                "safety_overrides": result.safety_overrides,
+                "mean_safe_set": result.mean_safe_set})
+    import jax
+
+    if jax.process_index() == 0:
+        write_jsonl(args.out, out_rows)
+    generated = sum(r["completion_tokens"] for r in out_rows)
+    print(f"{len(out_rows)} rows, {generated} tokens in {elapsed:.1f}s; wrote {args.out}"
+          + (f"; skipped {len(errors)} malformed row(s)" if errors else "")
+          + f"\nnext: prosocial-jax evaluate --generations {args.out} --out REPORT_FOLDER",
+          file=sys.stderr)
+    return 0
+
+
 def _cmd_prompts(args) -> int:
     from prosocial_jax.data.benchmarks import load_benchmark
 
@@ -408,4 +508,5 @@ def _cmd_memory(args) -> int:
 
 
 def register(sub) -> dict:
-    return {**_generate_parser(sub), **_prompts_parser(sub), **_memory_parser(sub)}
+    return {**_generate_parser(sub), **_sweep_parser(sub), **_prompts_parser(sub),
+            **_memory_parser(sub)}

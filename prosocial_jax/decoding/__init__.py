@@ -6,6 +6,9 @@
 - `guidance`: the guided-decoding rule: the safety stage removes next tokens the Pv-Arm's safety
   attribute scores more than tau below its best, then base + w * Pv-Arm(alpha) picks among the
   rest; `GuidanceSettings` holds the user's alpha, w, tau and plausibility floor.
+- `sweep`: preference sweeps: `simplex_grid` (every preference whose weights are multiples of a
+  step, or over a subset of attributes) and `sweep`, prompts x grid points as the rows of one
+  batched guided decode, each prompt prefilled once per batch.
 
 Imports only `models` (the decoder, its cache, adapters, sharding) and the leaf utilities.
 """
@@ -18,6 +21,8 @@ from prosocial_jax.decoding.decode import (
 )
 from prosocial_jax.decoding.guidance import GuidanceError, GuidanceSettings
 from prosocial_jax.decoding.sampling import SamplingParams
+from prosocial_jax.decoding.sweep import SweepSettings, simplex_grid, sweep, sweep_batch_size
 
 __all__ = ["GenerateSettings", "Generation", "GuidanceError", "GuidanceSettings",
-           "NonFiniteError", "SamplingParams", "generate"]
+           "NonFiniteError", "SamplingParams", "SweepSettings", "generate", "simplex_grid",
+           "sweep", "sweep_batch_size"]

@@ -219,31 +219,60 @@ def _fill(config: ModelConfig, params, cache: KVCache, tokens, positions, mask, 
 def prefill(config: ModelConfig, params, tokens, mask, rng, max_new_tokens,
             guide: GuideInputs | None = None, *, max_len: int, num_new: int,
             mesh: Mesh | None = None, spec: GuideSpec | None = None,
-            layout: str = "sharded", chunk: int | None = None) -> DecodeState:
+            layout: str = "sharded", chunk: int | None = None,
+            sources: jax.Array | None = None) -> DecodeState:
     """Runs left-padded prompts (tokens and mask [B, T]) through the model (and the Pv-Arm,
     when guided), filling fresh caches of `max_len` slots; room for `num_new` new tokens.
     `chunk` (dividing T; None: T) prefills in chunks of that many tokens, see
-    PREFILL_SCORES_BYTES."""
-    batch = tokens.shape[0]
+    PREFILL_SCORES_BYTES.
+
+    `sources` [B] (no mesh): the rows continue prompts that several rows share, and `tokens`,
+    `mask` [U, T] are the U distinct prompts, row b continuing prompt `sources[b]`. What only
+    depends on the prompt is prefilled once per distinct prompt and copied to its rows: the
+    base model's cache and logits and, with the safety stage, the Pv-Arm's safety rows (one
+    preference for all). The Pv-Arm's prosocial rows are prefilled per row: the row's preference
+    enters every adapted layer, so their keys and values differ from row to row."""
     chunk = chunk or tokens.shape[1]
     if tokens.shape[1] % chunk:
         raise ValueError(f"prefill chunk {chunk} does not divide the {tokens.shape[1]} prompt "
                          "slots (see prefill_chunks)")
-    cache = _empty_cache(config, params, batch, max_len, mesh, layout)
+    if sources is not None and mesh is not None:
+        raise ValueError("shared prompts (sources) are prefilled without a mesh only")
+    prompts = tokens.shape[0]
+    cache = _empty_cache(config, params, prompts, max_len, mesh, layout)
     positions = positions_from_mask(mask)
     logits, cache = _fill(config, params, cache, tokens, positions, mask, chunk)
+    distinct = None
+    if sources is not None:  # per distinct prompt -> per row
+        distinct = (tokens, mask, positions)
+        cache, logits = cache.take_rows(sources), logits[sources]
+        tokens, mask, positions = (x[sources] for x in distinct)
+    batch = tokens.shape[0]
     no_prompt = ~jnp.any(mask, axis=-1)  # padding rows of a partial batch
     guided = {}
     if spec is not None:
         copies = 2 if spec.safety_stage else 1  # the safety rows see the same tokens
-        r_tokens, r_mask, r_positions = (pvarm_rows(x, copies)
-                                         for x in (tokens, mask, positions))
-        reward_cache = _empty_cache(spec.reward_config, guide.reward_params, copies * batch,
+        preferences = guide.reward_preferences(spec)
+        if distinct is None or copies == 1:
+            r_tokens, r_mask, r_positions = (pvarm_rows(x, copies)
+                                             for x in (tokens, mask, positions))
+        else:  # the prosocial rows, then one safety row per distinct prompt
+            r_tokens, r_mask, r_positions = (jnp.concatenate([x, x_u])
+                                             for x, x_u in zip((tokens, mask, positions),
+                                                               distinct))
+            preferences = jnp.concatenate([
+                preferences[0::2], jnp.broadcast_to(preferences[1:2], (prompts,
+                                                                        preferences.shape[1]))])
+        reward_cache = _empty_cache(spec.reward_config, guide.reward_params, r_tokens.shape[0],
                                     max_len, mesh, spec.reward_layout)
         reward_logits, reward_cache = _fill(
             spec.reward_config, guide.reward_params, reward_cache, r_tokens, r_positions,
             r_mask, chunk, adapter_config=spec.adapter_config, adapter=guide.adapter_params,
-            preference=guide.reward_preferences(spec))
+            preference=preferences)
+        if distinct is not None and copies == 2:  # into `pvarm_rows` order
+            order = pvarm_rows(jnp.stack([jnp.arange(batch), batch + sources], axis=1))
+            reward_cache, reward_logits = (reward_cache.take_rows(order),
+                                           reward_logits[order])
         banned = guide.guidance.banned_prefix
         guided = dict(reward_cache=reward_cache,
                       reward_logits=reward_logits,
@@ -560,18 +589,24 @@ def _generate_batch(model, params, rows, prompts, encoded, batch_size, sampling,
     if longest + max_new_tokens > config.max_position_embeddings:
         raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the "
                          f"model's context of {config.max_position_embeddings}")
-    # Each process builds only the rows its devices hold (all of them in a one-process run).
-    local = sharding.process_rows(model.mesh, batch_size)
-    tokens = np.full((local.stop - local.start, prompt_len), pad_id, np.int32)
+    sources, distinct = _shared_prompts(encoded, batch_size, model.mesh)
+    if sources is None:  # each process builds only the rows its devices hold
+        local = sharding.process_rows(model.mesh, batch_size)
+        prefilled, built, total = encoded[local], local.stop - local.start, batch_size
+    else:  # rows continuing the same prompts (a preference sweep): each prefilled once
+        prefilled = distinct
+        built = total = _distinct_rows(len(distinct), len(encoded) < batch_size)
+    tokens = np.full((built, prompt_len), pad_id, np.int32)
     mask = np.zeros(tokens.shape, bool)
-    for row, ids in enumerate(encoded[local]):  # left padding: every row ends at the last slot
+    for row, ids in enumerate(prefilled):  # left padding: every row ends at the last slot
         tokens[row, prompt_len - len(ids):] = ids
         mask[row, prompt_len - len(ids):] = True
-    placed = sharding.place_batch({"tokens": tokens, "mask": mask}, model.mesh, rows=batch_size)
+    placed = sharding.place_batch({"tokens": tokens, "mask": mask}, model.mesh, rows=total)
     tokens_j, mask_j = placed["tokens"], placed["mask"]
     state = prefill(config, params, tokens_j, mask_j, rng, max_new_tokens, guide,
                     max_len=max_len, num_new=num_new, mesh=model.mesh, spec=spec,
-                    layout=model.layout, chunk=chunk)
+                    layout=model.layout, chunk=chunk,
+                    sources=None if sources is None else jnp.asarray(sources, jnp.int32))
     previous_flags = None
     for chunk in range(num_new // chunk_size):
         state, flags = decode_chunk(config, params, state, sampling, stops, pad_id,
@@ -603,6 +638,27 @@ def _generate_batch(model, params, rows, prompts, encoded, batch_size, sampling,
             result.mean_safe_set = float(allowed_total[row]) / max(len(row_tokens), 1)
         out.append(result)
     return out
+
+
+def _shared_prompts(encoded: Sequence[list[int]], batch_size: int, mesh: Mesh | None
+                    ) -> tuple[list[int] | None, list[list[int]]]:
+    """(sources, distinct prompts) of a batch whose rows repeat prompts (a preference sweep):
+    row b continues distinct prompt sources[b], and padding rows continue an empty prompt after
+    the distinct ones. (None, []) when every prompt is distinct, or on a mesh (each process
+    builds only its own rows there, so the rows are prefilled as they are)."""
+    index: dict[tuple[int, ...], int] = {}
+    sources = [index.setdefault(tuple(ids), len(index)) for ids in encoded]
+    if mesh is not None or len(index) == len(encoded):
+        return None, []
+    sources += [len(index)] * (batch_size - len(encoded))
+    return sources, [list(ids) for ids in index]
+
+
+def _distinct_rows(distinct: int, padded: bool) -> int:
+    """Rows of a batch's distinct-prompt prefill: its prompts, and an empty one for padding
+    rows, rounded up to the next of BATCH_BUCKETS (so that a new count rarely compiles)."""
+    needed = distinct + padded
+    return next((b for b in BATCH_BUCKETS if b >= needed), _round_up(needed, BATCH_BUCKETS[-1]))
 
 
 def _raise_on_fault(state: DecodeState, rows: Sequence[int]) -> None:

@@ -91,6 +91,20 @@ class KVCache:
             index=self.index + steps,
         )
 
+    def take_rows(self, rows: jax.Array) -> KVCache:
+        """The cache of rows `rows` [R] (indices into this cache's B rows, repeats allowed): how
+        one prefilled prompt's keys and values serve several rows that continue it."""
+        def take(x, axis):
+            return jnp.take(x, rows, axis=axis)
+
+        def every_layer(buffers):
+            if self.per_layer:
+                return tuple(take(x, 0) for x in buffers)
+            return take(buffers, 1)
+
+        return self.replace(keys=every_layer(self.keys), values=every_layer(self.values),
+                            valid=take(self.valid, 0))
+
     @property
     def per_layer(self) -> bool:
         return isinstance(self.keys, tuple)

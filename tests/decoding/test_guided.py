@@ -180,6 +180,42 @@ def test_no_repeat_ngram_equals_step_by_step_reference(models):
             make(no_repeat_ngram=1)
 
 
+@pytest.mark.parametrize("safety_stage", [True, False])
+def test_rows_sharing_a_prompt_prefill_it_once_and_equal_the_reference(models, monkeypatch,
+                                                                     safety_stage):
+    """A sweep's rows: two prompts x three preferences, 4 rows per batch (the second batch
+    partial). Each batch prefills its distinct prompts only, and every row's tokens, overrides
+    and safe-set sizes equal the no-cache reference's for its own preference."""
+    base, reward, adapter = models
+    alphas = [[0, 1, 0, 0, 0, 0], [0.1, 0.2, 0.3, 0.1, 0.2, 0.1], [0, 0, 0, 0, 0.5, 0.5]]
+    prompts = [PROMPTS[0]] * 3 + [PROMPTS[2]] * 3
+    tau = 0.5 if safety_stage else math.inf
+    prefilled = []
+    real_prefill = decode.prefill
+
+    def counting_prefill(config, params, tokens, mask, *args, sources=None, **kwargs):
+        prefilled.append((np.asarray(mask).sum(1).tolist(),
+                          None if sources is None else np.asarray(sources).tolist()))
+        return real_prefill(config, params, tokens, mask, *args, sources=sources, **kwargs)
+
+    monkeypatch.setattr(decode, "prefill", counting_prefill)
+    guided = pj.generate(base, prompts, max_new_tokens=STEPS, stop_tokens=[], adapter=adapter,
+                         reward=reward, preferences=alphas * 2, guidance=1.5,
+                         safety_margin=0.5, batch_size=4, safety_stage=safety_stage)
+    # Prompt lengths prefilled per batch (0: the empty prompt of the padding rows).
+    assert prefilled == [([6, 4], [0, 0, 0, 1]), ([4, 0], [0, 0, 1, 1])]
+    overrides = 0
+    for row, result in enumerate(guided):
+        tokens, row_overrides, mean_safe = _reference(base, reward, adapter, prompts[row],
+                                                      np.asarray(alphas[row % 3]), 1.5, tau,
+                                                      STEPS)
+        assert result.tokens == tokens, row
+        assert (result.safety_overrides, result.mean_safe_set) == (
+            row_overrides, pytest.approx(mean_safe))
+        overrides += row_overrides
+    assert overrides > 0 or not safety_stage
+
+
 def test_changing_preferences_strengths_and_margins_does_not_recompile(models):
     base, reward, adapter = models
     run = lambda **kw: pj.generate(base, PROMPTS, max_new_tokens=8, stop_tokens=[],  # noqa: E731
