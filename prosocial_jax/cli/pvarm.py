@@ -41,9 +41,17 @@ class ArmInputs:
         "help": "adapter folder (+ evaluation.json, .png)"})
     checkpoint_dir: str | None = dataclasses.field(default=None, metadata={
         "help": "orbax checkpoints + metrics.jsonl"})
+    extend: str | None = dataclasses.field(default=None, metadata={
+        "help": "a trained adapter folder to add --new-attribute to: only the new attribute's "
+                "row of the preference-to-core map is trained, everything else is kept (the "
+                "adapter settings are that adapter's)"})
+    new_attribute: str | None = dataclasses.field(default=None, metadata={
+        "help": "with --extend: the attribute added (its label in the pairs)"})
 
     def __post_init__(self):
         settings_module.coerce(self, "train-arm inputs")
+        if (self.extend is None) != (self.new_attribute is None):
+            raise ValueError("train-arm inputs: --extend and --new-attribute go together")
 
 
 PREFERENCE_SET = (MODEL, Section("preference_set", PreferenceSetSettings,
@@ -118,6 +126,13 @@ def _cmd_train_arm(args) -> int:
     check_output_folder(out, "adapter", args.overwrite)  # before training, not after
     initialize_distributed(args)
     model = pj.load_model(inputs.model, dtype=inputs.dtype, mesh=inputs.mesh)
+    extend = None
+    if data.extend is not None:
+        extend = adapters.load_adapter(data.extend, model.config)
+        adapter_config = dataclasses.replace(
+            extend.config, attributes=(*extend.config.attributes, data.new_attribute))
+        print(f"extending {data.extend} ({', '.join(extend.config.attributes)}) with "
+              f"{data.new_attribute!r}; its r1, r2, targets and scale are kept", file=sys.stderr)
     attributes = adapter_config.attributes
 
     pairs, skipped = load_preference_pairs(data.train_data, data.format, data.split,
@@ -140,15 +155,20 @@ def _cmd_train_arm(args) -> int:
           file=sys.stderr)
     baseline = None
     if dev_examples:  # the backbone alone (a fresh adapter changes nothing)
-        fresh = adapters.init_adapter(model.config, adapter_config, jax.random.key(settings.seed))
+        fresh = (adapters.init_adapter(model.config, adapter_config, jax.random.key(settings.seed))
+                 if extend is None else adapters.extend_adapter(
+                     extend, data.new_attribute, jax.random.key(settings.seed)))
         baseline = preference_accuracy.evaluate_adapter(
             model, fresh, dev_examples, preference_accuracy.simplex_grid(len(attributes))[-1:],
             settings.max_len, settings.eval_batch_size)
     adapter, _, evaluation = train.train_arm(model, adapter_config, train_examples,
                                              dev_examples, settings, checkpoint_dir,
-                                             restart_on_change=args.restart_on_change)
+                                             restart_on_change=args.restart_on_change,
+                                             extend=extend)
     if evaluation is not None:
         evaluation["backbone_accuracy"] = baseline["accuracy"][0] if baseline else None
+        if extend is not None:  # the baseline is the extended adapter before training
+            evaluation["baseline_name"] = "before training (uniform)"
         evaluation["settings"] = dataclasses.asdict(settings)
 
     def write(folder: Path) -> None:  # the adapter and its evaluation: one output folder

@@ -121,7 +121,8 @@ def format_evaluation(evaluation: dict[str, Any]) -> str:
 
     rows = []
     if evaluation.get("backbone_accuracy") is not None:
-        rows.append(["backbone (no adapter)", *cells(evaluation["backbone_accuracy"])])
+        rows.append([evaluation.get("baseline_name", "backbone (no adapter)"),
+                     *cells(evaluation["backbone_accuracy"])])
     for name, row in zip(evaluation["grid_names"], evaluation["accuracy"]):
         rows.append([name, *cells(row)])
     rows.append(["labelled pairs", *map(str, evaluation["labelled_pairs"])])

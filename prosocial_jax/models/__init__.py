@@ -32,6 +32,7 @@ from prosocial_jax.models.adapters import (
     Adapter,
     AdapterConfig,
     AdapterError,
+    extend_adapter,
     init_adapter,
     load_adapter,
     save_adapter,
@@ -44,6 +45,7 @@ from prosocial_jax.models.projections import PROJECTIONS, Projection
 from prosocial_jax.models.sharding import make_mesh, memory_report
 
 __all__ = ["PROJECTIONS", "Adapter", "AdapterConfig", "AdapterError", "CheckpointError",
-           "ConfigError", "KVCache", "Model", "ModelConfig", "Projection", "init_adapter",
+           "ConfigError", "KVCache", "Model", "ModelConfig", "Projection", "extend_adapter",
+           "init_adapter",
            "load_adapter", "load_model", "make_mesh", "memory_report", "save_adapter",
            "save_model"]

@@ -144,6 +144,27 @@ def init_adapter(model_config: ModelConfig, config: AdapterConfig, key: jax.Arra
     return Adapter(config, params)
 
 
+def extend_adapter(adapter: Adapter, attribute: str, key: jax.Array) -> Adapter:
+    """`adapter` with one more attribute, last: a new row of every zeta (the preference-to-core
+    map), initialised as `init_adapter` initialises zeta; every other factor is shared as it is.
+    Under any preference that gives the new attribute weight 0, the extended adapter is the old
+    one exactly (M(alpha) = alpha @ zeta never reads the new row), so the old attributes keep
+    their behaviour while the new row is trained (`pvarm.train_arm(extend=...)`)."""
+    config = adapter.config
+    if attribute in config.attributes:
+        raise AdapterError(f"attribute {attribute!r} is already one of the adapter's "
+                           f"({', '.join(config.attributes)})")
+    extended = dataclasses.replace(config, attributes=(*config.attributes, attribute))
+    params = {}
+    for (target, factors), target_key in zip(sorted(adapter.params.items()),
+                                             jax.random.split(key, len(adapter.params))):
+        zeta = factors["zeta"]  # [L, K, r2 * r2]
+        row = jax.random.uniform(target_key, (zeta.shape[0], 1, zeta.shape[2]), zeta.dtype,
+                                 -1.0 / config.r2, 1.0 / config.r2)
+        params[target] = {**factors, "zeta": jnp.concatenate([zeta, row], axis=1)}
+    return Adapter(extended, params)
+
+
 # ---------------------------------------------------------------------------- the update
 def delta(x: jax.Array, factors: Mapping[str, jax.Array], preference: jax.Array,
           scale: float, dropout: float = 0.0, key: jax.Array | None = None) -> jax.Array:

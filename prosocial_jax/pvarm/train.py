@@ -12,6 +12,12 @@ checkpoints hold the adapter, the optimiser state (PCGrad's key included), the s
 run's RNG key; batches and alpha are pure functions of (seed, step), so a resumed run repeats an
 uninterrupted one exactly, and a checkpoint folder refuses to resume under different settings.
 
+A new value joins a trained adapter without retraining it (`train_arm(extend=...)`): the
+adapter gains one attribute (`models.adapters.extend_adapter`: a new row of every zeta) and only
+that row is trained, on the new attribute's pairs; every other factor stays bit for bit as it
+was, so the old attributes behave exactly as before under any preference that gives the new one
+weight 0.
+
 Evaluation uses a FIXED simplex grid of preferences (never random alphas): per grid point, the
 pairwise accuracy per attribute on held-out pairs (`evaluation.preference_accuracy`).
 """
@@ -29,13 +35,20 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from prosocial_jax import processes
 from prosocial_jax import settings as settings_module
 from prosocial_jax.data.order import batch_indices
 from prosocial_jax.data.preferences import PairExample, PreferencePair, pair_batch
 from prosocial_jax.evaluation.preference_accuracy import evaluate_adapter, simplex_grid
-from prosocial_jax.models.adapters import Adapter, AdapterConfig, init_adapter
+from prosocial_jax.models.adapters import (
+    Adapter,
+    AdapterConfig,
+    AdapterError,
+    extend_adapter,
+    init_adapter,
+)
 from prosocial_jax.models.config import ModelConfig
 from prosocial_jax.models.model import Model
 from prosocial_jax.pvarm.objective import attribute_losses, per_attribute_gradients
@@ -109,6 +122,8 @@ class _ArmObjective(Objective):
     config: ModelConfig
     adapter_config: AdapterConfig
     settings: ArmSettings
+    # Extending an adapter: the one attribute (index) whose zeta row is trained; None: all.
+    trained_attribute: int | None = None
     checkpoint_params: ClassVar[str] = "adapter"
 
     @property
@@ -116,8 +131,11 @@ class _ArmObjective(Objective):
         return self.adapter_config.num_attributes
 
     def optimizer(self):
+        last = (None if self.trained_attribute is None
+                else only_attribute_row(self.trained_attribute))
         return warmup_cosine_adamw(self.settings, first=pcgrad(
-            self.num_attributes, project=self.settings.pcgrad, seed=self.settings.seed))
+            self.num_attributes, project=self.settings.pcgrad, seed=self.settings.seed),
+            last=last)
 
     def gradients(self, params, frozen, batch, key):
         labels_PxK = batch["labels"]
@@ -153,6 +171,23 @@ class _ArmObjective(Objective):
         labelled = metrics["labelled"] > 0
         mean_loss = float(metrics["loss"][labelled].mean()) if labelled.any() else 0.0
         return {"loss": f"{mean_loss:.4f}", "conflicts": row["conflicts"]}
+
+
+def only_attribute_row(index: int) -> optax.GradientTransformation:
+    """Zeroes every update but row `index` of each zeta (the preference-to-core map of one
+    attribute). Last in the chain, it keeps every other factor exactly where it was, weight
+    decay included."""
+    def update(updates, state, params=None):
+        del params
+
+        def keep(path, value):
+            if getattr(path[-1], "key", None) == "zeta":  # [L, K, r2 * r2]
+                return jnp.zeros_like(value).at[:, index].set(value[:, index])
+            return jnp.zeros_like(value)
+
+        return jax.tree_util.tree_map_with_path(keep, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def pair_fingerprint(examples: Sequence[PairExample]) -> str:
@@ -203,22 +238,40 @@ def _summary_writer(folder: Path):
 def train_arm(model: Model, adapter_config: AdapterConfig, train: Sequence[PairExample],
               dev: Sequence[PairExample], settings: ArmSettings, checkpoint_dir: str | Path,
               stop_after: int | None = None, progress: bool = True,
-              restart_on_change: bool = False) -> tuple[Adapter, list[dict], dict | None]:
+              restart_on_change: bool = False,
+              extend: Adapter | None = None) -> tuple[Adapter, list[dict], dict | None]:
     """Trains (or resumes) a Pv-Arm adapter; returns it, this call's metrics and the final
     evaluation on `dev` over the fixed preference grid (None if `dev` is empty or the run
-    stopped early)."""
+    stopped early).
+
+    `extend`: a trained adapter whose attributes are `adapter_config`'s but its last one, the
+    new value. Only the new attribute's zeta row is trained (see the module docstring); the
+    pairs' labels for the other attributes still shape it through PCGrad."""
     if not train:
         raise ValueError("no training pairs")
     settings.beta_vector(adapter_config.num_attributes)  # a wrong betas length fails here
     settings.winner_nll_vector(adapter_config.num_attributes)  # ... and winner_nlls'
     folder = Path(checkpoint_dir).resolve()
-    objective = _ArmObjective(model.config, adapter_config, settings)
-    adapter = init_adapter(model.config, adapter_config, jax.random.key(settings.seed))
-    initial = initial_state(objective.optimizer(), adapter.params,
-                            jax.random.key(settings.seed + 1))
     record = {"settings": dataclasses.asdict(settings), "adapter": adapter_config.to_json(),
               "train_pairs": len(train), "train_data": pair_fingerprint(train),
               "backbone": model.source, "dtype": str(model.dtype)}
+    if extend is None:
+        objective = _ArmObjective(model.config, adapter_config, settings)
+        adapter = init_adapter(model.config, adapter_config, jax.random.key(settings.seed))
+    else:
+        _check_extends(extend, adapter_config)
+        objective = _ArmObjective(model.config, adapter_config, settings,
+                                  trained_attribute=adapter_config.num_attributes - 1)
+        adapter = extend_adapter(extend, adapter_config.attributes[-1],
+                                 jax.random.key(settings.seed))
+        # Copies: the training step donates its parameters, and the shared factors are the
+        # caller's adapter's own buffers.
+        adapter = dataclasses.replace(adapter, params=jax.tree.map(jnp.copy, adapter.params))
+        record["extends"] = {"attributes": list(extend.config.attributes),
+                             "factors": fingerprint(np.asarray(x, np.float32).view(np.int32)
+                                                    for x in jax.tree.leaves(extend.params))}
+    initial = initial_state(objective.optimizer(), adapter.params,
+                            jax.random.key(settings.seed + 1))
 
     def batch_at(step: int, rows: slice) -> dict[str, np.ndarray]:
         indices = batch_indices(len(train), settings.batch_size, settings.seed, step)
@@ -243,6 +296,21 @@ def train_arm(model: Model, adapter_config: AdapterConfig, train: Sequence[PairE
                                               settings.eval_resolution),
             settings.max_len, settings.eval_batch_size, progress)
     return trained, history, evaluation
+
+
+def _check_extends(extend: Adapter, adapter_config: AdapterConfig) -> None:
+    """`adapter_config` must be `extend`'s with one attribute added last."""
+    old, new = extend.config, adapter_config
+    if new.attributes[:-1] != old.attributes:
+        raise AdapterError(f"extending an adapter of attributes {list(old.attributes)}: the new "
+                           f"attributes must be those plus one new one, got "
+                           f"{list(new.attributes)}")
+    same = dataclasses.replace(new, attributes=old.attributes, base_model=old.base_model)
+    if same != old:
+        differs = [f.name for f in dataclasses.fields(old)
+                   if getattr(same, f.name) != getattr(old, f.name)]
+        raise AdapterError(f"extending an adapter: {', '.join(differs)} must stay as the "
+                           "adapter's")
 
 
 def sample_held_out(examples: Sequence, limit: int, seed: int = 0) -> list:

@@ -24,11 +24,13 @@ class OptimizerSettings(Protocol):
 
 
 def warmup_cosine_adamw(settings: OptimizerSettings,
-                        first: optax.GradientTransformation | None = None
+                        first: optax.GradientTransformation | None = None,
+                        last: optax.GradientTransformation | None = None
                         ) -> optax.GradientTransformationExtraArgs:
     """`first` (if any), global-norm clipping (if `grad_clip` > 0), then AdamW whose learning
     rate climbs linearly from 0 over `warmup_steps` and decays on a cosine to
-    `learning_rate * end_learning_rate_fraction` at `steps`."""
+    `learning_rate * end_learning_rate_fraction` at `steps`, then `last` (if any: a mask of
+    the final updates, which weight decay cannot get past)."""
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=settings.learning_rate, warmup_steps=settings.warmup_steps,
         decay_steps=max(settings.steps, settings.warmup_steps + 1),  # counts the warm-up too
@@ -36,4 +38,6 @@ def warmup_cosine_adamw(settings: OptimizerSettings,
     clip = (optax.clip_by_global_norm(settings.grad_clip) if settings.grad_clip > 0
             else optax.identity())
     head = () if first is None else (first,)
-    return optax.chain(*head, clip, optax.adamw(schedule, weight_decay=settings.weight_decay))
+    tail = () if last is None else (last,)
+    return optax.chain(*head, clip, optax.adamw(schedule, weight_decay=settings.weight_decay),
+                       *tail)

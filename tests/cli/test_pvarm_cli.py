@@ -75,6 +75,32 @@ def test_preference_set_and_train_arm_commands(tiny_chat, tmp_path, capsys):
     steps = [json.loads(line)["step"] for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3], steps
 
+    # A value added to a trained adapter: five attributes, then helpfulness on its own.
+    five = tmp_path / "five"
+    common = ["--model", str(tiny_chat.path), "--train-data", str(prefs / "train.jsonl"),
+              "--steps", "2", "--batch-size", "4", "--max-len", "96"]
+    assert cli.main(["train-arm", *common, "--out", str(five), "--checkpoint-dir",
+                     str(tmp_path / "ckpt5"), "--adapter-r1", "2", "--adapter-r2", "2",
+                     "--adapter-attributes",
+                     "harmlessness,empathy,sensitivity,non_judgmental,truthfulness"]) == 0
+    six = tmp_path / "six"
+    assert cli.main(["train-arm", *common, "--out", str(six), "--checkpoint-dir",
+                     str(tmp_path / "ckpt6"), "--extend", str(five),
+                     "--new-attribute", "helpfulness", "--learning-rate", "0.1"]) == 0
+    captured = capsys.readouterr()
+    assert "extending" in captured.err and "| before training (uniform) |" in captured.out
+    config = pj.load_model(tiny_chat.path).config
+    old, new = pj.load_adapter(five, config), pj.load_adapter(six, config)
+    assert new.config.attributes == (*old.config.attributes, "helpfulness")
+    assert new.config.r1 == 2
+    for target, factors in new.params.items():
+        for name, value in factors.items():
+            kept = value[:, :5] if name == "zeta" else value
+            np.testing.assert_array_equal(np.asarray(kept), np.asarray(old.params[target][name]))
+    assert cli.main(["train-arm", *common, "--out", str(tmp_path / "x"), "--checkpoint-dir",
+                     str(tmp_path / "ckpt7"), "--extend", str(five)]) == 2
+    assert "--extend and --new-attribute go together" in capsys.readouterr().err
+
 
 def test_train_arm_rejects_unknown_config_keys(tmp_path, capsys):
     config = tmp_path / "bad.py"

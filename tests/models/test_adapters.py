@@ -55,6 +55,33 @@ def test_adapter_equals_explicit_weight_update_per_row(tiny_checkpoints, targets
     assert not np.allclose(adapted[0], np.asarray(model.logits(ids))[0], atol=1e-3)
 
 
+def test_extended_adapter_keeps_the_old_attributes_and_adds_a_new_one(tiny_checkpoints,
+                                                                     tmp_path):
+    model = pj.load_model(tiny_checkpoints["qwen2"].path)
+    adapter = _random_adapter(model, ("q_proj", "v_proj", "down_proj"))
+    extended = adapters.extend_adapter(adapter, "curiosity", jax.random.key(5))
+    assert extended.config.attributes == (*adapter.config.attributes, "curiosity")
+    k = adapter.config.num_attributes
+    old = np.random.RandomState(1).dirichlet(np.ones(k), size=2).astype(np.float32)
+    ids = np.random.RandomState(2).randint(3, VOCAB, (2, 9))
+    np.testing.assert_allclose(  # new weight 0: the old adapter's logits
+        np.asarray(model.logits(ids, adapter=extended, preference=np.pad(old, ((0, 0),
+                                                                             (0, 1))))),
+        np.asarray(model.logits(ids, adapter=adapter, preference=old)), atol=1e-6)
+    # The new attribute alone: W0 + dW(one-hot) written into the weights, the new zeta row.
+    curious = np.eye(k + 1, dtype=np.float32)[k]
+    dense = dataclasses.replace(model, params=_with_dense_update(model, extended, curious))
+    new_logits = np.asarray(model.logits(ids[:1], adapter=extended, preference=curious))
+    np.testing.assert_allclose(new_logits, np.asarray(dense.logits(ids[:1])), atol=2e-4)
+    assert not np.allclose(new_logits, np.asarray(model.logits(ids[:1], adapter=adapter,
+                                                               preference=old[:1])), atol=1e-3)
+    loaded = pj.load_adapter(pj.save_adapter(extended, tmp_path / "extended"), model.config)
+    assert loaded.config == extended.config
+    chex.assert_trees_all_equal(loaded.params, extended.params)
+    with pytest.raises(adapters.AdapterError, match="'empathy' is already one of"):
+        adapters.extend_adapter(adapter, "empathy", jax.random.key(0))
+
+
 def test_delta_checks_shapes_at_its_entry(tiny_checkpoints):
     model = pj.load_model(tiny_checkpoints["llama"].path)
     adapter = _random_adapter(model, ("q_proj", "down_proj"))
