@@ -20,7 +20,7 @@ export PROSOCIAL_JAX_CACHE := $(CACHE)
 
 PVARM := $(CACHE)/pvarm
 
-.PHONY: demo test lint bench direg pvarm guided-eval guidance-sweep
+.PHONY: demo test lint bench direg pvarm guided-eval guidance-sweep ablation-add-value
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -120,6 +120,12 @@ guided-eval: $(ARTEFACTS) | $(VENV)/.runtime
 		--benign-limit 60 --out out/guided --generations $(GUIDED_EVAL) --overwrite
 	$(BIN)/prosocial-jax evaluate --generations $(GUIDED_EVAL) --judge rules --reference base \
 		--out out/guided_evaluation --overwrite
+
+# Ablations (README, "Ablations"): each writes results.json, table.md and a PNG to out/ablations.
+# Adding a value to the Pv-Arm (helpfulness, its row alone) vs retraining all six: ~30 min.
+ablation-add-value: $(PVARM)/preferences/test_prompts.jsonl | $(VENV)/.runtime
+	$(BIN)/prosocial-jax ablate-add-value --config configs/ablation_add_value_smollm2.py \
+		--out out/ablations/add_value --overwrite
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/decode_speed.py --out benchmarks/results/decode_speed.json

@@ -3,7 +3,8 @@
 Commands live in modules by stage: `decoding` (generate, plain or guided; prompts; memory),
 `direg` (harmful-data, finetune, harm-vector), `pvarm` (preference-set, train-arm),
 `pipeline` (compare: every stage side by side; guidance-sweep), `evaluation` (evaluate:
-judges, metrics and report; metrics: from score rows). Each command's settings are
+judges, metrics and report; metrics: from score rows), `ablations` (ablate-*: the questions
+the paper leaves open). Each command's settings are
 dataclasses of the stage it runs; `options` turns them into flags and config keys (see its
 docstring for the precedence of flags, config files and defaults).
 """
@@ -14,9 +15,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from prosocial_jax.cli import decoding, direg, evaluation, options, pipeline, pvarm
+from prosocial_jax.cli import ablations, decoding, direg, evaluation, options, pipeline, pvarm
 
-COMMAND_MODULES = (decoding, direg, pvarm, pipeline, evaluation)
+COMMAND_MODULES = (decoding, direg, pvarm, pipeline, evaluation, ablations)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, options.Command]]:

@@ -105,13 +105,30 @@ def _cmd_preference_set(args) -> int:
     return 0
 
 
+def load_pairs(data: ArmInputs, seed: int):
+    """(train pairs, dev pairs, their skipped-row reports) of --train-data and --dev-data, or
+    a seeded 20% of the training prompts held out when there is no --dev-data."""
+    from prosocial_jax.data.preferences import load_preference_pairs
+    from prosocial_jax.data.rows import SkippedRows
+    from prosocial_jax.pvarm import train
+
+    pairs, skipped = load_preference_pairs(data.train_data, data.format, data.split,
+                                           data.hh_attribute)
+    if data.dev_data:
+        dev_pairs, dev_skipped = load_preference_pairs(data.dev_data, data.format, data.split,
+                                                       data.hh_attribute)
+    else:
+        pairs, dev_pairs = train.split_by_prompt(pairs, 0.2, seed)
+        dev_skipped = SkippedRows()
+    return pairs, dev_pairs, skipped, dev_skipped
+
+
 def _cmd_train_arm(args) -> int:
     import jax
 
     import prosocial_jax as pj
     from prosocial_jax import processes
-    from prosocial_jax.data.preferences import encode_pairs, load_preference_pairs
-    from prosocial_jax.data.rows import SkippedRows
+    from prosocial_jax.data.preferences import encode_pairs
     from prosocial_jax.evaluation import preference_accuracy
     from prosocial_jax.files import check_output_folder, write_output_folder
     from prosocial_jax.models import adapters
@@ -135,14 +152,7 @@ def _cmd_train_arm(args) -> int:
               f"{data.new_attribute!r}; its r1, r2, targets and scale are kept", file=sys.stderr)
     attributes = adapter_config.attributes
 
-    pairs, skipped = load_preference_pairs(data.train_data, data.format, data.split,
-                                           data.hh_attribute)
-    if data.dev_data:
-        dev_pairs, dev_skipped = load_preference_pairs(data.dev_data, data.format, data.split,
-                                                       data.hh_attribute)
-    else:
-        pairs, dev_pairs = train.split_by_prompt(pairs, 0.2, settings.seed)
-        dev_skipped = SkippedRows()
+    pairs, dev_pairs, skipped, dev_skipped = load_pairs(data, settings.seed)
     train_examples = encode_pairs(pairs, model.tokenizer, attributes, settings.max_len,
                                   skipped)
     dev_examples = train.sample_held_out(

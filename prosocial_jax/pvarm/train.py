@@ -245,8 +245,15 @@ def train_arm(model: Model, adapter_config: AdapterConfig, train: Sequence[PairE
     stopped early).
 
     `extend`: a trained adapter whose attributes are `adapter_config`'s but its last one, the
-    new value. Only the new attribute's zeta row is trained (see the module docstring); the
-    pairs' labels for the other attributes still shape it through PCGrad."""
+    new value. Only the new attribute's zeta row is trained (see the module docstring), on the
+    pairs labelled for it, by those labels alone (the old attributes' are dropped: their part
+    of the adapter is fixed)."""
+    if extend is not None:
+        train = [dataclasses.replace(e, labels=[0] * (len(e.labels) - 1) + [e.labels[-1]])
+                 for e in train if e.labels[-1]]
+        if not train:
+            raise ValueError(f"no training pairs labelled for the new attribute "
+                             f"{adapter_config.attributes[-1]!r}")
     if not train:
         raise ValueError("no training pairs")
     settings.beta_vector(adapter_config.num_attributes)  # a wrong betas length fails here

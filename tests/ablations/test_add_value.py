@@ -1,0 +1,68 @@
+"""The add-value ablation end to end on a tiny model: three adapters trained, timed, evaluated."""
+
+import json
+
+import numpy as np
+
+import prosocial_jax as pj
+from prosocial_jax import cli
+
+
+def _pairs(path, count, seed):
+    """Native preference rows: harmlessness, empathy and helpfulness each decided by a word."""
+    rng = np.random.default_rng(seed)
+    words = {"harmlessness": ("safely", "dangerously"), "empathy": ("gently", "coldly"),
+             "helpfulness": ("clearly", "vaguely")}
+    rows = []
+    for i in range(count):
+        a, b, winners = [f"Answer {i}:"], [f"Answer {i}:"], {}
+        for attribute, (good, bad) in words.items():
+            if rng.random() < 0.7:
+                first = rng.random() < 0.5
+                a.append(good if first else bad)
+                b.append(bad if first else good)
+                winners[attribute] = "a" if first else "b"
+            else:
+                winners[attribute] = None
+        if not any(winners.values()):
+            continue
+        rows.append({"prompt": f"Question {i}?", "response_a": " ".join(a),
+                     "response_b": " ".join(b), "winners": winners})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_add_value_command_trains_extends_and_retrains(tiny_chat, tmp_path, capsys):
+    _pairs(tmp_path / "train.jsonl", 40, 0)
+    _pairs(tmp_path / "dev.jsonl", 16, 1)
+    out = tmp_path / "report"
+    args = ["ablate-add-value", "--model", str(tiny_chat.path), "--train-data",
+            str(tmp_path / "train.jsonl"), "--dev-data", str(tmp_path / "dev.jsonl"),
+            "--steps", "3", "--batch-size", "4", "--max-len", "48", "--adapter-r1", "2",
+            "--adapter-r2", "2", "--adapter-attributes", "harmlessness,empathy,helpfulness",
+            "--new-attribute", "helpfulness", "--extend-learning-rate", "0.05", "--out",
+            str(out)]
+    assert cli.main(args) == 0
+    table = capsys.readouterr().out
+    assert "| extended |" in table and "helpfulness (new)" in table
+    record = json.loads((out / "results.json").read_text())
+    without, extended, retrained = (record["adapters"][k] for k in
+                                    ("without", "extended", "retrained"))
+    assert without["attributes"] == ["harmlessness", "empathy"]
+    assert extended["attributes"] == ["harmlessness", "empathy", "helpfulness"]
+    # The extended adapter's old attributes are the adapter it extends, exactly.
+    for attribute in ("harmlessness", "empathy"):
+        assert extended["accuracy"][attribute] == without["accuracy"][attribute]
+    config = pj.load_model(tiny_chat.path).config
+    assert extended["trained_parameters"] == config.num_layers * 3 * 2 * 2  # q/k/v x r2^2
+    assert retrained["trained_parameters"] > 10 * extended["trained_parameters"]
+    # Only the pairs labelled for the new value train it.
+    labelled = sum(json.loads(line)["winners"]["helpfulness"] is not None
+                   for line in (tmp_path / "train.jsonl").read_text().splitlines())
+    assert extended["train_pairs"] == labelled
+    assert record["extend_learning_rate"] == 0.05
+    assert (out / "add_value.png").read_bytes()[:4] == b"\x89PNG"
+    assert cli.main(args) == 2  # an existing report is kept unless --overwrite
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert cli.main([*args[:-4], "--new-attribute", "curiosity", "--out",
+                     str(tmp_path / "other")]) == 2
+    assert "'curiosity' is not one of the adapter's attributes" in capsys.readouterr().err
