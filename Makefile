@@ -20,7 +20,8 @@ export PROSOCIAL_JAX_CACHE := $(CACHE)
 
 PVARM := $(CACHE)/pvarm
 
-.PHONY: demo test lint bench direg pvarm guided-eval guidance-sweep ablation-add-value
+.PHONY: demo test lint bench direg pvarm guided-eval guidance-sweep ablation-add-value \
+	ablation-k-scaling
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -126,6 +127,11 @@ guided-eval: $(ARTEFACTS) | $(VENV)/.runtime
 ablation-add-value: $(PVARM)/preferences/test_prompts.jsonl | $(VENV)/.runtime
 	$(BIN)/prosocial-jax ablate-add-value --config configs/ablation_add_value_smollm2.py \
 		--out out/ablations/add_value --overwrite
+
+# Adapter size, training step (one backward vs K) and guided decode step for K = 2 ... 16.
+ablation-k-scaling: | $(VENV)/.runtime
+	$(BIN)/prosocial-jax ablate-k-scaling --model bundled:smollm2 --dtype float32 \
+		--out out/ablations/k_scaling --overwrite
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/decode_speed.py --out benchmarks/results/decode_speed.json

@@ -1,4 +1,4 @@
-"""ablate-add-value (and the other ablations of `prosocial_jax.ablations`)."""
+"""ablate-add-value, ablate-k-scaling: the ablations of `prosocial_jax.ablations`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from prosocial_jax.ablations.add_value import AddValueSettings
+from prosocial_jax.ablations.k_scaling import KScalingSettings
 from prosocial_jax.cli.common import MODEL, add_overwrite_arg
 from prosocial_jax.cli.options import Command, Section, add_command, require
 from prosocial_jax.cli.pvarm import ArmInputs, load_pairs
@@ -59,5 +60,52 @@ def _cmd_add_value(args) -> int:
     return 0
 
 
+K_SCALING = (MODEL, Section("data", ArmInputs, title="preference pairs (for --train-accuracy)",
+                             skip=("out", "checkpoint_dir", "extend", "new_attribute")),
+             Section("arm", ArmSettings, key="arm", title="training (for --train-accuracy)"),
+             Section("adapter", AdapterConfig, key="adapter", prefix="adapter-",
+                     skip=("base_model", "attributes", "safety_attribute"),
+                     title="adapter (ranks and targets; the attributes are K's)"),
+             Section("ablation", KScalingSettings, key="ablation", title="what is measured"))
+
+
+def _k_scaling_parser(sub) -> dict:
+    command = Command(_cmd_k_scaling, K_SCALING, config_example="ablation.ks=(2,6,16)")
+    p = add_command(
+        sub, "ablate-k-scaling", command,
+        help="ablation: adapter size, training and decode step as the attributes grow",
+        description="For every K of --ks, an adapter of K attributes (the paper's six first, "
+        "then unlabelled extras): its size, one training step with the K gradients from one "
+        "backward pass and from K backward passes (PCGrad after both), one guided decode step "
+        "with the safety stage, and with --train-accuracy the held-out accuracy of the "
+        "labelled attributes after training. Writes results.json, table.md and "
+        "k_scaling.png to --out.")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    add_overwrite_arg(p, "k-scaling ablation")
+    return {"ablate-k-scaling": command}
+
+
+def _cmd_k_scaling(args) -> int:
+    import prosocial_jax as pj
+    from prosocial_jax.ablations.k_scaling import k_scaling, table, write_report
+    from prosocial_jax.files import check_output_folder
+
+    inputs, data, ablation = args.settings.inputs, args.settings.data, args.settings.ablation
+    require(inputs, "model")
+    if ablation.train_accuracy:
+        require(data, "train_data")
+    check_output_folder(args.out, "k-scaling ablation", args.overwrite)
+    model = pj.load_model(inputs.model, dtype=inputs.dtype, mesh=inputs.mesh)
+    pairs = dev_pairs = ()
+    if ablation.train_accuracy:
+        pairs, dev_pairs, _, _ = load_pairs(data, args.settings.arm.seed)
+    record = k_scaling(model, args.settings.adapter, args.settings.arm, ablation, pairs,
+                       dev_pairs)
+    write_report(record, args.out, args.overwrite)
+    print(table(record))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def register(sub) -> dict:
-    return _add_value_parser(sub)
+    return {**_add_value_parser(sub), **_k_scaling_parser(sub)}

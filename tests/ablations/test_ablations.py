@@ -1,4 +1,4 @@
-"""The add-value ablation end to end on a tiny model: three adapters trained, timed, evaluated."""
+"""The ablation commands end to end on a tiny model, with short settings."""
 
 import json
 
@@ -66,3 +66,30 @@ def test_add_value_command_trains_extends_and_retrains(tiny_chat, tmp_path, caps
     assert cli.main([*args[:-4], "--new-attribute", "curiosity", "--out",
                      str(tmp_path / "other")]) == 2
     assert "'curiosity' is not one of the adapter's attributes" in capsys.readouterr().err
+
+
+def test_k_scaling_command_measures_every_k(tiny_chat, tmp_path, capsys):
+    _pairs(tmp_path / "train.jsonl", 24, 0)
+    _pairs(tmp_path / "dev.jsonl", 12, 1)
+    out = tmp_path / "k"
+    assert cli.main(["ablate-k-scaling", "--model", str(tiny_chat.path), "--ks", "7",
+                     "--pairs", "2", "--length", "16", "--repeats", "1", "--decode-rows", "2",
+                     "--decode-tokens", "4", "--adapter-r1", "2", "--adapter-r2", "3",
+                     "--train-accuracy", "true", "--train-data", str(tmp_path / "train.jsonl"),
+                     "--dev-data", str(tmp_path / "dev.jsonl"), "--steps", "2",
+                     "--batch-size", "4", "--max-len", "48", "--out", str(out)]) == 0
+    assert "| 7 |" in capsys.readouterr().out
+    (row,) = json.loads((out / "results.json").read_text())["rows"]
+    assert row["attributes"] == ["harmlessness", "empathy", "sensitivity", "non_judgmental",
+                                 "truthfulness", "helpfulness", "extra_7"]
+    # q/k/v factors per layer, float32: A1 [r1, D], A2 [r2, D], B1 [out, r1], B2 [out, r2],
+    # W [r1, r1], zeta [K, r2^2].
+    c = pj.load_model(tiny_chat.path).config
+    outs = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim)
+    per_layer = sum(2 * c.hidden_size + 3 * c.hidden_size + o * 2 + o * 3 + 4 + 7 * 9
+                    for o in outs)
+    assert row["adapter_bytes"] == c.num_layers * per_layer * 4
+    # Accuracy only for the attributes the pairs label.
+    assert set(row["accuracy"]) == {"harmlessness", "empathy", "helpfulness"}
+    assert row["train_step_k_backwards_s"] > 0 and row["decode_step_s"] > 0
+    assert (out / "k_scaling.png").read_bytes()[:4] == b"\x89PNG"
