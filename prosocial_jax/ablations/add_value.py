@@ -8,7 +8,8 @@ Three adapters on the same backbone, pairs and training settings:
 - "retrained": all K attributes from scratch.
 
 Reported: the wall time of each training, the parameters it trains, and the held-out pairwise
-accuracy of every attribute under its own one-hot preference (`evaluation.preference_accuracy`),
+accuracy of every attribute under its own one-hot preference (`evaluation.preference_accuracy`;
+on `arm.eval_limit` held-out pairs, a seeded sample, as `train_arm` evaluates),
 so that both questions are answered: how well the new value is learned, and whether the old
 ones kept what they had (the extended adapter's old attributes are "without"'s exactly, by
 construction; the retrained adapter's are not).
@@ -34,7 +35,7 @@ from prosocial_jax.evaluation.preference_accuracy import evaluate_adapter
 from prosocial_jax.files import write_output_folder
 from prosocial_jax.models.adapters import Adapter, AdapterConfig
 from prosocial_jax.models.model import Model
-from prosocial_jax.pvarm.train import ArmSettings, train_arm
+from prosocial_jax.pvarm.train import ArmSettings, sample_held_out, train_arm
 
 ADAPTERS = ("without", "extended", "retrained")
 
@@ -114,7 +115,8 @@ def add_value(model: Model, adapter_config: AdapterConfig, train: Sequence[Prefe
             seconds = time.perf_counter() - started
             used = [e for e in examples if e.labels[-1]] if name == "extended" else examples
             grid = np.eye(config.num_attributes, dtype=np.float32)
-            evaluation = evaluate_adapter(model, trained[name], encoded(dev, config), grid,
+            held_out = sample_held_out(encoded(dev, config), settings.eval_limit, settings.seed)
+            evaluation = evaluate_adapter(model, trained[name], held_out, grid,
                                           settings.max_len, settings.eval_batch_size, progress)
             accuracy = np.asarray(evaluation["accuracy"])
             record["adapters"][name] = {

@@ -42,7 +42,7 @@ from prosocial_jax.models.adapters import DEFAULT_ATTRIBUTES, AdapterConfig, ini
 from prosocial_jax.models.model import Model
 from prosocial_jax.pvarm.objective import attribute_losses, per_attribute_gradients
 from prosocial_jax.pvarm.pcgrad import pcgrad
-from prosocial_jax.pvarm.train import ArmSettings, train_arm
+from prosocial_jax.pvarm.train import ArmSettings, sample_held_out, train_arm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,10 +183,11 @@ def k_scaling(model: Model, adapter_config: AdapterConfig, settings: ArmSettings
                 trained, _, _ = train_arm(model, config, encode_pairs(
                     train, model.tokenizer, config.attributes, settings.max_len), [],
                     k_settings, checkpoints, progress=progress)
-            evaluation = evaluate_adapter(
-                model, trained, encode_pairs(dev, model.tokenizer, config.attributes,
-                                             settings.max_len),
-                np.eye(k, dtype=np.float32), settings.max_len, settings.eval_batch_size)
+            held_out = sample_held_out(encode_pairs(dev, model.tokenizer, config.attributes,
+                                                    settings.max_len),
+                                       settings.eval_limit, settings.seed)
+            evaluation = evaluate_adapter(model, trained, held_out, np.eye(k, dtype=np.float32),
+                                          settings.max_len, settings.eval_batch_size)
             accuracy = np.asarray(evaluation["accuracy"])
             row["accuracy"] = {a: float(accuracy[i, i]) for i, a in enumerate(config.attributes)
                                if evaluation["labelled_pairs"][i]}
