@@ -18,7 +18,6 @@ construction; the retrained adapter's are not).
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 import time
 from collections.abc import Sequence
@@ -29,10 +28,10 @@ import jax
 import numpy as np
 
 from prosocial_jax import settings as settings_module
+from prosocial_jax.ablations.report import write_ablation_report
 from prosocial_jax.data.preferences import PreferencePair, encode_pairs
 from prosocial_jax.evaluation import reports
 from prosocial_jax.evaluation.preference_accuracy import evaluate_adapter
-from prosocial_jax.files import write_output_folder
 from prosocial_jax.models.adapters import Adapter, AdapterConfig
 from prosocial_jax.models.model import Model
 from prosocial_jax.pvarm.train import ArmSettings, sample_held_out, train_arm
@@ -178,9 +177,5 @@ def plot(record: dict[str, Any], path: str | Path) -> None:
 
 def write_report(record: dict[str, Any], out_dir: str | Path, overwrite: bool = False) -> Path:
     """results.json, table.md and add_value.png in one output folder."""
-    def write(folder: Path) -> None:
-        (folder / "results.json").write_text(json.dumps(record, indent=2) + "\n")
-        (folder / "table.md").write_text(table(record) + "\n")
-        plot(record, folder / "add_value.png")
-
-    return write_output_folder(out_dir, "add-value ablation", write, overwrite)
+    return write_ablation_report(out_dir, "add-value ablation", record, table, plot,
+                                 "add_value.png", overwrite)

@@ -18,7 +18,6 @@ not depend on what they mean). Measured per K:
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import tempfile
 import time
@@ -32,12 +31,12 @@ import numpy as np
 import optax
 
 from prosocial_jax import settings as settings_module
+from prosocial_jax.ablations.report import write_ablation_report
 from prosocial_jax.data.preferences import PreferencePair, encode_pairs
 from prosocial_jax.decoding.decode import generate
 from prosocial_jax.evaluation import reports
 from prosocial_jax.evaluation.likelihood import pair_margins
 from prosocial_jax.evaluation.preference_accuracy import evaluate_adapter
-from prosocial_jax.files import write_output_folder
 from prosocial_jax.models.adapters import DEFAULT_ATTRIBUTES, AdapterConfig, init_adapter
 from prosocial_jax.models.model import Model
 from prosocial_jax.pvarm.objective import attribute_losses, per_attribute_gradients
@@ -237,9 +236,6 @@ def plot(record: dict[str, Any], path: str | Path) -> None:
 
 
 def write_report(record: dict[str, Any], out_dir: str | Path, overwrite: bool = False) -> Path:
-    def write(folder: Path) -> None:
-        (folder / "results.json").write_text(json.dumps(record, indent=2) + "\n")
-        (folder / "table.md").write_text(table(record) + "\n")
-        plot(record, folder / "k_scaling.png")
-
-    return write_output_folder(out_dir, "k-scaling ablation", write, overwrite)
+    """results.json, table.md and k_scaling.png in one output folder."""
+    return write_ablation_report(out_dir, "k-scaling ablation", record, table, plot,
+                                 "k_scaling.png", overwrite)

@@ -31,8 +31,8 @@ import numpy as np
 
 from prosocial_jax import settings
 from prosocial_jax.decoding.decode import Generation, generate, prefill_chunks
-from prosocial_jax.decoding.guidance import GuidanceError
-from prosocial_jax.models.adapters import Adapter, AdapterError, resolve_preference
+from prosocial_jax.decoding.guidance import GuidanceError, row_preferences
+from prosocial_jax.models.adapters import Adapter
 from prosocial_jax.models.model import Model
 
 # Rows per batch at most. On CPU a row's share of a step keeps falling up to here (SmolLM2 with
@@ -203,9 +203,12 @@ def sweep(model: Model, prompts: Sequence, adapter: Adapter, grid, *,
     if "preferences" in generate_kwargs or "preference" in generate_kwargs:
         raise GuidanceError("sweep: the grid gives every row's preference; pass no "
                             "preference(s)")
-    points = [_checked_point(adapter, point, i) for i, point in enumerate(grid)]
-    if not points:
+    if not len(grid):
         raise GuidanceError("sweep: the grid has no points")
+    try:
+        points, _ = row_preferences(adapter, None, len(grid), list(grid))
+    except GuidanceError as error:
+        raise GuidanceError(f"sweep: grid {error}") from None
     if not prompts:
         return []
     reward = reward or model
@@ -219,17 +222,6 @@ def sweep(model: Model, prompts: Sequence, adapter: Adapter, grid, *,
                        safety_stage=safety_stage, max_new_tokens=max_new_tokens,
                        progress=progress, **generate_kwargs)
     return [results[i:i + len(points)] for i in range(0, len(results), len(points))]
-
-
-def _checked_point(adapter: Adapter, point, index: int) -> np.ndarray:
-    try:
-        vector, _ = resolve_preference(adapter.config, point)
-    except AdapterError as error:
-        raise GuidanceError(f"sweep: grid point {index}: {error}") from None
-    if vector.ndim != 1:
-        raise GuidanceError(f"sweep: grid point {index} must be one vector, got shape "
-                            f"{vector.shape}")
-    return vector
 
 
 def _prompt_tokens(model: Model, prompt, generate_kwargs) -> int:
