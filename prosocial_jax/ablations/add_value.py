@@ -97,9 +97,13 @@ def add_value(model: Model, adapter_config: AdapterConfig, train: Sequence[Prefe
     def encoded(pairs, config):
         return encode_pairs(pairs, model.tokenizer, config.attributes, settings.max_len)
 
+    # One sample of the held-out pairs for all three adapters, drawn before encoding: encoded
+    # for fewer attributes, the pairs labelled only for the new one would drop out and shift
+    # a sample drawn after (each adapter then scores the sampled pairs it has labels for).
+    held_out = sample_held_out(list(dev), settings.eval_limit, settings.seed)
     trained: dict[str, Adapter] = {}
     record: dict[str, Any] = {"new_attribute": new, "attributes": list(attributes),
-                              "train_pairs": len(train), "dev_pairs": len(dev),
+                              "train_pairs": len(train), "dev_pairs": len(held_out),
                               "settings": dataclasses.asdict(settings),
                               "extend_learning_rate": runs["extended"].learning_rate,
                               "adapters": {}}
@@ -114,8 +118,7 @@ def add_value(model: Model, adapter_config: AdapterConfig, train: Sequence[Prefe
             seconds = time.perf_counter() - started
             used = [e for e in examples if e.labels[-1]] if name == "extended" else examples
             grid = np.eye(config.num_attributes, dtype=np.float32)
-            held_out = sample_held_out(encoded(dev, config), settings.eval_limit, settings.seed)
-            evaluation = evaluate_adapter(model, trained[name], held_out, grid,
+            evaluation = evaluate_adapter(model, trained[name], encoded(held_out, config), grid,
                                           settings.max_len, settings.eval_batch_size, progress)
             accuracy = np.asarray(evaluation["accuracy"])
             record["adapters"][name] = {

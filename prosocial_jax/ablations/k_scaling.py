@@ -166,6 +166,7 @@ def k_scaling(model: Model, adapter_config: AdapterConfig, settings: ArmSettings
     ablation = ablation or KScalingSettings()
     if ablation.train_accuracy and not (train and dev):
         raise ValueError("k-scaling: train_accuracy needs training and held-out pairs")
+    held_out = sample_held_out(list(dev), settings.eval_limit, settings.seed)  # same at every K
     rows = []
     for k in ablation.ks:
         config = dataclasses.replace(adapter_config, attributes=attributes_for(k),
@@ -182,11 +183,10 @@ def k_scaling(model: Model, adapter_config: AdapterConfig, settings: ArmSettings
                 trained, _, _ = train_arm(model, config, encode_pairs(
                     train, model.tokenizer, config.attributes, settings.max_len), [],
                     k_settings, checkpoints, progress=progress)
-            held_out = sample_held_out(encode_pairs(dev, model.tokenizer, config.attributes,
-                                                    settings.max_len),
-                                       settings.eval_limit, settings.seed)
-            evaluation = evaluate_adapter(model, trained, held_out, np.eye(k, dtype=np.float32),
-                                          settings.max_len, settings.eval_batch_size)
+            evaluation = evaluate_adapter(
+                model, trained, encode_pairs(held_out, model.tokenizer, config.attributes,
+                                             settings.max_len),
+                np.eye(k, dtype=np.float32), settings.max_len, settings.eval_batch_size)
             accuracy = np.asarray(evaluation["accuracy"])
             row["accuracy"] = {a: float(accuracy[i, i]) for i, a in enumerate(config.attributes)
                                if evaluation["labelled_pairs"][i]}

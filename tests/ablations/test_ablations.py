@@ -39,8 +39,8 @@ def test_add_value_command_trains_extends_and_retrains(tiny_chat, tmp_path, caps
             str(tmp_path / "train.jsonl"), "--dev-data", str(tmp_path / "dev.jsonl"),
             "--steps", "3", "--batch-size", "4", "--max-len", "48", "--adapter-r1", "2",
             "--adapter-r2", "2", "--adapter-attributes", "harmlessness,empathy,helpfulness",
-            "--new-attribute", "helpfulness", "--extend-learning-rate", "0.05", "--out",
-            str(out)]
+            "--new-attribute", "helpfulness", "--extend-learning-rate", "0.05",
+            "--eval-limit", "10", "--out", str(out)]
     assert cli.main(args) == 0
     table = capsys.readouterr().out
     assert "| extended |" in table and "helpfulness (new)" in table
@@ -49,9 +49,14 @@ def test_add_value_command_trains_extends_and_retrains(tiny_chat, tmp_path, caps
                                     ("without", "extended", "retrained"))
     assert without["attributes"] == ["harmlessness", "empathy"]
     assert extended["attributes"] == ["harmlessness", "empathy", "helpfulness"]
-    # The extended adapter's old attributes are the adapter it extends, exactly.
+    # The extended adapter's old attributes are the adapter it extends, exactly, on the same
+    # sample of 10 held-out pairs (a sample drawn after encoding for two attributes would
+    # differ: pairs labelled only for helpfulness drop out there).
     for attribute in ("harmlessness", "empathy"):
         assert extended["accuracy"][attribute] == without["accuracy"][attribute]
+        assert (extended["labelled_dev_pairs"][attribute]
+                == without["labelled_dev_pairs"][attribute])
+    assert record["dev_pairs"] == 10
     config = pj.load_model(tiny_chat.path).config
     assert extended["trained_parameters"] == config.num_layers * 3 * 2 * 2  # q/k/v x r2^2
     assert retrained["trained_parameters"] > 10 * extended["trained_parameters"]
