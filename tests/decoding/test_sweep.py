@@ -88,7 +88,7 @@ def test_sweep_equals_separate_generate_calls_and_prefills_each_prompt_once_per_
     adapter = random_adapter(reward.config, seed=3, scale=0.5)
     prompts = [[5, 17, 33, 8, 9, 60], [7, 3], [11, 12, 13, 14]]
     grid = simplex_grid(adapter.config.attributes, 0.5,
-                        over=["empathy", "truthfulness", "harmlessness"])  # 7 points
+                        over=["empathy", "harmlessness"])  # 3 points
     common = dict(reward=reward, max_new_tokens=8, stop_tokens=[], guidance=1.5,
                   safety_margin=0.5)
     separate = [pj.generate(base, prompts, adapter=adapter, preference=point, **common)
@@ -97,7 +97,8 @@ def test_sweep_equals_separate_generate_calls_and_prefills_each_prompt_once_per_
     real_prefill = decode.prefill
 
     def counting_prefill(config, params, tokens, mask, *args, sources=None, **kwargs):
-        calls.append((int(np.asarray(mask).any(1).sum()), len(sources)))
+        rows = mask.shape[0] if sources is None else len(sources)  # None: nothing repeated
+        calls.append((int(np.asarray(mask).any(1).sum()), rows))
         return real_prefill(config, params, tokens, mask, *args, sources=sources, **kwargs)
 
     monkeypatch.setattr(decode, "prefill", counting_prefill)
@@ -108,9 +109,9 @@ def test_sweep_equals_separate_generate_calls_and_prefills_each_prompt_once_per_
         [separate[g][p].safety_overrides for g in range(len(grid))] for p in range(len(prompts))]
     assert sum(r.safety_overrides for answers in swept for r in answers) > 0
     assert swept[1][2].preference == pytest.approx(grid[2])
-    # 21 rows in batches of 8 (prompt-major): rows 0-7 continue prompts 0 and 1, rows 8-15
-    # prompts 1 and 2, rows 16-20 prompt 2: 5 prompt prefills instead of 21.
-    assert calls == [(2, 8), (2, 8), (1, 8)]
+    # 9 rows in batches of 8 (prompt-major): rows 0-7 continue prompts 0, 1 and 2, row 8
+    # prompt 2 (and 7 padding rows): 4 prompt prefills instead of 9.
+    assert calls == [(3, 8), (1, 8)]
 
 
 def test_sweep_command_writes_rows_evaluate_reports_as_a_sweep(tiny_chat, tmp_path, capsys):
