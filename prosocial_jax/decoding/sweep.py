@@ -30,10 +30,16 @@ import jax
 import numpy as np
 
 from prosocial_jax import settings
-from prosocial_jax.decoding.decode import Generation, generate, prefill_chunks
+from prosocial_jax.decoding.decode import (
+    Generation,
+    _is_token_ids,
+    generate,
+    prefill_chunks,
+)
 from prosocial_jax.decoding.guidance import GuidanceError, row_preferences
 from prosocial_jax.models.adapters import Adapter
 from prosocial_jax.models.model import Model
+from prosocial_jax.models.tokenizer import encode_prompt
 
 # Rows per batch at most. On CPU a row's share of a step keeps falling up to here (SmolLM2 with
 # the safety stage, benchmarks/sweep_speed.py: 14.2 ms per row and token at 16 rows, 9.4 at 32,
@@ -225,10 +231,8 @@ def sweep(model: Model, prompts: Sequence, adapter: Adapter, grid, *,
 
 
 def _prompt_tokens(model: Model, prompt, generate_kwargs) -> int:
-    from prosocial_jax.models.tokenizer import encode_prompt
-
-    if not isinstance(prompt, str) and len(prompt) and all(
-            isinstance(t, int | np.integer) for t in prompt):
+    """The prompt's length in tokens, encoded as `generate` encodes it."""
+    if _is_token_ids(prompt):
         return len(prompt)
     return len(encode_prompt(model.tokenizer, prompt, generate_kwargs.get("use_chat_template"),
                              generate_kwargs.get("system")))
