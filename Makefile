@@ -20,7 +20,7 @@ export PROSOCIAL_JAX_CACHE := $(CACHE)
 
 PVARM := $(CACHE)/pvarm
 
-.PHONY: demo test lint bench direg pvarm guided-eval guidance-sweep ablation-add-value \
+.PHONY: demo test lint bench direg pvarm guided-eval guidance-sweep ablation-stages ablation-add-value \
 	ablation-k-scaling
 
 $(BIN)/python:
@@ -127,6 +127,12 @@ guided-eval: $(ARTEFACTS) | $(VENV)/.runtime
 ablation-add-value: $(PVARM)/preferences/test_prompts.jsonl | $(VENV)/.runtime
 	$(BIN)/prosocial-jax ablate-add-value --config configs/ablation_add_value_smollm2.py \
 		--out out/ablations/add_value --overwrite
+
+# What each stage adds: base, DiReg, Pv-Arm, Pv-Arm + safety, all three (and all three with the
+# demo's no-repeat rule), on guided-eval's 60 + 60 held-out prompts, rule judge: ~12 min.
+ablation-stages: $(ARTEFACTS) | $(VENV)/.runtime
+	$(BIN)/prosocial-jax ablate-stages --config configs/demo_smollm2.py --harmful-limit 60 \
+		--benign-limit 60 --out out/ablations/stages --overwrite
 
 # Adapter size, training step (one backward vs K) and guided decode step for K = 2 ... 16.
 ablation-k-scaling: | $(VENV)/.runtime

@@ -75,12 +75,14 @@ def _run(count: int, command: list[str], logs: Path, expect: int = 0, timeout: f
 def test_two_processes_equal_one_process_at_every_stage(tiny_checkpoints, tiny_chat, tmp_path):
     llama, chat = tiny_checkpoints["llama_mesh"].path, tiny_chat.path
     _run(2, [sys.executable, str(REPO / "tests" / "distributed_worker.py"), "--llama",
-             str(llama), "--chat", str(chat), "--meshes", "2x4,4x2", "--out", str(tmp_path)],
+             str(llama), "--chat", str(chat), "--meshes", "2x4", "--out", str(tmp_path)],
          tmp_path / "logs")
     # The reference: one process, one device (sharded equals unsharded in one process is
-    # tested stage by stage elsewhere; here the two meshes of two processes must both match).
+    # tested stage by stage elsewhere, on 2x4 and 4x2). One mesh here: both put the "data"
+    # axis across the two processes and "model" inside each (4 devices per process), so a
+    # second mesh crossed no other process boundary and cost 90 s of the suite.
     expected = run_stages(llama, chat, None, tmp_path / "single")
-    for mesh in ("2x4", "4x2"):
+    for mesh in ("2x4",):
         got = dict(np.load(tmp_path / f"{mesh}.npz"))
         assert sorted(got) == sorted(expected)
         for name in ("plain", "guided", "guided_overrides"):  # tokens: exactly

@@ -1,4 +1,5 @@
-"""ablate-add-value, ablate-k-scaling: the ablations of `prosocial_jax.ablations`."""
+"""ablate-add-value, ablate-k-scaling, ablate-stages: the ablations of
+`prosocial_jax.ablations`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from prosocial_jax.ablations.add_value import AddValueSettings
 from prosocial_jax.ablations.k_scaling import KScalingSettings
 from prosocial_jax.cli.common import MODEL, add_overwrite_arg
 from prosocial_jax.cli.options import Command, Section, add_command, require
+from prosocial_jax.cli.pipeline import COMPARE
 from prosocial_jax.cli.pvarm import ArmInputs, load_pairs
 from prosocial_jax.models.adapters import AdapterConfig
 from prosocial_jax.pvarm.train import ArmSettings
@@ -107,5 +109,42 @@ def _cmd_k_scaling(args) -> int:
     return 0
 
 
+def _stages_parser(sub) -> dict:
+    command = Command(_cmd_stages, COMPARE, config_example="compare.safety_margin=2")
+    p = add_command(
+        sub, "ablate-stages", command,
+        help="ablation: base, DiReg, Pv-Arm, Pv-Arm + safety, all three",
+        description="Decodes the held-out harmful and benign prompts with each stage of the "
+        "pipeline alone and together (guided stages under the uniform preference; with "
+        "no_repeat_ngram > 0 also all three with the no-repeat rule), judges every answer with "
+        "the rule judge and reports leakage, over-refusal, degenerate answers and the "
+        "prosocial attribute scores per stage (results.json, table.md, stages.png and "
+        "scores.jsonl in --out). Takes compare's config files (configs/demo_smollm2.py); "
+        "its preference list is not used.")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    add_overwrite_arg(p, "stages ablation")
+    return {"ablate-stages": command}
+
+
+def _cmd_stages(args) -> int:
+    import prosocial_jax as pj
+    from prosocial_jax.ablations.stages import stages, table, write_report
+    from prosocial_jax.files import check_output_folder
+
+    inputs, chosen = args.settings.inputs, args.settings.compare
+    require(inputs, "direg", "adapter")
+    check_output_folder(args.out, "stages ablation", args.overwrite)  # before decoding
+    base = pj.load_model(inputs.base)
+    models = {"base": base, "direg": pj.load_model(inputs.direg)}
+    reward = pj.load_model(inputs.reward) if inputs.reward else base
+    adapter = pj.load_adapter(inputs.adapter, reward.config)
+    record, scored = stages(models, reward, adapter, chosen.prompts(inputs.benign_from), chosen)
+    record.update(base=inputs.base, direg=inputs.direg, adapter=inputs.adapter)
+    write_report(record, scored, args.out, args.overwrite)
+    print(table(record))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def register(sub) -> dict:
-    return {**_add_value_parser(sub), **_k_scaling_parser(sub)}
+    return {**_add_value_parser(sub), **_k_scaling_parser(sub), **_stages_parser(sub)}

@@ -41,6 +41,7 @@ from prosocial_jax.decoding.guidance import (
     GuideSpec,
     check_no_repeat_ngram,
     guided_scores,
+    mix_arms,
     pvarm_rows,
     repeated_ngram_ban,
     row_preferences,
@@ -49,7 +50,7 @@ from prosocial_jax.decoding.guidance import (
 )
 from prosocial_jax.decoding.sampling import SamplingParams, sample_tokens
 from prosocial_jax.models import layers, sharding
-from prosocial_jax.models.adapters import Adapter, check_adapter_fits
+from prosocial_jax.models.adapters import Adapter, AdapterSet, check_adapter_fits
 from prosocial_jax.models.cache import KVCache
 from prosocial_jax.models.config import ModelConfig
 from prosocial_jax.models.decoder import forward_with_cache, positions_from_mask
@@ -137,7 +138,9 @@ class DecodeState:
     # (R rows: each prompt's prosocial row, then its safety row, see `guidance.pvarm_rows`),
     # the rows' recent tokens (banned sequences), and per-row counts of safety overrides and
     # of allowed-set sizes summed over steps.
-    reward_cache: KVCache | None = None
+    # The Pv-Arm's (R = B or 2B rows, `pvarm_rows`); for an AdapterSet, one cache per member
+    # and logits [A, B, V].
+    reward_cache: KVCache | tuple[KVCache, ...] | None = None
     reward_logits: jax.Array | None = None  # [R, V]
     recent: jax.Array | None = None  # [B, W]
     overrides: jax.Array | None = None  # [B] int32
@@ -250,7 +253,11 @@ def prefill(config: ModelConfig, params, tokens, mask, rng, max_new_tokens,
     batch = tokens.shape[0]
     no_prompt = ~jnp.any(mask, axis=-1)  # padding rows of a partial batch
     guided = {}
-    if spec is not None:
+    if spec is not None and spec.arm_configs:
+        unique = distinct if distinct is not None else (tokens, mask, positions)
+        reward_cache, reward_logits = _fill_arms(spec, guide, unique, sources, chunk, max_len,
+                                                 mesh)
+    elif spec is not None:
         copies = 2 if spec.safety_stage else 1  # the safety rows see the same tokens
         preferences = guide.reward_preferences(spec)
         if distinct is None or copies == 1:
@@ -273,6 +280,7 @@ def prefill(config: ModelConfig, params, tokens, mask, rng, max_new_tokens,
             order = pvarm_rows(jnp.stack([jnp.arange(batch), batch + sources], axis=1))
             reward_cache, reward_logits = (reward_cache.take_rows(order),
                                            reward_logits[order])
+    if spec is not None:
         banned = guide.guidance.banned_prefix
         guided = dict(reward_cache=reward_cache,
                       reward_logits=reward_logits,
@@ -295,6 +303,28 @@ def prefill(config: ModelConfig, params, tokens, mask, rng, max_new_tokens,
         fault_value=jnp.zeros((batch,), jnp.float32),
         **guided,
     )
+
+
+def _fill_arms(spec: GuideSpec, guide: GuideInputs, prompts, sources, chunk: int, max_len: int,
+               mesh: Mesh | None) -> tuple[tuple[KVCache, ...], jax.Array]:
+    """The multi-ARM baseline's prefill: every member of the `AdapterSet` on the prompts
+    (tokens, mask, positions [U, T]), each into its own cache; with `sources`, copied to the
+    rows that continue them (no member depends on a row's preference). Returns (A caches,
+    logits [A, B, V])."""
+    tokens, mask, positions = prompts
+    caches, logits = [], []
+    for config, params in zip(spec.arm_configs, guide.adapter_params):
+        cache = _empty_cache(spec.reward_config, guide.reward_params, tokens.shape[0], max_len,
+                             mesh, spec.reward_layout)
+        one_hot = jnp.ones((tokens.shape[0], 1), jnp.float32)  # a member's only attribute
+        member_logits, cache = _fill(spec.reward_config, guide.reward_params, cache, tokens,
+                                     positions, mask, chunk, adapter_config=config,
+                                     adapter=params, preference=one_hot)
+        if sources is not None:
+            cache, member_logits = cache.take_rows(sources), member_logits[sources]
+        caches.append(cache)
+        logits.append(member_logits)
+    return tuple(caches), jnp.stack(logits)
 
 
 def _row_max(scores: jax.Array) -> jax.Array:
@@ -328,12 +358,23 @@ def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: Samp
     else:
         repeats = None if not spec.no_repeat_ngram else repeated_ngram_ban(
             state.tokens, state.step, spec.no_repeat_ngram, spec.vocab)
+        reward_logits = state.reward_logits
+        if spec.arm_configs:  # the members' logits [A, B, V] -> the Pv-Arm's row layout
+            reward_logits = mix_arms(
+                reward_logits, guide.guidance.preference, spec.vocab,
+                spec.adapter_config.safety_index if spec.safety_stage else None)
         scores, overridden, allowed = guided_scores(
-            state.logits, state.reward_logits, guide.guidance, state.recent, spec.vocab,
-            repeats)
+            state.logits, reward_logits, guide.guidance, state.recent, spec.vocab, repeats)
         # Raw logits, not log-probs: their maximum tells NaN, +inf and all -inf apart.
-        batch, reward = scores.shape[0], _row_max(state.reward_logits[:, :spec.vocab])
-        prosocial, safety = split_pvarm_rows(reward, batch)
+        batch = scores.shape[0]
+        if spec.arm_configs:  # any member's fault faults the prosocial row
+            arm_max = _row_max(state.reward_logits[..., :spec.vocab])  # [A, B]
+            prosocial = jnp.max(arm_max, axis=0)
+            safety = (arm_max[spec.adapter_config.safety_index] if spec.safety_stage
+                      else None)
+        else:
+            prosocial, safety = split_pvarm_rows(
+                _row_max(state.reward_logits[:, :spec.vocab]), batch)
         checked = [(0, _row_max(state.logits[:, :spec.vocab])), (1, prosocial)]
         if safety is not None:
             checked.append((2, safety))
@@ -354,6 +395,16 @@ def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: Samp
                                   token_mask, state.cache)
         if spec is None:
             return base, None
+        if spec.arm_configs:  # every member on the B rows, each with its own cache
+            one_hot = jnp.ones((token.shape[0], 1), jnp.float32)
+            members = [forward_with_cache(
+                spec.reward_config, guide.reward_params, token[:, None],
+                state.positions[:, None], token_mask, cache, adapter_config=config,
+                adapter=params, preference=one_hot)
+                for config, params, cache in zip(spec.arm_configs, guide.adapter_params,
+                                                 state.reward_cache)]
+            return base, (jnp.stack([logits for logits, _ in members]),
+                          tuple(kv for _, kv in members))
         reward = forward_with_cache(
             spec.reward_config, guide.reward_params, pvarm_rows(token[:, None], copies),
             pvarm_rows(state.positions[:, None], copies), pvarm_rows(token_mask, copies),
@@ -375,10 +426,15 @@ def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: Samp
                positions=state.positions + 1, tokens=tokens, step=state.step + 1,
                done=done, stopped=state.stopped | stopped, **faults)
     if spec is not None:
-        reward_logits, (rk, rv) = reward
+        reward_logits, reward_kv = reward
+        if spec.arm_configs:
+            reward_cache = tuple(cache.append(k, v, token_mask)
+                                 for cache, (k, v) in zip(state.reward_cache, reward_kv))
+        else:
+            reward_cache = state.reward_cache.append(*reward_kv, pvarm_rows(token_mask, copies))
         active = ~state.done
         new.update(
-            reward_cache=state.reward_cache.append(rk, rv, pvarm_rows(token_mask, copies)),
+            reward_cache=reward_cache,
             reward_logits=reward_logits,
             recent=None if state.recent is None else jnp.concatenate(
                 [state.recent[:, 1:], token[:, None]], axis=1),
@@ -441,7 +497,8 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
              use_chat_template: bool | None = None,
              system: str | None = GenerateSettings.system,
              stop_tokens: Sequence[int] | None = None, progress: bool = False,
-             adapter: Adapter | None = None, reward: Model | None = None, preference=None,
+             adapter: Adapter | AdapterSet | None = None, reward: Model | None = None,
+             preference=None,
              preferences: Sequence | None = None,
              guidance: float | Sequence[float] = GuidanceSettings.guidance,
              safety_margin: float | Sequence[float] = GuidanceSettings.safety_margin,
@@ -471,6 +528,8 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
     prosocial rows only (half its cost; tau is then ignored). `no_repeat_ngram=n` (n >= 2)
     removes any token that would repeat an n-gram of the row's own answer before the safety
     stage looks (tau counts from the best remaining token; 0: off; changing it recompiles).
+    An `AdapterSet` in place of the adapter decodes the GenARM-style multi-ARM baseline: K
+    single-attribute adapters, each run every step with its own cache (no mesh).
 
     `layer_layout` ("auto", "stacked", "per_layer"; see `prosocial_jax.models.layers`): how the
     layers run. "auto" unrolls them over per-layer views of the weights on a lone CPU device
@@ -549,9 +608,9 @@ def _take_rows(x: jax.Array, rows: np.ndarray, size: int) -> jax.Array:
     return jnp.concatenate([picked, jnp.repeat(picked[:1], size - len(rows), axis=0)], axis=0)
 
 
-def _guide(model: Model, reward: Model, adapter: Adapter, rows: int, preference, preferences,
-           weight, safety_margin, plausibility, banned, safety_stage, no_repeat_ngram=0,
-           layer_layout="auto"):
+def _guide(model: Model, reward: Model, adapter: Adapter | AdapterSet, rows: int, preference,
+           preferences, weight, safety_margin, plausibility, banned, safety_stage,
+           no_repeat_ngram=0, layer_layout="auto"):
     """Checks that base, Pv-Arm backbone and adapter fit together; per-row guidance settings."""
     check_adapter_fits(adapter, reward.config)
     if (model.mesh is None) != (reward.mesh is None) or (
@@ -566,8 +625,14 @@ def _guide(model: Model, reward: Model, adapter: Adapter, rows: int, preference,
     alpha, normalised = row_preferences(adapter, preference, rows, preferences)
     settings = Guidance.create(alpha, weight, safety_margin, plausibility, banned)
     check_no_repeat_ngram(no_repeat_ngram, "generate")
+    arm_configs = ()
+    if isinstance(adapter, AdapterSet):
+        if reward.mesh is not None:
+            raise GuidanceError("an adapter set (the multi-ARM baseline) decodes without a "
+                                "mesh; load the models with mesh=None")
+        arm_configs = tuple(member.config for member in adapter.adapters)
     spec = GuideSpec(reward.config, adapter.config, vocab, safety_stage, int(no_repeat_ngram),
-                     reward.layout if reward.mesh is not None else "sharded")
+                     reward.layout if reward.mesh is not None else "sharded", arm_configs)
     reward_params = layers.for_forward(reward.params, layer_layout, reward.mesh)
     return spec, GuideInputs(reward_params, adapter.params, settings), normalised
 
@@ -581,7 +646,8 @@ def _generate_batch(model, params, rows, prompts, encoded, batch_size, sampling,
     if prefill_chunk is None:
         score_rows = batch_size * config.num_heads
         if spec is not None:
-            copies = 2 if spec.safety_stage else 1
+            copies = (len(spec.arm_configs) if spec.arm_configs
+                      else 2 if spec.safety_stage else 1)
             score_rows += copies * batch_size * spec.reward_config.num_heads
         prefill_chunk = auto_prefill_chunk(score_rows)
     prompt_len, chunk = prefill_chunks(longest, prefill_chunk)

@@ -329,6 +329,9 @@ class GuideSpec:
     safety_stage: bool  # False: the Pv-Arm runs on B rows (prosocial only), tau is ignored
     no_repeat_ngram: int = 0  # n >= 2: no n-gram twice in an answer; 0: off
     reward_layout: str = "sharded"  # the Pv-Arm backbone's layout on the mesh (its cache's too)
+    # An `AdapterSet` (multi-ARM baseline): each member's config, in `adapter_config`'s
+    # attribute order; every member runs on the B rows with its own cache. Empty: one Pv-Arm.
+    arm_configs: tuple[AdapterConfig, ...] = ()
 
 
 @struct.dataclass
@@ -348,6 +351,21 @@ class GuideInputs:
         config = spec.adapter_config  # the safety one-hot is static: part of the adapter config
         safety = jnp.zeros_like(alpha).at[:, config.safety_index].set(1.0)
         return pvarm_rows(jnp.stack([alpha, safety], axis=1))
+
+
+def mix_arms(arm_logits: jax.Array, preference: jax.Array, vocab: int,
+             safety_index: int | None) -> jax.Array:
+    """The multi-ARM baseline's reward rows, as `guided_scores` reads the Pv-Arm's: from each
+    member's logits [A, B, >= vocab] and the rows' preferences [B, A], the prosocial row
+    sum_a alpha_a log pi_a and, with `safety_index`, that member's log-probs as the safety row
+    (`pvarm_rows` order) [B or 2B, vocab]. Log-probs in, so the safety row is the member's own
+    distribution; `guided_scores` normalises the prosocial row again, a per-row constant."""
+    log_probs = jax.nn.log_softmax(arm_logits[..., :vocab].astype(jnp.float32), axis=-1)
+    weights_AxB = preference.T[..., None]
+    prosocial = jnp.sum(jnp.where(weights_AxB > 0, weights_AxB * log_probs, 0.0), axis=0)
+    if safety_index is None:
+        return prosocial
+    return pvarm_rows(jnp.stack([prosocial, log_probs[safety_index]], axis=1))
 
 
 def pvarm_rows(x: jax.Array, copies: int | None = None) -> jax.Array:

@@ -73,6 +73,10 @@ class Setting:
     model: str  # "base" or "direg"
     preference: str | None = None  # None: plain decoding
     safety_stage: bool = True
+    # In the generations file, a point of the one "DiReg + Pv-Arm + safety" sweep (SWEEP), so
+    # that the evaluation sees the demo's preferences as one front.
+    sweep: bool = False
+    no_repeat_ngram: int | None = None  # None: the run's (guided settings only)
 
 
 def default_settings(adapter: Adapter, preferences: Sequence[str],
@@ -85,8 +89,9 @@ def default_settings(adapter: Adapter, preferences: Sequence[str],
     if ablations:
         settings += [Setting("Pv-Arm (no safety stage)", "base", uniform, safety_stage=False),
                      Setting("Pv-Arm + safety", "base", uniform)]
-    settings += [Setting("DiReg + Pv-Arm + safety", "direg", uniform)]
-    settings += [Setting(f"DiReg + Pv-Arm + safety [{p}]", "direg", p) for p in preferences]
+    settings += [Setting("DiReg + Pv-Arm + safety", "direg", uniform, sweep=True)]
+    settings += [Setting(f"DiReg + Pv-Arm + safety [{p}]", "direg", p, sweep=True)
+                 for p in preferences]
     return settings
 
 
@@ -125,22 +130,23 @@ def run(models: dict[str, Model], reward: Model, adapter: Adapter, settings: Seq
     texts = [*prompts.harmful, *prompts.benign]
     split = len(prompts.harmful)
     results: dict[Setting, list] = {}
-    # Plain settings one by one; guided settings grouped by (model, safety stage) so that
-    # their preferences become rows of one batch.
-    groups: dict[tuple[str, bool], list[Setting]] = {}
+    # Plain settings one by one; guided settings grouped by (model, safety stage, no-repeat
+    # rule) so that their preferences become rows of one batch.
+    groups: dict[tuple[str, bool, int], list[Setting]] = {}
     for setting in settings:
         if setting.preference is None:
             results[setting] = generate(models[setting.model], texts,
                                         max_new_tokens=max_new_tokens, batch_size=batch_size,
                                         progress=progress)
         else:
-            groups.setdefault((setting.model, setting.safety_stage), []).append(setting)
-    for (model_name, safety_stage), group in groups.items():
+            n = no_repeat_ngram if setting.no_repeat_ngram is None else setting.no_repeat_ngram
+            groups.setdefault((setting.model, setting.safety_stage, n), []).append(setting)
+    for (model_name, safety_stage, n), group in groups.items():
         rows = generate(models[model_name], texts * len(group), max_new_tokens=max_new_tokens,
                         batch_size=batch_size, progress=progress, adapter=adapter, reward=reward,
                         preferences=[s.preference for s in group for _ in texts],
                         guidance=guidance, safety_margin=safety_margin,
-                        plausibility=plausibility, no_repeat_ngram=no_repeat_ngram,
+                        plausibility=plausibility, no_repeat_ngram=n,
                         safety_stage=safety_stage)
         for index, setting in enumerate(group):
             results[setting] = rows[index * len(texts):(index + 1) * len(texts)]
@@ -154,13 +160,13 @@ def generation_rows(settings: Sequence[Setting], results: dict[Setting, list],
                     prompts: EvaluationPrompts, attributes: Sequence[str]) -> list[dict]:
     """The generations file `prosocial-jax evaluate` reads: one row per (setting, prompt).
 
-    Guided rows carry their (normalised) preference. DiReg + Pv-Arm + safety under every
-    preference is one setting there, so that the evaluation sees its preferences as the points
-    of one sweep (the summary table keeps them apart)."""
+    Guided rows carry their (normalised) preference. The settings marked `sweep` (DiReg +
+    Pv-Arm + safety under every preference) are one setting there, so that the evaluation sees
+    their preferences as the points of one sweep (the summary table keeps them apart)."""
     split = len(prompts.harmful)
     rows = []
     for s in settings:
-        name = SWEEP if (s.model, s.safety_stage) == ("direg", True) and s.preference else s.name
+        name = SWEEP if s.sweep else s.name
         for i, g in enumerate(results[s]):
             kind = "harmful" if i < split else prompts.benign_kinds[i - split]
             row = {"id": f"{s.name}|{i}", "setting": name,

@@ -110,6 +110,51 @@ class Adapter:
         return resolve_preference(self.config, value)[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class AdapterSet:
+    """K single-attribute adapters on one backbone, each run at every decoding step: the
+    GenARM-style multi-ARM baseline that one preference-conditioned adapter replaces.
+
+    Guided decoding reads it as one adapter over the members' attributes (in order): under a
+    preference alpha the prosocial stage steers by sum_k alpha_k log pi_k, and the safety stage
+    filters by the log-probs of the member whose attribute is `safety_attribute`. Every member
+    has its own backbone cache, so a step costs K adapted forward passes (the Pv-Arm: 2)."""
+
+    adapters: tuple[Adapter, ...]
+    safety_attribute: str = "harmlessness"
+
+    def __post_init__(self):
+        object.__setattr__(self, "adapters", tuple(self.adapters))
+        if not self.adapters:
+            raise AdapterError("an adapter set needs at least one adapter")
+        for index, member in enumerate(self.adapters):
+            if member.config.num_attributes != 1:
+                raise AdapterError(f"adapter set member {index} has attributes "
+                                   f"{list(member.config.attributes)}: each member is trained "
+                                   "for one attribute")
+        _ = self.config  # validates the names: distinct, the safety attribute among them
+
+    @property
+    def config(self) -> AdapterConfig:
+        """The members' attributes as one config (ranks and targets: the first member's)."""
+        names = tuple(member.config.attributes[0] for member in self.adapters)
+        return dataclasses.replace(self.adapters[0].config, attributes=names,
+                                   safety_attribute=self.safety_attribute)
+
+    @property
+    def params(self) -> tuple[dict, ...]:
+        return tuple(member.params for member in self.adapters)
+
+    def preference(self, value) -> np.ndarray:
+        """A validated, normalised preference over the members (see `resolve_preference`)."""
+        return resolve_preference(self.config, value)[0]
+
+
+def single_attribute_config(config: AdapterConfig, attribute: str) -> AdapterConfig:
+    """`config` narrowed to one attribute (an `AdapterSet` member's config)."""
+    return dataclasses.replace(config, attributes=(attribute,), safety_attribute=attribute)
+
+
 # ---------------------------------------------------------------------------- shapes and init
 def factor_shapes(model_config: ModelConfig, config: AdapterConfig,
                   target: str) -> dict[str, tuple[int, ...]]:
@@ -340,8 +385,15 @@ def load_adapter(path: str | os.PathLike, model_config: ModelConfig | None = Non
     return Adapter(config, params)
 
 
-def check_adapter_fits(adapter: Adapter, model_config: ModelConfig) -> None:
+def check_adapter_fits(adapter: Adapter | AdapterSet, model_config: ModelConfig) -> None:
     """Raises AdapterError naming the first factor whose shape does not fit the backbone."""
+    if isinstance(adapter, AdapterSet):
+        for index, member in enumerate(adapter.adapters):
+            try:
+                check_adapter_fits(member, model_config)
+            except AdapterError as error:
+                raise AdapterError(f"adapter set member {index}: {error}") from None
+        return
     for target, factors in adapter.params.items():
         expected = factor_shapes(model_config, adapter.config, target)
         for factor, value in factors.items():

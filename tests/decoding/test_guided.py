@@ -124,6 +124,54 @@ def test_greedy_guided_equals_step_by_step_reference(models, layer_layout, prefi
     assert total_overrides > 0  # the finite margins did change some choices
 
 
+def _adapter_set(reward, names=("harmlessness", "empathy", "helpfulness")):
+    """Single-attribute adapters, each with its own random factors."""
+    members = []
+    for seed, name in enumerate(names):
+        one = _random_adapter(reward, seed=10 + seed)
+        config = adapters.single_attribute_config(one.config, name)
+        params = jax.tree.map(lambda x: x, one.params)
+        for factors in params.values():
+            factors["zeta"] = factors["zeta"][:, :1]  # K = 1: one row of the core map
+        members.append(adapters.Adapter(config, params))
+    return adapters.AdapterSet(tuple(members))
+
+
+@pytest.mark.parametrize("safety_stage", [True, False])
+def test_adapter_set_equals_step_by_step_multi_arm_reference(models, safety_stage):
+    """The multi-ARM baseline: sum_k alpha_k log pi_k steers, the safety member filters; rows
+    1 and 2 share a prompt (its members' caches prefilled once). Prompts of one length, so that
+    the reference compiles one forward per length."""
+    base, reward, _ = models
+    arms = _adapter_set(reward)
+    prompts = [[21, 22, 23, 24], PROMPTS[2], PROMPTS[2]]
+    alphas = [[0.2, 0.5, 0.3], [0, 1, 0], [0.5, 0, 0.5]]
+    weights, taus = [1.5, 0.7, 3.0], [0.4, 1.0, math.inf]
+    steps = 6
+    guided = pj.generate(base, prompts, max_new_tokens=steps, stop_tokens=[], adapter=arms,
+                         reward=reward, preferences=alphas, guidance=weights,
+                         safety_margin=taus, safety_stage=safety_stage)
+    one = np.ones(1)
+    overrides = 0
+    for row, result in enumerate(guided):
+        ids = list(prompts[row])
+        for _ in range(steps):
+            lp_b = _log_softmax(base.logits([ids])[0, -1])
+            lp = [_log_softmax(reward.logits([ids], adapter=m, preference=one)[0, -1])
+                  for m in arms.adapters]
+            score = lp_b + weights[row] * sum(a * x for a, x in zip(alphas[row], lp))
+            safe = lp[0] >= lp[0].max() - (taus[row] if safety_stage else math.inf)
+            overrides += not safe[np.argmax(score)]
+            ids.append(int(np.argmax(np.where(safe, score, -np.inf))))
+        assert result.tokens == ids[len(prompts[row]):], row
+    assert overrides > 0 if safety_stage else overrides == 0
+    assert sum(g.safety_overrides for g in guided) == overrides
+    with pytest.raises(adapters.AdapterError, match="member 1 has attributes"):
+        adapters.AdapterSet((arms.adapters[0], _random_adapter(reward)))
+    with pytest.raises(adapters.AdapterError, match="safety_attribute 'harmlessness'"):
+        adapters.AdapterSet(arms.adapters[1:])
+
+
 def test_safety_stage_off_and_banned_sequences(models):
     base, reward, adapter = models
     common = dict(max_new_tokens=STEPS, stop_tokens=[], adapter=adapter, reward=reward,
