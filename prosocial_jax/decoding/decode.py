@@ -548,7 +548,7 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
         prefill_chunks(1, prefill_chunk)  # validates it before any work
     if not prompts:
         return []
-    encoded = [list(p) if _is_token_ids(p) else encode_prompt(model.tokenizer, p,
+    encoded = [list(p) if is_token_ids(p) else encode_prompt(model.tokenizer, p,
                                                               use_chat_template, system)
                for p in prompts]
     for i, ids in enumerate(encoded):
@@ -746,6 +746,7 @@ def _raise_on_fault(state: DecodeState, rows: Sequence[int]) -> None:
         f"{step + 1}){others}; {_FAULT_HINTS[source]}", rows[row], step, FAULT_SOURCES[source])
 
 
-def _is_token_ids(prompt) -> bool:
+def is_token_ids(prompt) -> bool:
+    """Whether a prompt is token ids already (not text, not chat messages)."""
     return (not isinstance(prompt, str) and len(prompt) > 0
             and all(isinstance(t, int | np.integer) for t in prompt))

@@ -32,8 +32,8 @@ import numpy as np
 from prosocial_jax import settings
 from prosocial_jax.decoding.decode import (
     Generation,
-    _is_token_ids,
     generate,
+    is_token_ids,
     prefill_chunks,
 )
 from prosocial_jax.decoding.guidance import GuidanceError, row_preferences
@@ -232,7 +232,7 @@ def sweep(model: Model, prompts: Sequence, adapter: Adapter, grid, *,
 
 def _prompt_tokens(model: Model, prompt, generate_kwargs) -> int:
     """The prompt's length in tokens, encoded as `generate` encodes it."""
-    if _is_token_ids(prompt):
+    if is_token_ids(prompt):
         return len(prompt)
     return len(encode_prompt(model.tokenizer, prompt, generate_kwargs.get("use_chat_template"),
                              generate_kwargs.get("system")))
