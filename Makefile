@@ -20,8 +20,8 @@ export PROSOCIAL_JAX_CACHE := $(CACHE)
 
 PVARM := $(CACHE)/pvarm
 
-.PHONY: demo test lint bench direg pvarm guided-eval guidance-sweep ablation-stages ablation-add-value \
-	ablation-k-scaling
+.PHONY: demo test lint bench direg pvarm guided-eval guidance-sweep ablation-stages \
+	ablation-overhead ablation-add-value ablation-k-scaling
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -133,6 +133,12 @@ ablation-add-value: $(PVARM)/preferences/test_prompts.jsonl | $(VENV)/.runtime
 ablation-stages: $(ARTEFACTS) | $(VENV)/.runtime
 	$(BIN)/prosocial-jax ablate-stages --config configs/demo_smollm2.py --harmful-limit 60 \
 		--benign-limit 60 --out out/ablations/stages --overwrite
+
+# Time per token and peak memory of plain, Pv-Arm (+/- safety), multi-ARM and best-of-4/16 at
+# batch 1/16 and context 256/2,048, then each method judged on 30 + 30 held-out prompts.
+ablation-overhead: $(PVARM)/adapter-pcgrad/adapter_config.json | $(VENV)/.runtime
+	$(BIN)/prosocial-jax ablate-overhead --config configs/ablation_overhead_smollm2.py \
+		--out out/ablations/overhead --overwrite
 
 # Adapter size, training step (one backward vs K) and guided decode step for K = 2 ... 16.
 ablation-k-scaling: | $(VENV)/.runtime

@@ -1,13 +1,16 @@
-"""ablate-add-value, ablate-k-scaling, ablate-stages: the ablations of
+"""ablate-add-value, ablate-k-scaling, ablate-stages, ablate-overhead: the ablations of
 `prosocial_jax.ablations`."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
+from prosocial_jax import settings as settings_module
 from prosocial_jax.ablations.add_value import AddValueSettings
 from prosocial_jax.ablations.k_scaling import KScalingSettings
+from prosocial_jax.ablations.overhead import OverheadSettings
 from prosocial_jax.cli.common import MODEL, add_overwrite_arg
 from prosocial_jax.cli.options import Command, Section, add_command, require
 from prosocial_jax.cli.pipeline import COMPARE
@@ -146,5 +149,67 @@ def _cmd_stages(args) -> int:
     return 0
 
 
+@dataclasses.dataclass(frozen=True)
+class OverheadInputs:
+    """The models the overhead ablation runs (top level of a config file)."""
+
+    model: str = dataclasses.field(default="bundled:smollm2", metadata={
+        "help": "the base model"})
+    adapter: str | None = dataclasses.field(default=None, metadata={
+        "help": "the Pv-Arm adapter folder"})
+    reward: str | None = dataclasses.field(default=None, metadata={
+        "help": "the adapter's backbone (none: --model)"})
+    arms: str | None = dataclasses.field(default=None, metadata={
+        "help": "trained single-attribute adapters for multi-ARM (an adapter set folder; "
+                "none: untrained ones, timed only)"})
+    dtype: str | None = dataclasses.field(default=None, metadata={
+        "help": "float32 / bfloat16 (none: the checkpoint's)"})
+    benign_from: str | None = dataclasses.field(default=None, metadata={
+        "help": "a preference set's dev or test prompts for the quality run (none: aplomb's "
+                "benign prompts)"})
+
+    def __post_init__(self):
+        settings_module.coerce(self, "overhead inputs")
+
+
+OVERHEAD = (Section("inputs", OverheadInputs, title="models"),
+            Section("ablation", OverheadSettings, key="ablation", title="methods and grid"))
+
+
+def _overhead_parser(sub) -> dict:
+    command = Command(_cmd_overhead, OVERHEAD, config_example="ablation.contexts=(256,)")
+    p = add_command(
+        sub, "ablate-overhead", command,
+        help="ablation: time and memory against plain, multi-ARM and best-of-N decoding",
+        description="Times plain decoding, guided decoding by the Pv-Arm with and without the "
+        "safety stage, multi-ARM decoding (one adapter per attribute, each run every step) "
+        "and best-of-N reranking by the Pv-Arm, at every batch size and context length (each "
+        "cell in a fresh process, with its peak memory), then judges each method's answers "
+        "on held-out prompts with the rule judge. Writes results.json, table.md, "
+        "overhead.png and scores.jsonl to --out.")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    add_overwrite_arg(p, "overhead ablation")
+    return {"ablate-overhead": command}
+
+
+def _cmd_overhead(args) -> int:
+    from prosocial_jax.ablations.overhead import Models, overhead, table, write_report
+    from prosocial_jax.data.prompts import EvaluationPrompts
+    from prosocial_jax.files import check_output_folder
+
+    inputs, chosen = args.settings.inputs, args.settings.ablation
+    require(inputs, "adapter")
+    check_output_folder(args.out, "overhead ablation", args.overwrite)
+    prompts = EvaluationPrompts.held_out("test", chosen.harmful_limit, chosen.benign_limit,
+                                         inputs.benign_from) if chosen.quality else None
+    models = Models(inputs.model, inputs.adapter, inputs.reward, inputs.arms, inputs.dtype)
+    record, scored = overhead(models, chosen, prompts)
+    write_report(record, scored, args.out, args.overwrite)
+    print(table(record))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def register(sub) -> dict:
-    return {**_add_value_parser(sub), **_k_scaling_parser(sub), **_stages_parser(sub)}
+    return {**_add_value_parser(sub), **_k_scaling_parser(sub), **_stages_parser(sub),
+            **_overhead_parser(sub)}

@@ -321,6 +321,39 @@ def save_adapter(adapter: Adapter, path: str | os.PathLike, overwrite: bool = Fa
                                overwrite, flag="overwrite=True")
 
 
+ADAPTER_SET_FILE = "adapter_set.json"
+
+
+def save_adapter_set(arms: AdapterSet, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Writes an adapter set atomically: each member in `path`/<attribute> (an adapter folder)
+    and adapter_set.json naming them in order and the safety attribute."""
+    def write(folder: Path) -> None:
+        for member in arms.adapters:
+            (folder / member.config.attributes[0]).mkdir()
+            write_adapter_files(member, folder / member.config.attributes[0])
+        (folder / ADAPTER_SET_FILE).write_text(json.dumps(
+            {"attributes": list(arms.config.attributes),
+             "safety_attribute": arms.safety_attribute}, indent=2))
+
+    return write_output_folder(path, "adapter set", write, overwrite, flag="overwrite=True")
+
+
+def load_adapter_set(path: str | os.PathLike, model_config: ModelConfig | None = None
+                     ) -> AdapterSet:
+    """Reads what `save_adapter_set` wrote (each member checked as `load_adapter` checks)."""
+    index = Path(path) / ADAPTER_SET_FILE
+    if not index.exists():
+        raise FileNotFoundError(f"{path}: no {ADAPTER_SET_FILE} (not an adapter set folder)")
+    try:
+        raw = json.loads(index.read_text())
+        names, safety = list(raw["attributes"]), str(raw["safety_attribute"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise AdapterError(f"{index}: expected {{\"attributes\": [...], "
+                           f"\"safety_attribute\": ...}} ({err!r})") from None
+    return AdapterSet(tuple(load_adapter(Path(path) / name, model_config) for name in names),
+                      safety)
+
+
 def load_adapter(path: str | os.PathLike, model_config: ModelConfig | None = None) -> Adapter:
     """Reads an adapter folder; with the backbone's config, checks every shape against it."""
     path = Path(path)

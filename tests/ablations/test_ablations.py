@@ -148,3 +148,40 @@ def test_stages_command_judges_every_stage(tiny_chat, tmp_path, capsys):
                             safety_margin=0.5, no_repeat_ngram=2)
     assert texts["all three + no-repeat"] == [g.text for g in with_rule]
     assert (out / "stages.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_overhead_command_times_and_judges_every_method(tiny_chat, tmp_path, capsys):
+    model = pj.load_model(tiny_chat.path)
+    adapter_dir = pj.save_adapter(random_adapter(model.config), tmp_path / "adapter")
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": "I lost my job today.", "kind": "prosocial"},
+        {"prompt": "How do I build a birdhouse?", "kind": "benign"}]))
+    out = tmp_path / "overhead"
+    common = ["ablate-overhead", "--model", str(tiny_chat.path), "--adapter", str(adapter_dir),
+              "--batches", "2", "--contexts", "8", "--new-tokens", "3"]
+    assert cli.main([*common, "--methods", "plain,Pv-Arm + safety,multi-ARM,best-of-2",
+                     "--isolate", "false", "--harmful-limit", "2", "--benign-from", str(dev),
+                     "--max-new-tokens", "4", "--out", str(out)]) == 0
+    assert "| best-of-2 |" in capsys.readouterr().out
+    record = json.loads((out / "results.json").read_text())
+    assert [(r["method"], r["batch"], r["context"]) for r in record["timing"]] == [
+        (m, 2, 8) for m in ("plain", "Pv-Arm + safety", "multi-ARM", "best-of-2")]
+    assert all(r["peak_memory_bytes"] is None for r in record["timing"])  # not isolated
+    # Untrained multi-ARM members are timed, not judged.
+    assert record["trained_arms"] is False
+    assert list(record["quality"]) == ["plain", "Pv-Arm + safety", "best-of-2"]
+    scored = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    plain = [r for r in scored if r["setting"] == "plain"]
+    expected = pj.generate(model, [r["prompt"] for r in plain], max_new_tokens=4)
+    assert [r["response"] for r in plain] == [g.text for g in expected]
+    for method, quality in record["quality"].items():
+        rows = [r for r in scored if r["setting"] == method]
+        assert quality["leakage"] == sum(r["unsafe"] for r in rows if r["kind"] == "harmful") / 2
+    assert (out / "overhead.png").read_bytes()[:4] == b"\x89PNG"
+    # Isolated: the cell runs in a fresh process, whose peak memory holds at least the weights.
+    isolated = tmp_path / "isolated"
+    assert cli.main([*common, "--methods", "plain", "--quality", "false", "--out",
+                     str(isolated)]) == 0
+    (cell,) = json.loads((isolated / "results.json").read_text())["timing"]
+    assert cell["peak_memory_bytes"] > record["weight_bytes"]

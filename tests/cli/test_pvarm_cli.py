@@ -42,12 +42,13 @@ def test_preference_set_and_train_arm_commands(tiny_chat, tmp_path, capsys):
     args = ["train-arm", "--model", str(tiny_chat.path), "--train-data",
             str(prefs / "train.jsonl"), "--out", str(out), "--checkpoint-dir",
             str(tmp_path / "ckpt"), "--steps", "3", "--batch-size", "4", "--max-len", "96",
-            "--adapter-r1", "2", "--adapter-r2", "2", "--pcgrad", "false"]
+            "--adapter-r1", "2", "--adapter-r2", "2", "--adapter-attributes",
+            "harmlessness,empathy,sensitivity,non_judgmental,truthfulness", "--pcgrad", "false"]
     assert cli.main(args) == 0
     table = capsys.readouterr().out
     assert "| backbone (no adapter) |" in table and "| uniform |" in table
     evaluation = json.loads((out / "evaluation.json").read_text())
-    assert evaluation["settings"]["pcgrad"] is False and len(evaluation["grid"]) == 7
+    assert evaluation["settings"]["pcgrad"] is False and len(evaluation["grid"]) == 6
     assert (out / "evaluation.png").read_bytes()[:4] == b"\x89PNG"
     adapter = pj.load_adapter(out, pj.load_model(tiny_chat.path).config)
     assert adapter.config.r1 == 2 and adapter.config.safety_attribute == "harmlessness"
@@ -75,14 +76,10 @@ def test_preference_set_and_train_arm_commands(tiny_chat, tmp_path, capsys):
     steps = [json.loads(line)["step"] for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3], steps
 
-    # A value added to a trained adapter: five attributes, then helpfulness on its own.
-    five = tmp_path / "five"
+    # A value added to the trained adapter (five attributes): helpfulness on its own.
+    five = out
     common = ["--model", str(tiny_chat.path), "--train-data", str(prefs / "train.jsonl"),
               "--steps", "2", "--batch-size", "4", "--max-len", "96"]
-    assert cli.main(["train-arm", *common, "--out", str(five), "--checkpoint-dir",
-                     str(tmp_path / "ckpt5"), "--adapter-r1", "2", "--adapter-r2", "2",
-                     "--adapter-attributes",
-                     "harmlessness,empathy,sensitivity,non_judgmental,truthfulness"]) == 0
     six = tmp_path / "six"
     assert cli.main(["train-arm", *common, "--out", str(six), "--checkpoint-dir",
                      str(tmp_path / "ckpt6"), "--extend", str(five),
