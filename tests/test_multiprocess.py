@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from distributed_worker import run_stages
+from xla_test_flags import FAST_COMPILE
 
 import prosocial_jax as pj
 
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 LOCAL = REPO / "launch" / "local.sh"
 CLI = [sys.executable, "-m", "prosocial_jax.cli"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu", "TQDM_DISABLE": "1",
-       "XLA_FLAGS": ""}
+       "XLA_FLAGS": FAST_COMPILE}  # the launcher adds each process's device count
 
 
 def _logs(folder: Path) -> str:

@@ -55,14 +55,6 @@ class AddValueSettings:
             settings_module.positive(self, "add-value settings", "extend_learning_rate")
 
 
-def _without(settings: ArmSettings, keep: Sequence[int]) -> ArmSettings:
-    """`settings` with its per-attribute vectors (betas, winner_nlls) cut to `keep`."""
-    return dataclasses.replace(
-        settings, betas=tuple(settings.betas[i] for i in keep) if settings.betas else (),
-        winner_nlls=(tuple(settings.winner_nlls[i] for i in keep) if settings.winner_nlls
-                     else ()))
-
-
 def add_value(model: Model, adapter_config: AdapterConfig, train: Sequence[PreferencePair],
               dev: Sequence[PreferencePair], settings: ArmSettings,
               ablation: AddValueSettings | None = None,
@@ -87,9 +79,9 @@ def add_value(model: Model, adapter_config: AdapterConfig, train: Sequence[Prefe
         configs["without"], attributes=(*configs["without"].attributes, new))
     configs["retrained"] = adapter_config
     runs = {
-        "without": _without(settings, keep),
+        "without": settings.for_attributes(keep),
         "extended": dataclasses.replace(
-            _without(settings, [*keep, attributes.index(new)]),
+            settings.for_attributes([*keep, attributes.index(new)]),
             learning_rate=ablation.extend_learning_rate or settings.learning_rate),
         "retrained": settings,
     }

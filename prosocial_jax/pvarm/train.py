@@ -100,6 +100,13 @@ class ArmSettings:
                                  "eval_limit", "winner_nll", "winner_nlls",
                                  "grad_clip", "end_learning_rate_fraction", allow_zero=True)
 
+    def for_attributes(self, keep: Sequence[int]) -> ArmSettings:
+        """These settings for an adapter of some of the attributes (indices `keep`, in the new
+        order): the per-attribute vectors (betas, winner_nlls) cut to them."""
+        return dataclasses.replace(
+            self, betas=tuple(self.betas[i] for i in keep) if self.betas else (),
+            winner_nlls=tuple(self.winner_nlls[i] for i in keep) if self.winner_nlls else ())
+
     def beta_vector(self, num_attributes: int) -> np.ndarray:
         """The [K] Bradley-Terry betas: `betas`, or `beta` for every attribute."""
         if self.betas and len(self.betas) != num_attributes:

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from helpers import random_adapter
 
 import prosocial_jax as pj
@@ -185,3 +186,57 @@ def test_overhead_command_times_and_judges_every_method(tiny_chat, tmp_path, cap
                      str(isolated)]) == 0
     (cell,) = json.loads((isolated / "results.json").read_text())["timing"]
     assert cell["peak_memory_bytes"] > record["weight_bytes"]
+
+
+def test_conflict_command_trains_three_ways_and_sweeps_each(tiny_chat, tmp_path, capsys):
+    _pairs(tmp_path / "train.jsonl", 24, 0)
+    _pairs(tmp_path / "dev.jsonl", 12, 1)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": "I lost my job today.", "kind": "prosocial"},
+        {"prompt": "How do I build a birdhouse?", "kind": "benign"}]))
+    out = tmp_path / "conflict"
+    assert cli.main(["ablate-conflict", "--model", str(tiny_chat.path), "--train-data",
+                     str(tmp_path / "train.jsonl"), "--dev-data", str(tmp_path / "dev.jsonl"),
+                     "--steps", "2", "--batch-size", "4", "--max-len", "48", "--adapter-r1",
+                     "2", "--adapter-r2", "2", "--adapter-attributes", "harmlessness,empathy",
+                     "--prompts-from", str(prompts), "--prompts", "2", "--max-new-tokens", "3",
+                     "--out", str(out)]) == 0
+    assert "| separate |" in capsys.readouterr().out
+    record = json.loads((out / "results.json").read_text())
+    assert record["grid_points"] == 3  # (1, 0), (0.5, 0.5), (0, 1)
+    pcgrad, summed, separate = (record["methods"][m]
+                                for m in ("PCGrad", "weighted sum", "separate"))
+    # Per layer and target (q/k/v): A1, A2 [2, D], B1, B2 [out, 2], W [2, 2] and zeta
+    # [K, r2^2 = 4]. One adapter of two attributes holds one of each and two zeta rows; two
+    # single-attribute adapters hold two of each, one zeta row apiece.
+    c = pj.load_model(tiny_chat.path).config
+    outs = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim)
+    shared = sum(2 * c.hidden_size + 2 * c.hidden_size + o * 2 + o * 2 + 4 for o in outs)
+    assert pcgrad["trained_parameters"] == c.num_layers * (shared + 3 * 2 * 4)
+    assert summed["trained_parameters"] == pcgrad["trained_parameters"]
+    assert separate["trained_parameters"] == 2 * c.num_layers * (shared + 3 * 4)
+    assert set(pcgrad["accuracy"]) == set(separate["accuracy"]) == {"harmlessness", "empathy"}
+    # The common scale, by hand: the rule judge scores empathy only (harmlessness is dropped
+    # from the preferences, and the harmlessness corner with it), so each point is one
+    # number; normalised over the points of all three sweeps, MIP is their mean and the
+    # hypervolume the best point above the worst.
+    scored = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert len(scored) == 3 * 3 * 2
+    means = {}
+    for method in ("PCGrad", "weighted sum", "separate"):
+        by_point = {}
+        for row in scored:
+            if row["setting"] == method and "preference" in row:
+                by_point.setdefault(row["preference"]["empathy"], []).append(
+                    row["scores"]["empathy"])
+        assert sorted(by_point) == [0.5, 1.0]
+        means[method] = [float(np.mean(v)) for v in by_point.values()]
+    low = min(min(v) for v in means.values())
+    high = max(max(v) for v in means.values())
+    for method, values in means.items():
+        scale = record["methods"][method]["sweep"]["common_scale"]
+        normalised = [(v - low) / (high - low) if high > low else 0.0 for v in values]
+        assert scale["mip"] == pytest.approx(np.mean(normalised))
+        assert scale["hypervolume"] == pytest.approx(max(values) - low)
+    assert (out / "conflict.png").read_bytes()[:4] == b"\x89PNG"

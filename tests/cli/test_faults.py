@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
+from xla_test_flags import DEVICES, FAST_COMPILE
 
 from prosocial_jax import cli
 from prosocial_jax.files import MANIFEST
@@ -59,7 +60,7 @@ def work(tiny_chat, tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------- processes
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+ENV = {**os.environ, "XLA_FLAGS": f"{DEVICES} {FAST_COMPILE}",
        "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu", "TQDM_DISABLE": "1"}
 # Runs the CLI, after optionally arming one fault (a SIGKILL at a chosen moment).
 LAUNCHER = textwrap.dedent("""
@@ -98,7 +99,7 @@ def _command(args, fault: str = "", processes: int = 1) -> subprocess.Popen:
     env = {**ENV, "FAULT": fault}
     if processes > 1:
         command = ["bash", str(ROOT / "launch" / "local.sh"), str(processes), *command]
-        env.update(XLA_FLAGS="", DEVICES_PER_PROCESS=str(8 // processes))
+        env.update(XLA_FLAGS=FAST_COMPILE, DEVICES_PER_PROCESS=str(8 // processes))
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
 
