@@ -21,7 +21,7 @@ export PROSOCIAL_JAX_CACHE := $(CACHE)
 PVARM := $(CACHE)/pvarm
 
 .PHONY: demo test lint bench direg pvarm guided-eval guidance-sweep ablation-stages \
-	ablation-overhead ablation-add-value ablation-k-scaling
+	ablation-overhead ablation-conflict ablation-multi-turn ablation-add-value ablation-k-scaling
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -139,6 +139,18 @@ ablation-stages: $(ARTEFACTS) | $(VENV)/.runtime
 ablation-overhead: $(PVARM)/adapter-pcgrad/adapter_config.json | $(VENV)/.runtime
 	$(BIN)/prosocial-jax ablate-overhead --config configs/ablation_overhead_smollm2.py \
 		--out out/ablations/overhead --overwrite
+
+# PCGrad vs weighted sum (both from `make pvarm`) vs six single-attribute adapters trained here
+# (multi-ARM): held-out accuracy and a 22-point preference sweep of 16 test prompts each.
+ablation-conflict: pvarm | $(VENV)/.runtime
+	$(BIN)/prosocial-jax ablate-conflict --config configs/ablation_conflict_smollm2.py \
+		--out out/ablations/conflict --overwrite
+
+# Leakage and over-refusal of base, DiReg and the demo's guided setting, one turn vs after an
+# opener, on 30 harmful and 14 benign held-out requests.
+ablation-multi-turn: $(ARTEFACTS) | $(VENV)/.runtime
+	$(BIN)/prosocial-jax ablate-multi-turn --config configs/ablation_multi_turn_smollm2.py \
+		--out out/ablations/multi_turn --overwrite
 
 # Adapter size, training step (one backward vs K) and guided decode step for K = 2 ... 16.
 ablation-k-scaling: | $(VENV)/.runtime

@@ -1,5 +1,5 @@
-"""ablate-add-value, ablate-k-scaling, ablate-stages, ablate-overhead, ablate-conflict: the
-ablations of `prosocial_jax.ablations`."""
+"""ablate-add-value, ablate-k-scaling, ablate-stages, ablate-overhead, ablate-conflict,
+ablate-multi-turn: the ablations of `prosocial_jax.ablations`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from prosocial_jax import settings as settings_module
 from prosocial_jax.ablations.add_value import AddValueSettings
 from prosocial_jax.ablations.conflict import ConflictSettings
 from prosocial_jax.ablations.k_scaling import KScalingSettings
+from prosocial_jax.ablations.multi_turn import MultiTurnSettings
 from prosocial_jax.ablations.overhead import OverheadSettings
 from prosocial_jax.cli.common import MODEL, add_overwrite_arg
 from prosocial_jax.cli.options import Command, Section, add_command, require
@@ -275,6 +276,53 @@ def _cmd_conflict(args) -> int:
     return 0
 
 
+MULTI_TURN = (COMPARE[0], Section("ablation", MultiTurnSettings, key="ablation",
+                                  title="prompt set and decoding"))
+
+
+def _multi_turn_parser(sub) -> dict:
+    command = Command(_cmd_multi_turn, MULTI_TURN, config_example="ablation.harmful=60")
+    p = add_command(
+        sub, "ablate-multi-turn", command,
+        help="ablation: leakage and over-refusal after another turn vs in one turn",
+        description="Builds a multi-turn prompt set (HarmBench test behaviours after a plain "
+        "or an emotional opener, benign requests after an emotional opener, each opener "
+        "answered by the base model) with one-turn controls, answers the final turns with the "
+        "base model, DiReg and DiReg + Pv-Arm + safety, and judges them with the rule judge. "
+        "Writes results.json (with the prompt set), table.md, multi_turn.png and scores.jsonl "
+        "to --out. Takes compare's config files; --benign-from gives the held-out benign and "
+        "prosocial prompts.")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    add_overwrite_arg(p, "multi-turn ablation")
+    return {"ablate-multi-turn": command}
+
+
+def _cmd_multi_turn(args) -> int:
+    import prosocial_jax as pj
+    from prosocial_jax.ablations import multi_turn as ablation
+    from prosocial_jax.data.prompts import harmbench_behaviors
+    from prosocial_jax.files import check_output_folder
+
+    inputs, chosen = args.settings.inputs, args.settings.ablation
+    require(inputs, "direg", "adapter")
+    check_output_folder(args.out, "multi-turn ablation", args.overwrite)
+    base = pj.load_model(inputs.base)
+    models = {"base": base, "direg": pj.load_model(inputs.direg),
+              "reward": pj.load_model(inputs.reward) if inputs.reward else base}
+    adapter = pj.load_adapter(inputs.adapter, models["reward"].config)
+    finals, plain, emotional = ablation.prompt_pools(inputs.benign_from)
+    harmful = [b["Behavior"] for b in harmbench_behaviors("test")][:chosen.harmful]
+    conversations = ablation.answer_openers(
+        base, ablation.build_conversations(harmful, finals[:chosen.benign], plain, emotional),
+        chosen.opener_tokens, chosen.batch_size)
+    record, scored = ablation.multi_turn(models, adapter, conversations, chosen)
+    record.update(base=inputs.base, direg=inputs.direg, adapter=inputs.adapter)
+    ablation.write_report(record, scored, args.out, args.overwrite)
+    print(ablation.table(record))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def register(sub) -> dict:
     return {**_add_value_parser(sub), **_k_scaling_parser(sub), **_stages_parser(sub),
-            **_overhead_parser(sub), **_conflict_parser(sub)}
+            **_overhead_parser(sub), **_conflict_parser(sub), **_multi_turn_parser(sub)}
