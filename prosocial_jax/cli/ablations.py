@@ -20,6 +20,27 @@ from prosocial_jax.cli.pvarm import ArmInputs, load_pairs
 from prosocial_jax.models.adapters import AdapterConfig
 from prosocial_jax.pvarm.train import ArmSettings
 
+
+def _ablation_command(sub, name: str, run, sections, config_example: str, kind: str, *,
+                      help: str, description: str) -> dict:
+    """An ablation's command: its settings' flags, --out (the report folder, replaced only
+    with --overwrite)."""
+    command = Command(run, sections, config_example=config_example)
+    p = add_command(sub, name, command, help=help, description=description)
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    add_overwrite_arg(p, kind)
+    return {name: command}
+
+
+def _read_pairs(data: ArmInputs, seed: int):
+    """(training pairs, held-out pairs) of a train-arm data section; skipped rows reported."""
+    pairs, dev_pairs, skipped, dev_skipped = load_pairs(data, seed)
+    for source, rows in ((data.train_data, skipped), (data.dev_data or "dev split", dev_skipped)):
+        if rows.count:
+            print(rows.summary(str(source)), file=sys.stderr)
+    return pairs, dev_pairs
+
+
 ADD_VALUE = (MODEL, Section("data", ArmInputs, title="preference pairs",
                             skip=("out", "checkpoint_dir", "extend", "new_attribute")),
              Section("arm", ArmSettings, key="arm", title="training (every adapter)"),
@@ -29,9 +50,8 @@ ADD_VALUE = (MODEL, Section("data", ArmInputs, title="preference pairs",
 
 
 def _add_value_parser(sub) -> dict:
-    command = Command(_cmd_add_value, ADD_VALUE, config_example="arm.steps=60")
-    p = add_command(
-        sub, "ablate-add-value", command,
+    return _ablation_command(
+        sub, "ablate-add-value", _cmd_add_value, ADD_VALUE, "arm.steps=60", "add-value ablation",
         help="ablation: add a value to a trained adapter vs retrain all attributes",
         description="Trains an adapter on every attribute but --new-attribute, extends it by "
         "that attribute (only its row of the preference-to-core map trained, on the pairs "
@@ -39,9 +59,6 @@ def _add_value_parser(sub) -> dict:
         "and pairs; reports each training's time and every attribute's held-out accuracy "
         "under its own one-hot (results.json, table.md, add_value.png in --out). Takes "
         "train-arm's config files (configs/pvarm_smollm2.py).")
-    p.add_argument("--out", type=Path, required=True, help="report folder")
-    add_overwrite_arg(p, "add-value ablation")
-    return {"ablate-add-value": command}
 
 
 def _cmd_add_value(args) -> int:
@@ -55,10 +72,7 @@ def _cmd_add_value(args) -> int:
     check_output_folder(args.out, "add-value ablation", args.overwrite)  # before training
     settings = args.settings.arm
     model = pj.load_model(inputs.model, dtype=inputs.dtype, mesh=inputs.mesh)
-    pairs, dev_pairs, skipped, dev_skipped = load_pairs(data, settings.seed)
-    for source, rows in ((data.train_data, skipped), (data.dev_data or "dev split", dev_skipped)):
-        if rows.count:
-            print(rows.summary(str(source)), file=sys.stderr)
+    pairs, dev_pairs = _read_pairs(data, settings.seed)
     record = add_value(model, args.settings.adapter, pairs, dev_pairs, settings,
                        args.settings.ablation)
     write_report(record, args.out, args.overwrite)
@@ -77,9 +91,9 @@ K_SCALING = (MODEL, Section("data", ArmInputs, title="preference pairs (for --tr
 
 
 def _k_scaling_parser(sub) -> dict:
-    command = Command(_cmd_k_scaling, K_SCALING, config_example="ablation.ks=(2,6,16)")
-    p = add_command(
-        sub, "ablate-k-scaling", command,
+    return _ablation_command(
+        sub, "ablate-k-scaling", _cmd_k_scaling, K_SCALING, "ablation.ks=(2,6,16)",
+        "k-scaling ablation",
         help="ablation: adapter size, training and decode step as the attributes grow",
         description="For every K of --ks, an adapter of K attributes (the paper's six first, "
         "then unlabelled extras): its size, one training step with the K gradients from one "
@@ -87,9 +101,6 @@ def _k_scaling_parser(sub) -> dict:
         "with the safety stage, and with --train-accuracy the held-out accuracy of the "
         "labelled attributes after training. Writes results.json, table.md and "
         "k_scaling.png to --out.")
-    p.add_argument("--out", type=Path, required=True, help="report folder")
-    add_overwrite_arg(p, "k-scaling ablation")
-    return {"ablate-k-scaling": command}
 
 
 def _cmd_k_scaling(args) -> int:
@@ -105,7 +116,7 @@ def _cmd_k_scaling(args) -> int:
     model = pj.load_model(inputs.model, dtype=inputs.dtype, mesh=inputs.mesh)
     pairs = dev_pairs = ()
     if ablation.train_accuracy:
-        pairs, dev_pairs, _, _ = load_pairs(data, args.settings.arm.seed)
+        pairs, dev_pairs = _read_pairs(data, args.settings.arm.seed)
     record = k_scaling(model, args.settings.adapter, args.settings.arm, ablation, pairs,
                        dev_pairs)
     write_report(record, args.out, args.overwrite)
@@ -115,9 +126,8 @@ def _cmd_k_scaling(args) -> int:
 
 
 def _stages_parser(sub) -> dict:
-    command = Command(_cmd_stages, COMPARE, config_example="compare.safety_margin=2")
-    p = add_command(
-        sub, "ablate-stages", command,
+    return _ablation_command(
+        sub, "ablate-stages", _cmd_stages, COMPARE, "compare.safety_margin=2", "stages ablation",
         help="ablation: base, DiReg, Pv-Arm, Pv-Arm + safety, all three",
         description="Decodes the held-out harmful and benign prompts with each stage of the "
         "pipeline alone and together (guided stages under the uniform preference; with "
@@ -126,9 +136,6 @@ def _stages_parser(sub) -> dict:
         "prosocial attribute scores per stage (results.json, table.md, stages.png and "
         "scores.jsonl in --out). Takes compare's config files (configs/demo_smollm2.py); "
         "its preference list is not used.")
-    p.add_argument("--out", type=Path, required=True, help="report folder")
-    add_overwrite_arg(p, "stages ablation")
-    return {"ablate-stages": command}
 
 
 def _cmd_stages(args) -> int:
@@ -179,9 +186,9 @@ OVERHEAD = (Section("inputs", OverheadInputs, title="models"),
 
 
 def _overhead_parser(sub) -> dict:
-    command = Command(_cmd_overhead, OVERHEAD, config_example="ablation.contexts=(256,)")
-    p = add_command(
-        sub, "ablate-overhead", command,
+    return _ablation_command(
+        sub, "ablate-overhead", _cmd_overhead, OVERHEAD, "ablation.contexts=(256,)",
+        "overhead ablation",
         help="ablation: time and memory against plain, multi-ARM and best-of-N decoding",
         description="Times plain decoding, guided decoding by the Pv-Arm with and without the "
         "safety stage, multi-ARM decoding (one adapter per attribute, each run every step) "
@@ -189,9 +196,6 @@ def _overhead_parser(sub) -> dict:
         "cell in a fresh process, with its peak memory), then judges each method's answers "
         "on held-out prompts with the rule judge. Writes results.json, table.md, "
         "overhead.png and scores.jsonl to --out.")
-    p.add_argument("--out", type=Path, required=True, help="report folder")
-    add_overwrite_arg(p, "overhead ablation")
-    return {"ablate-overhead": command}
 
 
 def _cmd_overhead(args) -> int:
@@ -234,9 +238,9 @@ CONFLICT = (MODEL, Section("data", ArmInputs, title="preference pairs",
 
 
 def _conflict_parser(sub) -> dict:
-    command = Command(_cmd_conflict, CONFLICT, config_example="ablation.step=0.25")
-    p = add_command(
-        sub, "ablate-conflict", command,
+    return _ablation_command(
+        sub, "ablate-conflict", _cmd_conflict, CONFLICT, "ablation.step=0.25",
+        "conflict ablation",
         help="ablation: PCGrad vs weighted sum vs K single-attribute adapters",
         description="Trains a Pv-Arm with PCGrad, one with the plain weighted sum and one "
         "adapter per attribute (same pairs and steps; existing ones may be reused), then "
@@ -244,9 +248,6 @@ def _conflict_parser(sub) -> dict:
         "prompts decoded by each (the single-attribute adapters as multi-ARM), judged by the "
         "rule judge: MIP, hypervolume and Pareto coverage. Writes results.json, table.md, "
         "conflict.png and scores.jsonl to --out. Takes train-arm's config files.")
-    p.add_argument("--out", type=Path, required=True, help="report folder")
-    add_overwrite_arg(p, "conflict ablation")
-    return {"ablate-conflict": command}
 
 
 def _cmd_conflict(args) -> int:
@@ -261,10 +262,7 @@ def _cmd_conflict(args) -> int:
     check_output_folder(args.out, "conflict ablation", args.overwrite)  # before training
     settings = args.settings.arm
     model = pj.load_model(inputs.model, dtype=inputs.dtype, mesh=inputs.mesh)
-    pairs, dev_pairs, skipped, dev_skipped = load_pairs(data, settings.seed)
-    for source, rows in ((data.train_data, skipped), (data.dev_data or "dev split", dev_skipped)):
-        if rows.count:
-            print(rows.summary(str(source)), file=sys.stderr)
+    pairs, dev_pairs = _read_pairs(data, settings.seed)
     held_out = EvaluationPrompts.held_out(harmful_limit=0, benign_limit=ablation.prompts,
                                           preference_dev=args.settings.sweep_prompts.prompts_from)
     prompts = list(zip(held_out.benign, held_out.benign_kinds))
@@ -281,9 +279,9 @@ MULTI_TURN = (COMPARE[0], Section("ablation", MultiTurnSettings, key="ablation",
 
 
 def _multi_turn_parser(sub) -> dict:
-    command = Command(_cmd_multi_turn, MULTI_TURN, config_example="ablation.harmful=60")
-    p = add_command(
-        sub, "ablate-multi-turn", command,
+    return _ablation_command(
+        sub, "ablate-multi-turn", _cmd_multi_turn, MULTI_TURN, "ablation.harmful=60",
+        "multi-turn ablation",
         help="ablation: leakage and over-refusal after another turn vs in one turn",
         description="Builds a multi-turn prompt set (HarmBench test behaviours after a plain "
         "or an emotional opener, benign requests after an emotional opener, each opener "
@@ -292,9 +290,6 @@ def _multi_turn_parser(sub) -> dict:
         "Writes results.json (with the prompt set), table.md, multi_turn.png and scores.jsonl "
         "to --out. Takes compare's config files; --benign-from gives the held-out benign and "
         "prosocial prompts.")
-    p.add_argument("--out", type=Path, required=True, help="report folder")
-    add_overwrite_arg(p, "multi-turn ablation")
-    return {"ablate-multi-turn": command}
 
 
 def _cmd_multi_turn(args) -> int:
