@@ -37,7 +37,7 @@ from prosocial_jax.decoding.decode import (
     prefill_chunks,
 )
 from prosocial_jax.decoding.guidance import GuidanceError, row_preferences
-from prosocial_jax.models.adapters import Adapter
+from prosocial_jax.models.adapters import Adapter, AdapterSet
 from prosocial_jax.models.model import Model
 from prosocial_jax.models.tokenizer import encode_prompt
 
@@ -153,15 +153,16 @@ def _fixed_weights(fixed, names: list[str], varied: list[str]) -> dict[str, floa
 
 def sweep_batch_size(model: Model, reward: Model, prompt_tokens: int, max_new_tokens: int,
                      safety_stage: bool = True, free_bytes: int | None = None,
-                     cap: int = MAX_SWEEP_BATCH) -> int:
+                     cap: int = MAX_SWEEP_BATCH, reward_rows: int | None = None) -> int:
     """Rows per batch of a sweep: the most (up to `cap`, a power of two) whose decode state
     takes at most MEMORY_FRACTION of `free_bytes` (None: the memory free on the model's device
-    now). A row holds its base cache, the Pv-Arm's one or two cache rows, and float32 logits
-    of both models (next-token logits and the guided scores' temporaries)."""
+    now). A row holds its base cache, `reward_rows` rows of the reward backbone's cache (None:
+    the Pv-Arm's two, one without the safety stage; an AdapterSet's: one per member), and
+    float32 logits of both models (next-token logits and the guided scores' temporaries)."""
     if free_bytes is None:
         free_bytes = free_memory_bytes(model)
     slots = prefill_chunks(prompt_tokens, prompt_tokens)[0] + max_new_tokens
-    copies = 2 if safety_stage else 1
+    copies = reward_rows or (2 if safety_stage else 1)
     per_row = slots * (_kv_bytes_per_token(model) + copies * _kv_bytes_per_token(reward))
     per_row += 4 * (1 + copies) * 4 * max(model.config.vocab_size, reward.config.vocab_size)
     rows = int(MEMORY_FRACTION * free_bytes // per_row)
@@ -192,7 +193,7 @@ def free_memory_bytes(model: Model) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def sweep(model: Model, prompts: Sequence, adapter: Adapter, grid, *,
+def sweep(model: Model, prompts: Sequence, adapter: Adapter | AdapterSet, grid, *,
           reward: Model | None = None, batch_size: int | None = None,
           safety_stage: bool = True, max_new_tokens: int = 128, progress: bool = False,
           **generate_kwargs) -> list[list[Generation]]:
@@ -221,7 +222,9 @@ def sweep(model: Model, prompts: Sequence, adapter: Adapter, grid, *,
     rows = [prompt for prompt in prompts for _ in points]
     if batch_size is None:  # the fewest batches that fit, made equal (no padding rows)
         longest = max(_prompt_tokens(model, p, generate_kwargs) for p in prompts)
-        fits = sweep_batch_size(model, reward, longest, max_new_tokens, safety_stage)
+        members = len(adapter.adapters) if isinstance(adapter, AdapterSet) else None
+        fits = sweep_batch_size(model, reward, longest, max_new_tokens, safety_stage,
+                                reward_rows=members)
         batch_size = -(-len(rows) // -(-len(rows) // fits))
     results = generate(model, rows, adapter=adapter, reward=reward,
                        preferences=[p for _ in prompts for p in points], batch_size=batch_size,

@@ -79,6 +79,12 @@ def test_batch_size_from_free_memory(tiny_checkpoints):
     assert sweep_batch_size(model, model, 20, 16, free_bytes=2 * 2 * per_row) == 2
     with pytest.raises(MemoryError, match="one sweep row needs"):
         sweep_batch_size(model, model, 20, 16, free_bytes=per_row)
+    # An adapter set of six members: six reward cache rows and seven models' logits per row.
+    per_arm_row = 48 * 7 * kv + 4 * 7 * 4 * c.vocab_size
+    assert sweep_batch_size(model, model, 20, 16, free_bytes=2 * 10 * per_arm_row,
+                            reward_rows=6) == 8
+    assert sweep_batch_size(model, model, 20, 16, free_bytes=2 * 10 * per_row,
+                            reward_rows=6) == 4
 
 
 def test_sweep_equals_separate_generate_calls_and_prefills_each_prompt_once_per_batch(
