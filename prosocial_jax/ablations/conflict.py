@@ -155,31 +155,6 @@ def _sweep_rows(model: Model, method: str, adapter: Adapter | AdapterSet,
             for j, g in enumerate(row)]
 
 
-def common_scale(sweeps: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """MIP and hypervolume of every sweep on one scale: each attribute's point scores min-max
-    normalised over the points of all the sweeps, the hypervolume above their componentwise
-    worst point (all attributes maximised)."""
-    import moocore
-
-    attributes = next(iter(sweeps.values()))["attributes"]
-    scores = {m: np.array([[p["scores"][a] for a in attributes] for p in s["points"]])
-              for m, s in sweeps.items()}
-    every = np.concatenate(list(scores.values()))
-    low, high = every.min(axis=0), every.max(axis=0)
-    spread = high - low
-    result = {}
-    for method, sweep_ in sweeps.items():
-        normalised = np.divide(scores[method] - low, spread,
-                               out=np.zeros_like(scores[method]), where=spread > 0)
-        alpha = np.array([[p["preference"].get(a, 0.0) for a in attributes]
-                          for p in sweep_["points"]])
-        alpha = alpha / np.maximum(alpha.sum(axis=1, keepdims=True), 1e-12)
-        result[method] = {
-            "mip": float(np.mean(np.sum(alpha * normalised, axis=1))),
-            "hypervolume": float(moocore.hypervolume(scores[method], ref=low, maximise=True))}
-    return result
-
-
 def conflict(model: Model, adapter_config: AdapterConfig, train: Sequence[PreferencePair],
              dev: Sequence[PreferencePair], prompts: Sequence[tuple[str, str]],
              settings: ArmSettings, ablation: ConflictSettings | None = None,
@@ -208,15 +183,18 @@ def conflict(model: Model, adapter_config: AdapterConfig, train: Sequence[Prefer
     scored, _ = score_rows(rows, [load_judge("rules")], progress)
     record["unscored_preference_attributes"] = restrict_preferences(scored)
     judged = sorted({a for r in scored for a in r["scores"]})
-    sweeps = {method: metrics.sweep_metrics(method, [r for r in scored if r["setting"] == method],
-                                            judged)
+    rows_of = {method: [r for r in scored if r["setting"] == method] for method in METHODS}
+    sweeps = {method: metrics.sweep_metrics(method, rows_of[method], judged)
               for method in METHODS}
-    scale = common_scale(sweeps)
+    # Each sweep normalises over its own points; the comparison needs one scale for all three.
+    bounds = metrics.sweep_bounds(sweeps.values())
     for method in METHODS:
+        common = metrics.sweep_metrics(method, rows_of[method], judged, bounds=bounds)
         record["methods"][method]["sweep"] = {
             **{k: sweeps[method][k] for k in ("mip", "hypervolume", "pareto_coverage",
                                               "attributes")},
-            "points": sweeps[method]["points"], "common_scale": scale[method]}
+            "points": sweeps[method]["points"],
+            "common_scale": {k: common[k] for k in ("mip", "hypervolume")}}
     return record, scored
 
 

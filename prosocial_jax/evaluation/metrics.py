@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +199,9 @@ def _describe(preference: dict[str, float]) -> str:
 
 def sweep_metrics(setting: str, rows: Sequence[dict[str, Any]],
                   scored_attributes: Iterable[str], confidence: float = 0.95,
-                  resamples: int = 2000, seed: int = 0) -> dict[str, Any] | None:
+                  resamples: int = 2000, seed: int = 0,
+                  bounds: Mapping[str, tuple[float, float]] | None = None
+                  ) -> dict[str, Any] | None:
     """The preference sweep of one setting's rows (those carrying a `preference`), or None if
     none does. `scored_attributes` are the attributes any row scores at all.
 
@@ -210,6 +212,11 @@ def sweep_metrics(setting: str, rows: Sequence[dict[str, Any]],
     Rn the scores min-max normalised per attribute over the points, 0 where all are equal);
     the hypervolume is that dominated by the points above the componentwise worst point (all
     attributes maximised); Pareto coverage is the share of points no other point dominates.
+
+    `bounds` ({attribute: (low, high)}) replaces the points' own min and max, for the
+    normalisation and as the hypervolume's reference point, so that several sweeps can be put
+    on one scale (`sweep_bounds`): each sweep's own normalisation makes its MIP and hypervolume
+    incomparable with another's.
     """
     import moocore
 
@@ -247,7 +254,21 @@ def sweep_metrics(setting: str, rows: Sequence[dict[str, Any]],
     weights_PxA = np.array([[float(p["preference"].get(a, 0.0)) for a in attributes]
                             for p in points.values()])
     alpha_PxA = weights_PxA / weights_PxA.sum(axis=1, keepdims=True)
-    low_A, high_A = scores_PxA.min(axis=0), scores_PxA.max(axis=0)
+    if bounds is None:
+        low_A, high_A = scores_PxA.min(axis=0), scores_PxA.max(axis=0)
+    else:
+        missing = [a for a in attributes if a not in bounds]
+        if missing:
+            raise ValueError(f"setting {setting!r}: bounds lack attribute(s) "
+                             f"{', '.join(missing)} (given: {', '.join(bounds) or 'none'})")
+        low_A = np.array([float(bounds[a][0]) for a in attributes])
+        high_A = np.array([float(bounds[a][1]) for a in attributes])
+        outside = (scores_PxA < low_A) | (scores_PxA > high_A)
+        if outside.any():
+            i, j = map(int, np.argwhere(outside)[0])
+            raise ValueError(f"setting {setting!r}: point {i}'s {attributes[j]!r} score "
+                             f"{scores_PxA[i, j]:.6g} lies outside its bounds "
+                             f"[{low_A[j]:.6g}, {high_A[j]:.6g}]")
     spread_A = high_A - low_A
     normalised_PxA = np.divide(scores_PxA - low_A, spread_A, out=np.zeros_like(scores_PxA),
                                where=spread_A > 0)
@@ -265,6 +286,18 @@ def sweep_metrics(setting: str, rows: Sequence[dict[str, Any]],
         "hypervolume": hypervolume,
         "pareto_coverage": float(np.mean(pareto_P)),
     }
+
+
+def sweep_bounds(sweeps: Iterable[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Each attribute's (min, max) point score over several `sweep_metrics` results: the
+    `bounds` that put them on one scale."""
+    bounds: dict[str, tuple[float, float]] = {}
+    for sweep in sweeps:
+        for point in sweep["points"]:
+            for attribute, score in point["scores"].items():
+                low, high = bounds.get(attribute, (score, score))
+                bounds[attribute] = (min(low, score), max(high, score))
+    return bounds
 
 
 # ------------------------------------------------------------------------------ win rates

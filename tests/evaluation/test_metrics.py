@@ -213,6 +213,31 @@ def test_a_point_mean_uses_rows_that_have_the_attribute():
     assert point["n"] == 2 and point["scores"] == {"a": pytest.approx(0.4), "b": 0.4}
 
 
+def test_sweeps_on_shared_bounds_by_hand():
+    # Two sweeps of two points each over (a, b). Shared bounds: a in [0.2, 0.8], b in [0, 0.5].
+    first = [row("s", "p", "benign", {"a": 0.8, "b": 0.0}, preference={"a": 1}),
+             row("s", "p", "benign", {"a": 0.2, "b": 0.5}, preference={"b": 3})]
+    second = [row("t", "p", "benign", {"a": 0.5, "b": 0.25}, preference={"a": 1}),
+              row("t", "p", "benign", {"a": 0.4, "b": 0.25}, preference={"a": 1, "b": 1})]
+    own = [metrics.sweep_metrics(name, rows, ["a", "b"])
+           for name, rows in (("s", first), ("t", second))]
+    bounds = metrics.sweep_bounds(own)
+    assert bounds == {"a": (0.2, 0.8), "b": (0.0, 0.5)}
+    shared = metrics.sweep_metrics("t", second, ["a", "b"], bounds=bounds)
+    # Normalised: (0.5, 0.25) -> (0.5, 0.5) under preference (1, 0): 0.5;
+    # (0.4, 0.25) -> (1/3, 0.5) under (1/2, 1/2): 5/12. MIP = (0.5 + 5/12) / 2.
+    assert shared["mip"] == pytest.approx((0.5 + 5 / 12) / 2)
+    # Its own scale gives (1, 0) and (0, 0) on b (no spread): MIP (1 + 0) / 2.
+    assert own[1]["mip"] == pytest.approx(0.5)
+    # Above (0.2, 0): (0.5 - 0.2) x 0.25 dominates (0.4 - 0.2) x 0.25.
+    assert shared["hypervolume"] == pytest.approx(0.3 * 0.25)
+    assert own[1]["hypervolume"] == pytest.approx(0.0)  # both points share b = its own low
+    with pytest.raises(ValueError, match=r"setting 't': bounds lack attribute\(s\) b"):
+        metrics.sweep_metrics("t", second, ["a", "b"], bounds={"a": (0.0, 1.0)})
+    with pytest.raises(ValueError, match=r"point 0's 'a' score 0.5 lies outside.*\[0.6, 1\]"):
+        metrics.sweep_metrics("t", second, ["a", "b"], bounds={"a": (0.6, 1), "b": (0, 1)})
+
+
 # -------------------------------------------------------------------------------- win rates
 def test_win_rates_with_ties_and_prompts_only_one_setting_has():
     rows = [
