@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from prosocial_jax.peak_memory import peak_rss_bytes
+
 N_SHORT, N_LONG = 32, 128
 REPEATS = 3
 BATCHES = (1, 16)
@@ -140,10 +142,8 @@ def median_time(fn) -> float:
 
 
 def peak_memory_gb() -> float:
-    """This process's peak resident memory (VmHWM; unlike ru_maxrss it does not carry over the
-    parent's peak across exec)."""
-    status = Path("/proc/self/status").read_text()
-    return int(status.split("VmHWM:")[1].split()[0]) * 1024 / 1e9
+    """This process's peak resident memory (VmHWM) in GB."""
+    return peak_rss_bytes() / 1e9
 
 
 def long_prompts(batch: int, context: int, vocab: int) -> np.ndarray:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from prosocial_jax.peak_memory import peak_rss_bytes, reset_peak_rss
 
 D, F, LAYERS, VOCAB = 2048, 5632, 18, 32000  # ~0.99B parameters, Llama-like shapes
 TOP_K = 0.1
@@ -30,22 +31,6 @@ def shapes() -> dict[str, tuple[int, ...]]:
     return {"embed": (VOCAB, D), "q": (LAYERS, D, D), "k": (LAYERS, D, D), "v": (LAYERS, D, D),
             "o": (LAYERS, D, D), "gate": (LAYERS, F, D), "up": (LAYERS, F, D),
             "down": (LAYERS, D, F), "norms": (LAYERS, 2, D)}
-
-
-def reset_peak_rss() -> int:
-    """Restarts the kernel's peak-RSS counter (VmHWM) at the current RSS, which it returns.
-
-    Building the synthetic models has its own temporaries; only the method itself is measured.
-    """
-    Path("/proc/self/clear_refs").write_text("5")
-    return peak_rss_bytes()
-
-
-def peak_rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def jax_models():

@@ -25,14 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from prosocial_jax.peak_memory import peak_rss_bytes, reset_peak_rss
+
 K, PAIRS, LENGTH, REPEATS = 6, 8, 256, 3
-
-
-def peak_rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def worker(method: str) -> dict:
@@ -104,8 +99,7 @@ def worker(method: str) -> dict:
     out = step(params, state, frozen, batch)  # compile + first run
     jax.block_until_ready(out)
     first = time.perf_counter() - start
-    Path("/proc/self/clear_refs").write_text("5")
-    before = peak_rss_bytes()
+    before = reset_peak_rss()
     times = []
     for _ in range(REPEATS):
         start = time.perf_counter()

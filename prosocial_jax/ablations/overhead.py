@@ -61,6 +61,7 @@ from prosocial_jax.models.adapters import (
     single_attribute_config,
 )
 from prosocial_jax.models.model import Model, load_model
+from prosocial_jax.peak_memory import peak_rss_bytes
 
 METHODS = ("plain", "Pv-Arm + safety", "Pv-Arm", "multi-ARM", "best-of-4", "best-of-16")
 BEST_OF = re.compile(r"best-of-(\d+)$")
@@ -156,12 +157,6 @@ def run_method(method: str, loaded, prompts: Sequence, settings: OverheadSetting
                     **common)
 
 
-def _peak_memory_bytes() -> int:
-    """This process's peak resident memory (VmHWM; Linux)."""
-    status = Path("/proc/self/status").read_text()
-    return int(status.split("VmHWM:")[1].split()[0]) * 1024
-
-
 def time_cell(models: Models, method: str, batch: int, context: int,
               settings: OverheadSettings, isolated: bool = False) -> dict[str, Any]:
     """One timing cell (module docstring): compile by a first call, time the second."""
@@ -186,7 +181,7 @@ def time_cell(models: Models, method: str, batch: int, context: int,
     return {"method": method, "batch": batch, "context": context, "seconds": seconds,
             "seconds_per_token": seconds / settings.new_tokens,
             "first_call_seconds": first,
-            "peak_memory_bytes": _peak_memory_bytes() if isolated else None}
+            "peak_memory_bytes": peak_rss_bytes() if isolated else None}
 
 
 def _isolated_cell(*args) -> dict[str, Any]:
