@@ -134,17 +134,23 @@ ablation-stages: $(ARTEFACTS) | $(VENV)/.runtime
 	$(BIN)/prosocial-jax ablate-stages --config configs/demo_smollm2.py --harmful-limit 60 \
 		--benign-limit 60 --out out/ablations/stages --overwrite
 
-# Time per token and peak memory of plain, Pv-Arm (+/- safety), multi-ARM and best-of-4/16 at
-# batch 1/16 and context 256/2,048, then each method judged on 30 + 30 held-out prompts.
-ablation-overhead: $(PVARM)/adapter-pcgrad/adapter_config.json | $(VENV)/.runtime
-	$(BIN)/prosocial-jax ablate-overhead --config configs/ablation_overhead_smollm2.py \
-		--out out/ablations/overhead --overwrite
-
 # PCGrad vs weighted sum (both from `make pvarm`) vs six single-attribute adapters trained here
-# (multi-ARM): held-out accuracy and a 22-point preference sweep of 16 test prompts each.
+# (multi-ARM, kept in $(ARMS)): held-out accuracy and a 22-point preference sweep of 16 test
+# prompts each.
+ARMS := $(PVARM)/arms
 ablation-conflict: pvarm | $(VENV)/.runtime
 	$(BIN)/prosocial-jax ablate-conflict --config configs/ablation_conflict_smollm2.py \
 		--out out/ablations/conflict --overwrite
+
+$(ARMS)/adapter_set.json:
+	$(MAKE) ablation-conflict
+
+# Time per token and peak memory of plain, Pv-Arm (+/- safety), multi-ARM and best-of-4/16 at
+# batch 1/16 and context 256/2,048, then each method judged on 30 + 30 held-out prompts
+# (multi-ARM with the conflict ablation's six adapters).
+ablation-overhead: $(PVARM)/adapter-pcgrad/adapter_config.json $(ARMS)/adapter_set.json | $(VENV)/.runtime
+	$(BIN)/prosocial-jax ablate-overhead --config configs/ablation_overhead_smollm2.py \
+		--config.arms=$(ARMS) --out out/ablations/overhead --overwrite
 
 # Leakage and over-refusal of base, DiReg and the demo's guided setting, one turn vs after an
 # opener, on 30 harmful and 14 benign held-out requests.

@@ -12,6 +12,8 @@ Accuracy on 128 held-out pairs (a seeded sample). Sweep: the 21 preferences of t
 step 0.5 (and its centre) x the first 16 test prompts, 48 new tokens, w = 1 and tau = 2 (the
 default margin: at the demo's tau = 0.1 the safe set is usually one token and the preferences
 have nothing to choose between, see the README's guided evaluation), judged by the rule judge.
+The six single-attribute adapters are kept in the cache (pvarm/arms), where the overhead
+ablation's multi-ARM finds them.
 """
 
 import importlib.util
@@ -36,5 +38,7 @@ def get_config():
         "step": 0.5, "prompts": 16, "max_new_tokens": 48, "guidance": 1.0,
         "safety_margin": 2.0, "no_repeat_ngram": 4,
         "pcgrad_adapter": os.path.join(cache, "adapter-pcgrad"),
-        "sum_adapter": os.path.join(cache, "adapter-nopcgrad")}
+        "sum_adapter": os.path.join(cache, "adapter-nopcgrad"),
+        # kept for the overhead ablation's multi-ARM (make ablation-overhead passes it as arms)
+        "save_separate": os.path.join(cache, "arms")}
     return config

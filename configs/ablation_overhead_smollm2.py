@@ -9,8 +9,10 @@ best-of-4 / best-of-16 reranking by the Pv-Arm.
 Timing: batch 1 and 16, prompts of 256 and 2,048 tokens, 32 new tokens, float32, each cell in a
 fresh process (its peak memory). Quality: 30 held-out HarmBench test behaviours and the first 30
 of the preference set's test prompts, 48 new tokens, the demo's guidance (w = 1, tau = 0.1,
-no-repeat n = 4), judged by the rule judge. The multi-ARM members are untrained until the
-conflict-mitigation ablation trains them (`arms`), so multi-ARM is timed, not judged.
+no-repeat n = 4), judged by the rule judge. Multi-ARM is judged with the six single-attribute
+adapters the conflict-mitigation ablation trains (`make ablation-overhead` passes
+--config.arms=<cache>/pvarm/arms and runs that ablation first if they are missing); without
+`arms` its members are untrained, and multi-ARM is timed, not judged.
 """
 
 import os

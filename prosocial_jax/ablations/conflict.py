@@ -39,11 +39,13 @@ from prosocial_jax.evaluation import metrics, reports
 from prosocial_jax.evaluation.evaluate import GenerationRow, restrict_preferences, score_rows
 from prosocial_jax.evaluation.judges import load_judge
 from prosocial_jax.evaluation.preference_accuracy import evaluate_adapter
+from prosocial_jax.files import check_output_folder
 from prosocial_jax.models.adapters import (
     Adapter,
     AdapterConfig,
     AdapterSet,
     load_adapter,
+    save_adapter_set,
     single_attribute_config,
 )
 from prosocial_jax.models.model import Model
@@ -67,6 +69,9 @@ class ConflictSettings:
     # instead of trained (their training time is then not measured).
     pcgrad_adapter: str | None = None
     sum_adapter: str | None = None
+    # Where to keep the single-attribute adapters trained here (an adapter set folder, replaced
+    # if it is one this wrote), e.g. for the overhead ablation's multi-ARM (`arms`).
+    save_separate: str | None = None
     where: ClassVar[str] = "conflict settings"
 
     def __post_init__(self):
@@ -162,10 +167,15 @@ def conflict(model: Model, adapter_config: AdapterConfig, train: Sequence[Prefer
     """Trains (or loads) the three methods, scores their held-out accuracy and sweeps
     `prompts` ((text, kind) pairs) under the grid. Returns (the record, the judged answers)."""
     ablation = ablation or ConflictSettings()
+    if ablation.save_separate is not None:  # refused before training, not after
+        check_output_folder(ablation.save_separate, "adapter set", overwrite=True,
+                            flag="a new ablation.save_separate")
     attributes = adapter_config.attributes
     grid = simplex_grid(attributes, ablation.step)
     trained, seconds = train_methods(model, adapter_config, train, settings, ablation,
                                      progress)
+    if ablation.save_separate is not None:
+        save_adapter_set(trained["separate"], ablation.save_separate, overwrite=True)
     held_out = sample_held_out(list(dev), settings.eval_limit, settings.seed)
     rows: list[GenerationRow] = []
     record: dict[str, Any] = {"attributes": list(attributes), "train_pairs": len(train),

@@ -8,6 +8,7 @@ from helpers import random_adapter
 
 import prosocial_jax as pj
 from prosocial_jax import cli
+from prosocial_jax.models import adapters
 
 
 def _pairs(path, count, seed):
@@ -201,8 +202,10 @@ def test_conflict_command_trains_three_ways_and_sweeps_each(tiny_chat, tmp_path,
                      "--steps", "2", "--batch-size", "4", "--max-len", "48", "--adapter-r1",
                      "2", "--adapter-r2", "2", "--adapter-attributes", "harmlessness,empathy",
                      "--prompts-from", str(prompts), "--prompts", "2", "--max-new-tokens", "3",
-                     "--out", str(out)]) == 0
+                     "--save-separate", str(tmp_path / "arms"), "--out", str(out)]) == 0
     assert "| separate |" in capsys.readouterr().out
+    arms = adapters.load_adapter_set(tmp_path / "arms", pj.load_model(tiny_chat.path).config)
+    assert [m.config.attributes for m in arms.adapters] == [("harmlessness",), ("empathy",)]
     record = json.loads((out / "results.json").read_text())
     assert record["grid_points"] == 3  # (1, 0), (0.5, 0.5), (0, 1)
     pcgrad, summed, separate = (record["methods"][m]
