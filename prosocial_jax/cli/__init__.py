@@ -17,14 +17,23 @@ from collections.abc import Sequence
 
 from prosocial_jax.cli import ablations, decoding, direg, evaluation, options, pipeline, pvarm
 
-COMMAND_MODULES = (decoding, direg, pvarm, pipeline, evaluation, ablations)
+COMMAND_MODULES = (direg, pvarm, decoding, evaluation, pipeline, ablations)  # pipeline order
+
+PIPELINE = """the pipeline in commands (each has --help; `make demo` runs them all on SmolLM2):
+  1. DiReg:    harmful-data -> finetune -> harm-vector   (the base minus its harm direction)
+  2. Pv-Arm:   preference-set (or your own pairs) -> train-arm   (the reward adapter)
+  3. decode:   generate --model EDITED --adapter ADAPTER --preference empathy=1
+  4. judge:    evaluate --generations FILE   (or compare: every stage side by side)
+  5. explore:  sweep (a preference grid), guidance-sweep (w, tau), ablate-* (open questions)
+"""
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, options.Command]]:
     """The parser and {command name: Command}."""
     parser = argparse.ArgumentParser(
         prog="prosocial-jax",
-        description="ProSocialAlign in JAX: safe first, prosocial second, at inference time.")
+        description="ProSocialAlign in JAX: safe first, prosocial second, at inference time.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=PIPELINE)
     sub = parser.add_subparsers(dest="command", required=True)
     commands: dict[str, options.Command] = {}
     for module in COMMAND_MODULES:

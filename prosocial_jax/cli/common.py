@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prosocial_jax import settings
 from prosocial_jax.cli import rendezvous
-from prosocial_jax.cli.options import Section
+from prosocial_jax.cli.options import Section, report_ignored
 
 
 def _help(text: str) -> dict[str, str]:
@@ -166,3 +166,12 @@ def check_out_and_checkpoints(out: Path, checkpoint_dir: Path) -> None:
     if out == checkpoints or out in checkpoints.parents:
         raise ValueError(f"--out {out} would contain the checkpoint folder {checkpoints}; "
                          "choose separate folders")
+
+
+def check_hf_split(args: argparse.Namespace, key: str, sources, command: str) -> None:
+    """A data split names a split of an hf:// data set; with local files only it does nothing."""
+    how = args.given.get(key)
+    local = [str(s) for s in sources if s is not None]
+    if how is not None and not any(s.startswith("hf://") for s in local):
+        report_ignored(how, f"for local data ({', '.join(local)})", command,
+                       "give an hf:// data set")

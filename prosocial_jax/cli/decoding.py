@@ -15,7 +15,7 @@ from prosocial_jax.cli.common import (
     add_overwrite_arg,
     initialize_distributed,
 )
-from prosocial_jax.cli.options import Command, Section, add_command, require
+from prosocial_jax.cli.options import Command, Section, add_command, report_ignored, require
 from prosocial_jax.data import prompts
 from prosocial_jax.decoding.decode import GenerateSettings
 from prosocial_jax.decoding.guidance import GuidanceSettings
@@ -33,11 +33,11 @@ class AdapterInputs:
         "help": "Pv-Arm adapter folder (pj.save_adapter layout); turns guidance on"})
     reward: str | None = dataclasses.field(default=None, metadata={
         "help": "the adapter's backbone (none: the adapter's recorded base_model if it loads, "
-                "else --model)"})
+                "else --model)", "needs": "adapter.adapter"})
     reward_layout: str = dataclasses.field(default="sharded", metadata={
         "help": "the backbone's weights on the mesh: sharded over \"model\" like the base, or "
                 "replicated (a whole copy per device: a small Pv-Arm guiding a large base, "
-                "weak-to-strong)"})
+                "weak-to-strong)", "needs": "adapter.adapter"})
 
     def __post_init__(self):
         settings.coerce(self, "adapter inputs")
@@ -48,8 +48,8 @@ class AdapterInputs:
 
 GENERATE = (MODEL, Section("generate", GenerateSettings, key="generate"),
             Section("adapter", AdapterInputs, title="guided decoding (ProSocialAlign)"),
-            Section("guidance", GuidanceSettings, key="guidance",
-                    title="guidance settings (a prompt row may carry its own)"))
+            Section("guidance", GuidanceSettings, key="guidance", needs="adapter.adapter",
+                    title="guidance settings (with --adapter; a prompt row may carry its own)"))
 
 
 def platform_config(platform: str, platforms: dict[str, tuple[str, str, int]], model: str,
@@ -130,8 +130,10 @@ def _prompts_parser(sub) -> dict:
     p.epilog = "benchmarks:\n" + describe_benchmarks()
     p.add_argument("--out", type=Path, required=True)
     add_overwrite_arg(p, "prompt file")
-    p.add_argument("--harmful", type=int, default=3, help="number of HarmBench behaviours")
-    p.add_argument("--benign", type=int, default=3, help="number of benign prompts")
+    p.add_argument("--harmful", type=int, help="without --benchmark: number of HarmBench "
+                   "behaviours (default 3)")
+    p.add_argument("--benign", type=int, help="without --benchmark: number of benign prompts "
+                   "(default 3)")
     p.add_argument("--split", help="HarmBench split (val, test; default val), or the "
                    "benchmark's split")
     p.add_argument("--benchmark", choices=sorted(BENCHMARKS), help="a safety benchmark")
@@ -154,16 +156,17 @@ def _memory_parser(sub) -> dict:
                    help="a checkpoint's config.json (the base; with --train, the backbone)")
     p.add_argument("--reward-config", help="guided decoding: the Pv-Arm backbone's config.json "
                    "('same': the base is its own backbone)")
-    p.add_argument("--reward-layout", default="sharded", choices=("sharded", "replicated"),
-                   help="the backbone's weights sharded over \"model\" or a whole copy per "
-                   "device (weak-to-strong)")
+    p.add_argument("--reward-layout", choices=("sharded", "replicated"),
+                   help="with --reward-config: the backbone's weights sharded over \"model\" "
+                   "or a whole copy per device (weak-to-strong; default sharded)")
     p.add_argument("--train", action="store_true", help="plan one Pv-Arm training step of "
                    "--batch pairs of --max-len tokens instead")
     p.add_argument("--mesh", default="2x4", help="DATAxMODEL (default 2x4)")
     p.add_argument("--batch", type=int, default=8, help="rows (with --train: pairs)")
     p.add_argument("--max-len", type=int, default=4096, help="KV-cache slots per row (with "
                    "--train: tokens per answer)")
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", help="float32 | bfloat16 | float16 of the weights and caches "
+                   "(default: the config's torch_dtype, else float32)")
     p.add_argument("--device-memory", type=float, metavar="GIB",
                    help="memory of one device in GiB: say whether the plan fits")
     p.add_argument("--compile", action="store_true", help="compile the step from shapes on "
@@ -177,6 +180,14 @@ def _cmd_generate(args) -> int:
 
     inputs, generate, adapter = args.settings.inputs, args.settings.generate, args.settings.adapter
     require(inputs, "model")
+    if args.no_safety_stage and adapter.adapter is None:
+        report_ignored("--no-safety-stage", "without --adapter", "generate", "give --adapter")
+    _check_greedy(args, "generate")
+    if args.overwrite and args.out is None:
+        report_ignored("--overwrite", "without --out", "generate", "give --out FILE")
+    if args.strict and args.prompts is None:
+        report_ignored("--strict", "with --prompt (it checks the rows of --prompts)",
+                       "generate", "give --prompts FILE")
     if args.out is not None:
         check_output_file(args.out, args.overwrite)  # before decoding, not after
     initialize_distributed(args)
@@ -193,9 +204,12 @@ def _cmd_generate(args) -> int:
         _report_bad_rows(args, row_errors)
         if not rows:
             raise ValueError(f"{args.prompts}: no usable prompt rows")
-    elif any(key in row.extra for row in rows for key in ROW_GUIDANCE):
-        print("note: rows carry guidance fields but no --adapter was given; decoding plainly",
-              file=sys.stderr)
+    else:
+        for row in rows:  # a prompt row's guidance cannot take effect either: say which
+            ignored = [key for key in ROW_GUIDANCE if key in row.extra]
+            if ignored:
+                print(f"{args.prompts}:{row.line}: warning: {', '.join(ignored)} ignored: no "
+                      "--adapter, so this row is decoded plainly", file=sys.stderr)
     started = time.perf_counter()
     results = pj.generate(
         model, [row.prompt for row in rows], **dataclasses.asdict(generate),
@@ -240,6 +254,18 @@ def _cmd_generate(args) -> int:
              if args.out else "")
           + (f"; skipped {len(errors)} malformed row(s)" if errors else ""), file=sys.stderr)
     return 0
+
+
+def _check_greedy(args, command: str) -> None:
+    """top_k, top_p and the seed shape sampling only: at temperature 0 (greedy) they do
+    nothing."""
+    if args.settings.generate.temperature > 0:
+        return
+    for name in ("top_k", "top_p", "seed"):
+        how = args.given.get(f"generate.{name}")
+        if how is not None:
+            report_ignored(how, "at temperature 0 (greedy)", command,
+                           "give --temperature above 0")
 
 
 def _read_prompts(args) -> tuple[list[prompts.PromptRow], list[prompts.RowError]]:
@@ -313,10 +339,14 @@ def _guided_settings(args, model, rows):
 
     adapter, reward = _load_adapter_and_reward(args, model)
     defaults = args.settings.guidance
+    # GuidanceSettings: no preference means the uniform one (already summing to 1: no note)
+    uniform = [1.0 / adapter.config.num_attributes] * adapter.config.num_attributes
     kept, preferences, weights, margins, errors = [], [], [], [], []
     for row in rows:
         try:
             preference = row.extra.get("preference", defaults.preference)
+            if preference is None:
+                preference = uniform
             row_preferences(adapter, preference, 1)  # validates: wrong length, < 0, all zero
             weight = float(row.extra.get("guidance", defaults.guidance))
             margin = float(row.extra.get("safety_margin", defaults.safety_margin))
@@ -389,11 +419,17 @@ def _cmd_sweep(args) -> int:
     require(inputs, "model")
     require(args.settings.adapter, "adapter")
     check_output_file(args.out, args.overwrite)  # before decoding, not after
+    _check_greedy(args, "sweep")
+    if args.strict and args.prompts is None:
+        report_ignored("--strict", "with --prompt (it checks the rows of --prompts)", "sweep",
+                       "give --prompts FILE")
     rows, errors = _read_prompts(args)
-    if any(key in row.extra for row in rows for key in ROW_GUIDANCE):
-        print(f"note: the rows' own {', '.join(ROW_GUIDANCE)} are ignored: a sweep gives "
-              "every row the grid's preferences and the command's guidance settings",
-              file=sys.stderr)
+    for row in rows:  # a sweep gives every row the grid's preferences and the flags' guidance
+        ignored = [key for key in ROW_GUIDANCE if key in row.extra]
+        if ignored:
+            print(f"{args.prompts}:{row.line}: warning: {', '.join(ignored)} ignored: a sweep "
+                  "decodes every row under every grid point with the command's guidance "
+                  "settings", file=sys.stderr)
     model = pj.load_model(inputs.model, dtype=inputs.dtype, mesh=inputs.mesh)
     adapter, reward = _load_adapter_and_reward(args, model)
     attributes = adapter.config.attributes
@@ -444,6 +480,10 @@ def _cmd_prompts(args) -> int:
 
     check_output_file(args.out, args.overwrite)
     if args.benchmark is not None:
+        for flag, value in (("--harmful", args.harmful), ("--benign", args.benign)):
+            if value is not None:
+                report_ignored(flag, "with --benchmark (it takes the benchmark's prompts)",
+                               "prompts", "use --limit")
         rows = load_benchmark(args.benchmark, args.source, args.split, args.limit)
     elif args.source is not None or args.limit is not None:
         raise ValueError("--source and --limit only apply with --benchmark")
@@ -451,7 +491,8 @@ def _cmd_prompts(args) -> int:
         split = args.split or "val"
         if split not in prompts.HARMBENCH_SPLITS:
             raise ValueError(f"--split {split!r}: HarmBench has {list(prompts.HARMBENCH_SPLITS)}")
-        rows = prompts.mixed_prompt_rows(args.harmful, args.benign, split)
+        rows = prompts.mixed_prompt_rows(3 if args.harmful is None else args.harmful,
+                                         3 if args.benign is None else args.benign, split)
     write_jsonl(args.out, rows)
     print(f"wrote {len(rows)} prompts to {args.out}", file=sys.stderr)
     return 0
@@ -462,8 +503,20 @@ def _cmd_memory(args) -> int:
     from prosocial_jax.models.config import ModelConfig
     from prosocial_jax.models.model import parse_dtype
 
+    if args.reward_layout is not None and not args.reward_config:
+        report_ignored("--reward-layout", "without --reward-config", "memory",
+                       "give --reward-config")
+    if args.train and args.reward_config:
+        report_ignored("--reward-config", "with --train (it plans a training step, not guided "
+                       "decoding)", "memory", "drop --train")
     config = ModelConfig.from_json_file(args.model_config)
-    dtype = parse_dtype(args.dtype)
+    if args.dtype is not None:
+        dtype_name, dtype_source = args.dtype, "--dtype"
+    elif config.checkpoint_dtype:
+        dtype_name, dtype_source = config.checkpoint_dtype, "the config's torch_dtype"
+    else:
+        dtype_name, dtype_source = "float32", "default: the config names none"
+    dtype = parse_dtype(dtype_name)
     mesh = sharding.make_mesh(args.mesh) if args.compile else args.mesh
     gib = 1024**3
     if args.train:
@@ -481,21 +534,23 @@ def _cmd_memory(args) -> int:
 
         reward = (None if args.reward_config == "same"
                   else ModelConfig.from_json_file(args.reward_config))
+        layout = args.reward_layout or "sharded"
         report = guided_decoding_plan(config, reward, AdapterConfig(), mesh, args.batch,
-                                      args.max_len, dtype, args.reward_layout,
-                                      compile=args.compile)
+                                      args.max_len, dtype, layout, compile=args.compile)
         what = (f"guided decoding of {args.model_config} by {args.reward_config} "
-                f"({args.reward_layout}; {args.batch} rows x {args.max_len} slots)")
+                f"({layout}; {args.batch} rows x {args.max_len} slots)")
     else:
         report = sharding.memory_report(config, args.mesh, args.batch, args.max_len, dtype)
         what = f"{args.model_config}: {report['num_parameters'] / 1e9:.2f}B params"
         report["bytes_per_device"] = {"params": report["param_bytes_per_device"],
                                       "cache": report["cache_bytes_per_device"]}
+    report["dtype"] = dtype_name
     print(json.dumps(report, indent=2))
     parts = ", ".join(f"{name} {size / gib:.2f}" for name, size in
                       report["bytes_per_device"].items())
     total = report["total_bytes_per_device"]
-    line = (f"{what} on a {report['mesh']} mesh: {total / gib:.2f} GiB per device ({parts})")
+    line = (f"{what} in {dtype_name} ({dtype_source}) on a {report['mesh']} mesh: "
+            f"{total / gib:.2f} GiB per device ({parts})")
     if "xla" in report:
         line += (f"; XLA: arguments {report['xla']['argument'] / gib:.2f} GiB + temporaries "
                  f"{report['xla']['temp'] / gib:.2f} GiB")

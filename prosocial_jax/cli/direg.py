@@ -13,10 +13,11 @@ from prosocial_jax.cli.common import (
     add_distributed_flag,
     add_overwrite_arg,
     add_restart_flag,
+    check_hf_split,
     check_out_and_checkpoints,
     initialize_distributed,
 )
-from prosocial_jax.cli.options import Command, Section, add_command, require
+from prosocial_jax.cli.options import Command, Section, add_command, report_ignored, require
 from prosocial_jax.direg.edit import EditSettings
 from prosocial_jax.direg.finetune import FinetuneSettings
 from prosocial_jax.direg.harmful_data import HarmfulDataSettings
@@ -128,6 +129,12 @@ def _cmd_finetune(args) -> int:
                                        args.settings.finetune)
     require(inputs, "model")
     require(data, "data", "out", "checkpoint_dir")
+    if finetune_settings.lora_rank == 0:
+        for name in ("lora_alpha", "lora_targets"):
+            if f"finetune.{name}" in args.given:
+                report_ignored(args.given[f"finetune.{name}"], "in a full fine-tune (lora_rank "
+                               "0)", "finetune", "give --lora-rank above 0")
+    check_hf_split(args, "data.split", [data.data], "finetune")
     out, checkpoint_dir = Path(data.out), Path(data.checkpoint_dir)
     check_out_and_checkpoints(out, checkpoint_dir)
     check_output_folder(out, "model", args.overwrite)  # before training, not after
@@ -161,6 +168,10 @@ def _cmd_harm_vector(args) -> int:
     top_ks, scales = edit_settings.top_k, edit_settings.scale
     if not args.sweep and (len(top_ks) != 1 or len(scales) != 1):
         raise ValueError("--top-k and --scale take one value each (lists need --sweep)")
+    if not args.sweep:
+        for how in [h for name, h in args.given.items() if name.startswith("sweep.")] + (
+                ["--generations-dir"] if args.generations_dir is not None else []):
+            report_ignored(how, "without --sweep", "harm-vector", "give --sweep")
     check_output_folder(args.out, "sweep report" if args.sweep else "model", args.overwrite)
     base = pj.load_model(inputs.base, dtype=inputs.dtype)
     harmful = pj.load_model(inputs.harmful, dtype=inputs.dtype)

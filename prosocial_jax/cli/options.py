@@ -8,6 +8,11 @@ command runs with is, in order of precedence,
     the flag given on the command line  >  the --config file (with --config.a.b=v overrides)
     >  the dataclass default.
 
+A setting that cannot take effect without another (the guidance settings of `generate`
+without --adapter) names that other one: `Section.needs`, or a field's `metadata["needs"]`, as
+"section.field". Given as a flag without it, it is an error naming the missing flag; set by a
+config file (a template, whose guided part waits for its adapter), a warning.
+
 Config files are `configs/*.py` modules with `get_config()` returning an
 `ml_collections.ConfigDict`. They are loaded locked: an override of a key the file does not
 define is an error, and so is a key the command does not know (a typo never passes silently).
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -37,6 +43,9 @@ class Section:
     prefix: str = ""  # flag prefix: "adapter-" gives --adapter-r1
     skip: tuple[str, ...] = ()  # fields the command fills in itself (no flag, no config key)
     title: str | None = None  # heading of the flags in --help
+    # "section.field": the setting without which this section's settings do nothing (a field's
+    # metadata["needs"] says the same for one field)
+    needs: str | None = None
 
     def fields(self) -> list[dataclasses.Field]:
         return [f for f in dataclasses.fields(self.cls) if f.name not in self.skip]
@@ -113,8 +122,7 @@ def add_flags(parser: argparse.ArgumentParser, section: Section,
             kind = {"type": item, "action": "append"}
         else:
             kind = {"type": kind}
-        group.add_argument(f"--{section.prefix}{field.name.replace('_', '-')}",
-                           dest=section.dest(field), **kind,
+        group.add_argument(flag_name(section, field), dest=section.dest(field), **kind,
                            help=f"{text}{' ' if text else ''}(default "
                            f"{_shown(default, field.metadata.get('separator', ','))})")
 
@@ -184,6 +192,55 @@ def resolve(args: argparse.Namespace, section: Section, config=None) -> Any:
     return section.cls(**kwargs)
 
 
+def given_settings(args: argparse.Namespace, sections: Sequence[Section],
+                   config=None) -> dict[str, str]:
+    """{"section.field": how it was given} for every setting given explicitly: "--flag" on the
+    command line, else "config key a.b" from the --config file (defaults are not listed)."""
+    tree = config.to_dict() if config is not None else {}
+    given = {}
+    for section in sections:
+        values = tree.get(section.key, {}) if section.key else tree
+        for field in section.fields():
+            if getattr(args, section.dest(field), None) is not None:
+                given[f"{section.name}.{field.name}"] = flag_name(section, field)
+            elif values.get(field.name) is not None:
+                key = f"{section.key}.{field.name}" if section.key else field.name
+                given[f"{section.name}.{field.name}"] = f"config key {key}"
+    return given
+
+
+def flag_name(section: Section, field: dataclasses.Field) -> str:
+    return f"--{section.prefix}{field.name.replace('_', '-')}"
+
+
+def report_ignored(how: str, without: str, command: str, fix: str) -> None:
+    """A setting given that cannot take effect `without` something: an error for a flag ("--x"),
+    a warning on stderr for a config key (a config file is a template)."""
+    if how.startswith("--"):
+        raise ValueError(f"{how} has no effect {without}: {command} would ignore it ({fix}, "
+                         f"or leave {how} out)")
+    print(f"warning: {how} has no effect {without}; ignored", file=sys.stderr)
+
+
+def check_needs(settings: argparse.Namespace, sections: Sequence[Section],
+                given: dict[str, str], command: str) -> None:
+    """`report_ignored` for every setting given whose needed setting (`Section.needs` /
+    metadata["needs"]) is unset."""
+    by_name = {s.name: s for s in sections}
+    for section in sections:
+        for field in section.fields():
+            needs = field.metadata.get("needs", section.needs)
+            how = given.get(f"{section.name}.{field.name}")
+            if needs is None or how is None:
+                continue
+            owner, name = needs.split(".")
+            if getattr(getattr(settings, owner), name) is not None:
+                continue
+            needed = by_name[owner]
+            missing = flag_name(needed, next(f for f in needed.fields() if f.name == name))
+            report_ignored(how, f"without {missing}", command, f"give {missing}")
+
+
 def require(settings: Any, *names: str) -> None:
     """Inputs a command cannot run without: named as the flag (or the config key) to give."""
     for name in names:
@@ -236,4 +293,6 @@ def parse(parser: argparse.ArgumentParser, commands: dict[str, Command],
                      f"{args.command} takes no --config (its flags are its settings)")
     config = load_config(path, overrides) if path is not None else None
     args.settings = resolve_all(args, command.sections, args.command, config)
+    args.given = given_settings(args, command.sections, config)
+    check_needs(args.settings, command.sections, args.given, args.command)
     return args

@@ -13,10 +13,11 @@ from prosocial_jax.cli.common import (
     add_distributed_flag,
     add_overwrite_arg,
     add_restart_flag,
+    check_hf_split,
     check_out_and_checkpoints,
     initialize_distributed,
 )
-from prosocial_jax.cli.options import Command, Section, add_command, require
+from prosocial_jax.cli.options import Command, Section, add_command, report_ignored, require
 from prosocial_jax.models.adapters import AdapterConfig
 from prosocial_jax.pvarm.preference_set import PreferenceSetSettings
 from prosocial_jax.pvarm.train import ArmSettings
@@ -105,6 +106,16 @@ def _cmd_preference_set(args) -> int:
     return 0
 
 
+def check_ignored_data_flags(args, command: str) -> None:
+    """The split of local files, and the HH-RLHF attribute of another format, do nothing."""
+    data = args.settings.data
+    check_hf_split(args, "data.split", [data.train_data, data.dev_data], command)
+    how = args.given.get("data.hh_attribute")
+    if how is not None and data.format not in ("hh_rlhf", "auto"):
+        report_ignored(how, f"with --format {data.format} (it names what HH-RLHF choices "
+                       "judge)", command, "give --format hh_rlhf")
+
+
 def load_pairs(data: ArmInputs, seed: int):
     """(train pairs, dev pairs, their skipped-row reports) of --train-data and --dev-data, or
     a seeded 20% of the training prompts held out when there is no --dev-data."""
@@ -138,6 +149,12 @@ def _cmd_train_arm(args) -> int:
     settings, adapter_config = args.settings.arm, args.settings.adapter
     require(inputs, "model")
     require(data, "train_data", "out", "checkpoint_dir")
+    check_ignored_data_flags(args, "train-arm")
+    if data.extend is not None:
+        for name, how in args.given.items():
+            if name.startswith("adapter."):
+                report_ignored(how, "with --extend (the extended adapter's settings are kept)",
+                               "train-arm", "drop --extend")
     out, checkpoint_dir = Path(data.out), Path(data.checkpoint_dir)
     check_out_and_checkpoints(out, checkpoint_dir)
     check_output_folder(out, "adapter", args.overwrite)  # before training, not after

@@ -66,6 +66,10 @@ class SweepSettings:
     def __post_init__(self):
         settings.coerce(self, "sweep settings")
         _divisions(self.step)
+        if self.fixed is not None and not self.over:
+            raise ValueError(f"sweep settings: fixed weights ({self.fixed}) need `over`, the "
+                             "attributes varied; without it every attribute is varied and "
+                             "none is held fixed")
         if not self.setting:
             raise ValueError("sweep settings: setting must be a non-empty name")
 

@@ -137,7 +137,8 @@ def test_sweep_command_writes_rows_evaluate_reports_as_a_sweep(tiny_chat, tmp_pa
                      "--fixed", "harmlessness=0.5", "--setting", "pv-arm"])
     assert code == 0
     err = capsys.readouterr().err
-    assert f"{prompts}:3: skipped" in err and "are ignored" in err
+    assert f"{prompts}:3: skipped" in err
+    assert f"{prompts}:2: warning: preference ignored: a sweep decodes every row" in err
     assert "2 prompt(s) x 3 preference(s) = 6 rows" in err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["line"], r["point"]) for r in rows] == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1),

@@ -38,12 +38,13 @@ from prosocial_jax.models.classifier import load_score_model
 from prosocial_jax.models.model import load_model
 
 JUDGE_KINDS = ("reward", "cost", "guard", "rubric", "rules", "external")
+MODEL_KINDS = ("reward", "cost", "guard", "rubric")  # the judges that load a model
 _NEEDS_PATH = ("reward", "cost", "guard", "rubric", "external")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
-__all__ = ["JUDGE_KINDS", "KINDS", "ExternalJudge", "GuardJudge", "Judge", "JudgeError",
-           "JudgeInput", "JudgeSpec", "Judgement", "RubricJudge", "RuleJudge", "ScoreModelJudge",
-           "load_judge", "parse_judge_spec"]
+__all__ = ["JUDGE_KINDS", "KINDS", "MODEL_KINDS", "ExternalJudge", "GuardJudge", "Judge",
+           "JudgeError", "JudgeInput", "JudgeSpec", "Judgement", "RubricJudge", "RuleJudge",
+           "ScoreModelJudge", "load_judge", "parse_judge_spec"]
 
 
 @dataclasses.dataclass(frozen=True)
