@@ -32,8 +32,10 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import json
 import multiprocessing
 import re
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -201,6 +203,8 @@ def _timing(models: Models, settings: OverheadSettings, progress: bool) -> list[
                                         settings).result())
         else:
             rows.append(time_cell(models, method, batch, context, settings))
+        # Each cell as it is measured: a long grid stopped part-way keeps what it measured.
+        tqdm.write(f"overhead cell: {json.dumps(rows[-1])}", file=sys.stderr)
     return rows
 
 

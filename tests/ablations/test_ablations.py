@@ -165,8 +165,13 @@ def test_overhead_command_times_and_judges_every_method(tiny_chat, tmp_path, cap
     assert cli.main([*common, "--methods", "plain,Pv-Arm + safety,multi-ARM,best-of-2",
                      "--isolate", "false", "--harmful-limit", "2", "--benign-from", str(dev),
                      "--max-new-tokens", "4", "--out", str(out)]) == 0
-    assert "| best-of-2 |" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "| best-of-2 |" in captured.out
     record = json.loads((out / "results.json").read_text())
+    # Every cell is printed as it is measured (a grid stopped part-way keeps its cells).
+    printed = [json.loads(line.split("overhead cell: ", 1)[1])
+               for line in captured.err.splitlines() if line.startswith("overhead cell: ")]
+    assert printed == record["timing"]
     assert [(r["method"], r["batch"], r["context"]) for r in record["timing"]] == [
         (m, 2, 8) for m in ("plain", "Pv-Arm + safety", "multi-ARM", "best-of-2")]
     assert all(r["peak_memory_bytes"] is None for r in record["timing"])  # not isolated
