@@ -24,7 +24,9 @@ Quality (optional): every method on held-out prompts (HarmBench harmful behaviou
 preference set's benign and prosocial prompts), judged by the rule judge: leakage,
 over-refusal, the mean prosocial scores, beside the method's wall time on those prompts (the
 compute each spent for it). Multi-ARM needs trained single-attribute adapters for this
-(`arms`): without them its members are untrained and it is timed only.
+(`arms`): without them its members are untrained and it is timed only. The quality run goes
+first and both are printed as they finish (the quality table, then each timing cell), so a
+long grid stopped part-way keeps what it measured.
 """
 
 from __future__ import annotations
@@ -242,11 +244,13 @@ def overhead(models: Models, settings: OverheadSettings | None = None,
     record: dict[str, Any] = {
         "models": dataclasses.asdict(models), "settings": dataclasses.asdict(settings),
         "trained_arms": _load(models)[4],
-        "weight_bytes": sum(x.nbytes for x in jax.tree.leaves(model.params)),
-        "timing": _timing(models, settings, progress)}
+        "weight_bytes": sum(x.nbytes for x in jax.tree.leaves(model.params))}
     scored: list[dict[str, Any]] = []
-    if settings.quality:
+    if settings.quality:  # first: minutes, where the timing grid can take an hour
         record["quality"], scored = _quality(models, settings, prompts, progress)
+        tqdm.write(f"overhead quality: {json.dumps(record['quality'])}", file=sys.stderr)
+        jax.clear_caches()  # the timing cells run in processes of their own
+    record["timing"] = _timing(models, settings, progress)
     return record, scored
 
 

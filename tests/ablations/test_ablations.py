@@ -172,6 +172,7 @@ def test_overhead_command_times_and_judges_every_method(tiny_chat, tmp_path, cap
     printed = [json.loads(line.split("overhead cell: ", 1)[1])
                for line in captured.err.splitlines() if line.startswith("overhead cell: ")]
     assert printed == record["timing"]
+    assert f"overhead quality: {json.dumps(record['quality'])}" in captured.err
     assert [(r["method"], r["batch"], r["context"]) for r in record["timing"]] == [
         (m, 2, 8) for m in ("plain", "Pv-Arm + safety", "multi-ARM", "best-of-2")]
     assert all(r["peak_memory_bytes"] is None for r in record["timing"])  # not isolated
