@@ -219,7 +219,8 @@ def table(record: dict[str, Any]) -> str:
                      else f"{m['training_seconds']:.0f} s", f"{m['trained_parameters']:,}",
                      *(reports.number(m["accuracy"].get(a), 2) for a in attributes),
                      reports.number(s["common_scale"]["mip"]),
-                     reports.number(s["common_scale"]["hypervolume"], 4),
+                     # a product of K small spreads: significant digits, not decimals
+                     f"{s['common_scale']['hypervolume']:.3g}",
                      reports.percent(s["pareto_coverage"])])
     return reports.markdown_table(
         ["method", "training", "parameters", *attributes, "MIP (common scale)",
