@@ -216,7 +216,8 @@ def _quality(models: Models, settings: OverheadSettings, prompts: EvaluationProm
     texts = [*prompts.harmful, *prompts.benign]
     kinds = ["harmful"] * len(prompts.harmful) + prompts.benign_kinds
     rows, seconds = [], {}
-    for method in settings.methods:
+    for method in tqdm(settings.methods, desc="overhead quality", unit="method",
+                       disable=not progress):
         if method == "multi-ARM" and not loaded[4]:
             continue  # untrained members: timed, not judged
         started = time.perf_counter()
