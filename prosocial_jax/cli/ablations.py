@@ -14,7 +14,13 @@ from prosocial_jax.ablations.k_scaling import KScalingSettings
 from prosocial_jax.ablations.multi_turn import MultiTurnSettings
 from prosocial_jax.ablations.overhead import OverheadSettings
 from prosocial_jax.cli.common import MODEL, add_overwrite_arg
-from prosocial_jax.cli.options import Command, Section, add_command, report_ignored, require
+from prosocial_jax.cli.options import (
+    Command,
+    Section,
+    add_command,
+    report_given,
+    require,
+)
 from prosocial_jax.cli.pipeline import COMPARE
 from prosocial_jax.cli.pvarm import ArmInputs, load_pairs
 from prosocial_jax.models.adapters import AdapterConfig
@@ -113,10 +119,8 @@ def _cmd_k_scaling(args) -> int:
     if ablation.train_accuracy:
         require(data, "train_data")
     else:
-        for name, how in args.given.items():
-            if name.startswith(("data.", "arm.")):
-                report_ignored(how, "without --train-accuracy", "ablate-k-scaling",
-                               "give --train-accuracy")
+        report_given(args.given, ("data.", "arm."), "without --train-accuracy",
+                     "ablate-k-scaling", "give --train-accuracy")
     check_output_folder(args.out, "k-scaling ablation", args.overwrite)
     model = pj.load_model(inputs.model, dtype=inputs.dtype, mesh=inputs.mesh)
     pairs = dev_pairs = ()
@@ -150,10 +154,9 @@ def _cmd_stages(args) -> int:
 
     inputs, chosen = args.settings.inputs, args.settings.compare
     require(inputs, "direg", "adapter")
-    for name in ("compare.preferences", "compare.ablations"):  # compare's, not the stages'
-        if name in args.given:
-            report_ignored(args.given[name], "in ablate-stages (it decodes every stage, under "
-                           "the uniform preference)", "ablate-stages", "use compare")
+    report_given(args.given, ("compare.preferences", "compare.ablations"),  # compare's own
+                 "in ablate-stages (it decodes every stage, under the uniform preference)",
+                 "ablate-stages", "use compare")
     check_output_folder(args.out, "stages ablation", args.overwrite)  # before decoding
     base = pj.load_model(inputs.base)
     models = {"base": base, "direg": pj.load_model(inputs.direg)}
@@ -215,11 +218,10 @@ def _cmd_overhead(args) -> int:
     inputs, chosen = args.settings.inputs, args.settings.ablation
     require(inputs, "adapter")
     if not chosen.quality:
-        for name in ("inputs.benign_from", "ablation.harmful_limit", "ablation.benign_limit",
-                     "ablation.max_new_tokens"):
-            if name in args.given:
-                report_ignored(args.given[name], "without the quality run (--quality false)",
-                               "ablate-overhead", "leave --quality on")
+        report_given(args.given, ("inputs.benign_from", "ablation.harmful_limit",
+                                  "ablation.benign_limit", "ablation.max_new_tokens"),
+                     "without the quality run (--quality false)", "ablate-overhead",
+                     "leave --quality on")
     check_output_folder(args.out, "overhead ablation", args.overwrite)
     prompts = EvaluationPrompts.held_out("test", chosen.harmful_limit, chosen.benign_limit,
                                          inputs.benign_from) if chosen.quality else None

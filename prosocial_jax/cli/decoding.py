@@ -15,7 +15,14 @@ from prosocial_jax.cli.common import (
     add_overwrite_arg,
     initialize_distributed,
 )
-from prosocial_jax.cli.options import Command, Section, add_command, report_ignored, require
+from prosocial_jax.cli.options import (
+    Command,
+    Section,
+    add_command,
+    report_given,
+    report_ignored,
+    require,
+)
 from prosocial_jax.data import prompts
 from prosocial_jax.decoding.decode import GenerateSettings
 from prosocial_jax.decoding.guidance import GuidanceSettings
@@ -185,9 +192,7 @@ def _cmd_generate(args) -> int:
     _check_greedy(args, "generate")
     if args.overwrite and args.out is None:
         report_ignored("--overwrite", "without --out", "generate", "give --out FILE")
-    if args.strict and args.prompts is None:
-        report_ignored("--strict", "with --prompt (it checks the rows of --prompts)",
-                       "generate", "give --prompts FILE")
+    _check_strict(args, "generate")
     if args.out is not None:
         check_output_file(args.out, args.overwrite)  # before decoding, not after
     initialize_distributed(args)
@@ -205,11 +210,7 @@ def _cmd_generate(args) -> int:
         if not rows:
             raise ValueError(f"{args.prompts}: no usable prompt rows")
     else:
-        for row in rows:  # a prompt row's guidance cannot take effect either: say which
-            ignored = [key for key in ROW_GUIDANCE if key in row.extra]
-            if ignored:
-                print(f"{args.prompts}:{row.line}: warning: {', '.join(ignored)} ignored: no "
-                      "--adapter, so this row is decoded plainly", file=sys.stderr)
+        _warn_row_guidance(args, rows, "no --adapter, so this row is decoded plainly")
     started = time.perf_counter()
     results = pj.generate(
         model, [row.prompt for row in rows], **dataclasses.asdict(generate),
@@ -256,16 +257,28 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _warn_row_guidance(args, rows, why: str) -> None:
+    """A prompt row's own guidance fields that cannot take effect: a warning with its line."""
+    for row in rows:
+        ignored = [key for key in ROW_GUIDANCE if key in row.extra]
+        if ignored:
+            print(f"{args.prompts}:{row.line}: warning: {', '.join(ignored)} ignored: {why}",
+                  file=sys.stderr)
+
+
+def _check_strict(args, command: str) -> None:
+    if args.strict and args.prompts is None:
+        report_ignored("--strict", "with --prompt (it checks the rows of --prompts)", command,
+                       "give --prompts FILE")
+
+
 def _check_greedy(args, command: str) -> None:
     """top_k, top_p and the seed shape sampling only: at temperature 0 (greedy) they do
     nothing."""
     if args.settings.generate.temperature > 0:
         return
-    for name in ("top_k", "top_p", "seed"):
-        how = args.given.get(f"generate.{name}")
-        if how is not None:
-            report_ignored(how, "at temperature 0 (greedy)", command,
-                           "give --temperature above 0")
+    report_given(args.given, ("generate.top_k", "generate.top_p", "generate.seed"),
+                 "at temperature 0 (greedy)", command, "give --temperature above 0")
 
 
 def _read_prompts(args) -> tuple[list[prompts.PromptRow], list[prompts.RowError]]:
@@ -420,16 +433,10 @@ def _cmd_sweep(args) -> int:
     require(args.settings.adapter, "adapter")
     check_output_file(args.out, args.overwrite)  # before decoding, not after
     _check_greedy(args, "sweep")
-    if args.strict and args.prompts is None:
-        report_ignored("--strict", "with --prompt (it checks the rows of --prompts)", "sweep",
-                       "give --prompts FILE")
+    _check_strict(args, "sweep")
     rows, errors = _read_prompts(args)
-    for row in rows:  # a sweep gives every row the grid's preferences and the flags' guidance
-        ignored = [key for key in ROW_GUIDANCE if key in row.extra]
-        if ignored:
-            print(f"{args.prompts}:{row.line}: warning: {', '.join(ignored)} ignored: a sweep "
-                  "decodes every row under every grid point with the command's guidance "
-                  "settings", file=sys.stderr)
+    _warn_row_guidance(args, rows, "a sweep decodes every row under every grid point with "
+                       "the command's guidance settings")
     model = pj.load_model(inputs.model, dtype=inputs.dtype, mesh=inputs.mesh)
     adapter, reward = _load_adapter_and_reward(args, model)
     attributes = adapter.config.attributes

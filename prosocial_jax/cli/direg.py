@@ -17,7 +17,13 @@ from prosocial_jax.cli.common import (
     check_out_and_checkpoints,
     initialize_distributed,
 )
-from prosocial_jax.cli.options import Command, Section, add_command, report_ignored, require
+from prosocial_jax.cli.options import (
+    Command,
+    Section,
+    add_command,
+    report_given,
+    require,
+)
 from prosocial_jax.direg.edit import EditSettings
 from prosocial_jax.direg.finetune import FinetuneSettings
 from prosocial_jax.direg.harmful_data import HarmfulDataSettings
@@ -130,10 +136,8 @@ def _cmd_finetune(args) -> int:
     require(inputs, "model")
     require(data, "data", "out", "checkpoint_dir")
     if finetune_settings.lora_rank == 0:
-        for name in ("lora_alpha", "lora_targets"):
-            if f"finetune.{name}" in args.given:
-                report_ignored(args.given[f"finetune.{name}"], "in a full fine-tune (lora_rank "
-                               "0)", "finetune", "give --lora-rank above 0")
+        report_given(args.given, ("finetune.lora_alpha", "finetune.lora_targets"),
+                     "in a full fine-tune (lora_rank 0)", "finetune", "give --lora-rank above 0")
     check_hf_split(args, "data.split", [data.data], "finetune")
     out, checkpoint_dir = Path(data.out), Path(data.checkpoint_dir)
     check_out_and_checkpoints(out, checkpoint_dir)
@@ -169,9 +173,10 @@ def _cmd_harm_vector(args) -> int:
     if not args.sweep and (len(top_ks) != 1 or len(scales) != 1):
         raise ValueError("--top-k and --scale take one value each (lists need --sweep)")
     if not args.sweep:
-        for how in [h for name, h in args.given.items() if name.startswith("sweep.")] + (
-                ["--generations-dir"] if args.generations_dir is not None else []):
-            report_ignored(how, "without --sweep", "harm-vector", "give --sweep")
+        given = {**args.given, **({"generations_dir": "--generations-dir"}
+                                  if args.generations_dir is not None else {})}
+        report_given(given, ("sweep.", "generations_dir"), "without --sweep", "harm-vector",
+                     "give --sweep")
     check_output_folder(args.out, "sweep report" if args.sweep else "model", args.overwrite)
     base = pj.load_model(inputs.base, dtype=inputs.dtype)
     harmful = pj.load_model(inputs.harmful, dtype=inputs.dtype)

@@ -9,7 +9,13 @@ from pathlib import Path
 
 from prosocial_jax import settings
 from prosocial_jax.cli.common import add_overwrite_arg
-from prosocial_jax.cli.options import Command, Section, add_command, report_ignored, require
+from prosocial_jax.cli.options import (
+    Command,
+    Section,
+    add_command,
+    report_given,
+    require,
+)
 from prosocial_jax.evaluation.evaluate import EvaluateSettings
 
 JUDGE_EPILOG = """judges (--judge, repeatable; the first judge giving a field is the one the
@@ -73,10 +79,9 @@ def _cmd_evaluate(args) -> int:
     from prosocial_jax.evaluation.judges import MODEL_KINDS, parse_judge_spec
 
     if not any(parse_judge_spec(spec).kind in MODEL_KINDS for spec in chosen.judge):
-        for name in ("inputs.dtype", "inputs.mesh"):  # where model judges run
-            if name in args.given:
-                report_ignored(args.given[name], "without a model judge (reward, cost, guard "
-                               "or rubric)", "evaluate", "give a model --judge")
+        report_given(args.given, ("inputs.dtype", "inputs.mesh"),  # where model judges run
+                     "without a model judge (reward, cost, guard or rubric)", "evaluate",
+                     "give a model --judge")
     check_output_folder(args.out, "evaluation", args.overwrite)  # before any judge runs
     started = time.perf_counter()
     result = evaluate.evaluate(inputs.generations, args.out, chosen, mesh=inputs.mesh,

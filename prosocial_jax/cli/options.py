@@ -222,6 +222,15 @@ def report_ignored(how: str, without: str, command: str, fix: str) -> None:
     print(f"warning: {how} has no effect {without}; ignored", file=sys.stderr)
 
 
+def report_given(given: dict[str, str], settings: Sequence[str], without: str, command: str,
+                 fix: str) -> None:
+    """`report_ignored` for each of `settings` ("section.field", or "section." for all of a
+    section's) that was given."""
+    for name, how in given.items():
+        if any(name == s or (s.endswith(".") and name.startswith(s)) for s in settings):
+            report_ignored(how, without, command, fix)
+
+
 def check_needs(settings: argparse.Namespace, sections: Sequence[Section],
                 given: dict[str, str], command: str) -> None:
     """`report_ignored` for every setting given whose needed setting (`Section.needs` /

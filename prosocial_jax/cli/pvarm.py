@@ -17,7 +17,14 @@ from prosocial_jax.cli.common import (
     check_out_and_checkpoints,
     initialize_distributed,
 )
-from prosocial_jax.cli.options import Command, Section, add_command, report_ignored, require
+from prosocial_jax.cli.options import (
+    Command,
+    Section,
+    add_command,
+    report_given,
+    report_ignored,
+    require,
+)
 from prosocial_jax.models.adapters import AdapterConfig
 from prosocial_jax.pvarm.preference_set import PreferenceSetSettings
 from prosocial_jax.pvarm.train import ArmSettings
@@ -151,10 +158,8 @@ def _cmd_train_arm(args) -> int:
     require(data, "train_data", "out", "checkpoint_dir")
     check_ignored_data_flags(args, "train-arm")
     if data.extend is not None:
-        for name, how in args.given.items():
-            if name.startswith("adapter."):
-                report_ignored(how, "with --extend (the extended adapter's settings are kept)",
-                               "train-arm", "drop --extend")
+        report_given(args.given, ("adapter.",), "with --extend (the extended adapter's "
+                     "settings are kept)", "train-arm", "drop --extend")
     out, checkpoint_dir = Path(data.out), Path(data.checkpoint_dir)
     check_out_and_checkpoints(out, checkpoint_dir)
     check_output_folder(out, "adapter", args.overwrite)  # before training, not after
