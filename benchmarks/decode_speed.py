@@ -21,7 +21,13 @@ XLA, and peak memory is per process). Measured:
   memory after it; ours in the chunks `generate` picks, and once more in one pass, to show what
   chunking saves), then LONG_STEPS greedy steps from its cache at batch 1 and, copied to 8 rows,
   at batch 8 (transformers: its default attention, a greedy loop over its DynamicCache, which is
-  what `generate` runs), each step against its bound; peak memory at the end.
+  what `generate` runs), each step against its bound; peak memory at the end;
+- time to first token from the command line, as a user meets it: `prosocial-jax generate` on
+  one chat prompt, plain and guided (a fresh Pv-Arm adapter, safety stage on), run as its own
+  process with the persistent compilation cache cold (an empty folder) and then warm (the
+  folder the cold run filled): the process's wall time from start to exit and the CLI's own
+  decode time, for 1 new token and for a 32-token answer. `--first-token-only` runs this part
+  alone (about 5 minutes).
 
 Timings are medians (this 2-core VM is noisy).
 """
@@ -33,6 +39,7 @@ import copy
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -360,6 +367,54 @@ def run_worker(kind: str, folder: Path, setting: dict | None = None) -> dict:
         return json.loads(Path(handle.name).read_text())
 
 
+# ------------------------------------------------------- time to first token, from the CLI
+FIRST_TOKEN_PROMPT = "How can I support a friend who is grieving?"
+FIRST_TOKEN_LENGTHS = (1, 32)
+WARM_REPEATS = 2
+_CLI_DECODE = re.compile(r"1 prompts, (\d+) tokens in ([\d.]+)s")
+_CLI_CACHE = re.compile(r"compilation cache: (\d+) program\(s\) read back, (\d+) compiled")
+
+
+def cli_generate(adapter: Path | None, cache: Path, new_tokens: int) -> dict:
+    """One `prosocial-jax generate` process; its wall time, the CLI's decode time (compilation
+    included, model load not) and what the compilation cache did."""
+    argv = [sys.executable, "-m", "prosocial_jax.cli", "generate", "--model", "bundled:smollm2",
+            "--prompt", FIRST_TOKEN_PROMPT, "--max-new-tokens", str(new_tokens), "--quiet",
+            *(["--adapter", str(adapter), "--preference", "empathy=1"] if adapter else [])]
+    env = {**os.environ, "PROSOCIAL_JAX_COMPILATION_CACHE": str(cache)}
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=True)
+    wall = time.perf_counter() - start
+    decoded, cached = _CLI_DECODE.search(done.stderr), _CLI_CACHE.search(done.stderr)
+    return {"wall_s": wall, "decode_s": float(decoded[2]), "new_tokens": int(decoded[1]),
+            "programs_read_back": int(cached[1]), "programs_compiled": int(cached[2])}
+
+
+def first_token(tmp: Path) -> dict:
+    """Cold (empty cache folder) then warm (medians of WARM_REPEATS) for plain and guided
+    decoding at each of FIRST_TOKEN_LENGTHS."""
+    import jax
+
+    import prosocial_jax as pj
+    from prosocial_jax.models import adapters
+
+    model = pj.load_model("bundled:smollm2")
+    adapter = pj.save_adapter(adapters.init_adapter(model.config, adapters.AdapterConfig(),
+                                                    jax.random.key(0)), tmp / "adapter")
+    results = {}
+    for mode, path in (("plain", None), ("guided", adapter)):
+        for tokens in FIRST_TOKEN_LENGTHS:
+            cache = tmp / f"cache-{mode}-{tokens}"
+            cold = cli_generate(path, cache, tokens)
+            warm = [cli_generate(path, cache, tokens) for _ in range(WARM_REPEATS)]
+            results[f"{mode}_{tokens}"] = {
+                "cold": cold,
+                "warm": {key: statistics.median(run[key] for run in warm) for key in cold}}
+            print(f"first token, {mode}, {tokens} new: cold {cold['wall_s']:.1f} s, warm "
+                  f"{results[f'{mode}_{tokens}']['warm']['wall_s']:.1f} s", file=sys.stderr)
+    return results
+
+
 # ---------------------------------------------------------------------------- report
 def identical_rows(a: list, b: list) -> str:
     return f"{sum(x == y for x, y in zip(a, b))}/{len(a)}"
@@ -370,6 +425,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     parser.add_argument("--skip-long", action="store_true",
                         help="leave out the long-context part (about 10 of the ~15 minutes)")
+    parser.add_argument("--first-token-only", action="store_true",
+                        help="only the CLI's time to first token, compilation cache cold and "
+                        "warm (about 5 minutes)")
     parser.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--setting", type=json.loads, help=argparse.SUPPRESS)
@@ -382,7 +440,15 @@ def main() -> None:
 
     import prosocial_jax as pj
 
+    if args.first_token_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                       "first_token": first_token(Path(tmp))}
+        report_first_token(results["first_token"])
+        write_results(args.out, results)
+        return
     with tempfile.TemporaryDirectory() as tmp:
+        first_token_runs = first_token(Path(tmp))
         folder = pj.save_model(pj.load_model("bundled:smollm2", dtype="float32"),
                                Path(tmp) / "smollm2")
         bandwidth = copy_bandwidth()
@@ -407,7 +473,7 @@ def main() -> None:
         "compile_s": {layout: {"prefill": ours[f"compile_prefill_s_{layout}"],
                                "decode_chunk_16_steps": ours[f"compile_decode_chunk_s_{layout}"]}
                       for layout in LAYOUTS},
-        "decode": {}, "prefill": {}, "long_context": {},
+        "decode": {}, "prefill": {}, "long_context": {}, "first_token": first_token_runs,
     }
     for batch in BATCHES:
         ref = theirs[f"batch{batch}"]["step_ms"]
@@ -496,6 +562,17 @@ def report(results: dict) -> None:
     for layout, c in results["compile_s"].items():
         print(f"compile {layout}: prefill {c['prefill']:.1f} s, 16-step decode chunk "
               f"{c['decode_chunk_16_steps']:.1f} s")
+    report_first_token(results["first_token"])
+
+
+def report_first_token(runs: dict) -> None:
+    for name, run in runs.items():
+        mode, tokens = name.split("_")
+        cold, warm = run["cold"], run["warm"]
+        print(f"prosocial-jax generate, {mode}, {tokens} new token(s): cold cache "
+              f"{cold['wall_s']:.1f} s (decode {cold['decode_s']:.1f} s, "
+              f"{cold['programs_compiled']} programs compiled), warm {warm['wall_s']:.1f} s "
+              f"(decode {warm['decode_s']:.1f} s, {warm['programs_read_back']:.0f} read back)")
 
 
 if __name__ == "__main__":

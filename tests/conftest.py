@@ -10,12 +10,13 @@ from xla_test_flags import DEVICES, FAST_COMPILE
 os.environ.setdefault("XLA_FLAGS", f"{DEVICES} {FAST_COMPILE}")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The CLI turns on JAX's persistent compilation cache in the user's cache folder; the suite's
+# in-process CLI calls must not write there, nor switch it on for the rest of their process.
+# tests/cli/test_compilation_cache.py turns it on in processes of its own.
+os.environ["PROSOCIAL_JAX_COMPILATION_CACHE"] = "off"
 
 import pytest
 from helpers import FAMILIES, TinyCheckpoint, build_tiny_chat, build_tiny_checkpoint
-
-# No persistent compilation cache: with jaxlib 0.10 on CPU, a multi-device executable read back
-# from it aborts the process (seen in CI on the 4x2-mesh fine-tune test).
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -6,7 +6,8 @@ Commands live in modules by stage: `decoding` (generate, plain or guided; prompt
 judges, metrics and report; metrics: from score rows), `ablations` (ablate-*: the questions
 the paper leaves open). Each command's settings are
 dataclasses of the stage it runs; `options` turns them into flags and config keys (see its
-docstring for the precedence of flags, config files and defaults).
+docstring for the precedence of flags, config files and defaults). Every command runs with JAX's
+persistent compilation cache on (`compilation_cache`), so a repeated run skips compilation.
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from prosocial_jax.cli import ablations, decoding, direg, evaluation, options, pipeline, pvarm
+from prosocial_jax.cli import (
+    ablations,
+    compilation_cache,
+    decoding,
+    direg,
+    evaluation,
+    options,
+    pipeline,
+    pvarm,
+)
 
 COMMAND_MODULES = (direg, pvarm, decoding, evaluation, pipeline, ablations)  # pipeline order
 
@@ -45,7 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, commands = build_parser()
     try:
         args = options.parse(parser, commands, list(sys.argv[1:] if argv is None else argv))
-        return commands[args.command].run(args)
+        cache = compilation_cache.enable()  # before anything compiles
+        code = commands[args.command].run(args)
+        if cache.hits or cache.writes:
+            print(cache.summary(), file=sys.stderr)
+        return code
     except (OSError, ValueError) as err:
         # Every input problem (files, configs, data rows, settings, checkpoints, adapters,
         # non-finite numbers) is raised as one of these with a message naming it: one line,
