@@ -48,6 +48,33 @@ def tiny_hf_config(family: str):
                                           sliding_window=6)
     if family == "qwen2":  # q/k/v biases
         return transformers.Qwen2Config(**common, num_attention_heads=4, num_key_value_heads=2)
+    if family == "qwen3":  # per-head q/k norms, head_dim != hidden/heads, q/k/v/o biases, GQA 2
+        return transformers.Qwen3Config(**common, num_attention_heads=4, num_key_value_heads=2,
+                                        head_dim=24, attention_bias=True,
+                                        tie_word_embeddings=False)
+    if family == "gemma2":  # local/global layers with a window shorter than the test sequences,
+        # both soft-caps active, a query scale that is not head_dim's, head_dim != hidden/heads
+        return transformers.Gemma2Config(
+            **common, num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+            sliding_window=4, query_pre_attn_scalar=20, attn_logit_softcapping=5.0,
+            final_logit_softcapping=3.0)
+    if family == "gemma3":  # q/k norms, local layers with their own rope base, global layers
+        # with linear rope scaling, every second layer global, window shorter than the sequences
+        return transformers.Gemma3TextConfig(
+            **common, num_attention_heads=4, num_key_value_heads=1, head_dim=32,
+            sliding_window=4, sliding_window_pattern=2, query_pre_attn_scalar=16,
+            rope_theta=10000.0, rope_local_base_freq=100.0,
+            rope_scaling={"rope_type": "linear", "factor": 2.0})
+    if family == "phi3":  # fused qkv / gate_up, longrope (distinct short and long factors,
+        # original length 64: the generate tests stay below it, test_families.py goes past
+        # it), partial rotary, a window shorter than the test sequences on every layer
+        pairs = 4  # head_dim 16 x partial 0.5 = 8 rotating dimensions
+        return transformers.Phi3Config(
+            **common, num_attention_heads=4, num_key_value_heads=2, sliding_window=6,
+            original_max_position_embeddings=64, partial_rotary_factor=0.5,
+            rope_scaling={"rope_type": "longrope",
+                          "short_factor": [1.0 + 0.5 * i for i in range(pairs)],
+                          "long_factor": [2.0 + 3.0 * i for i in range(pairs)]})
     if family == "gemma":  # tied embeddings, explicit head_dim != hidden/heads, GeGLU
         return transformers.GemmaConfig(**common, num_attention_heads=4, num_key_value_heads=1,
                                         head_dim=32)
@@ -60,7 +87,7 @@ def build_tiny_checkpoint(family: str, folder: Path, seed: int = 0) -> TinyCheck
 
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(tiny_hf_config(family)).eval()
-    randomize(model, norm_offset=0.0 if family == "gemma" else 1.0)
+    randomize(model, norm_offset=0.0 if family.startswith("gemma") else 1.0)
     model.save_pretrained(folder)
     return TinyCheckpoint(family, folder, model)
 
@@ -98,7 +125,7 @@ def randomize(model, norm_offset: float) -> None:
                 param.normal_(0.0, 0.15)
 
 
-FAMILIES = ("llama", "mistral", "qwen2", "gemma")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3")
 
 
 def torch_logits(torch_model, ids: np.ndarray) -> np.ndarray:

@@ -206,10 +206,12 @@ def _fill(config: ModelConfig, params, cache: KVCache, tokens, positions, mask, 
     def chunks(x_BxT):  # [count, B, chunk]
         return x_BxT.reshape(x_BxT.shape[0], count, chunk).swapaxes(0, 1)
 
+    extent = jnp.max(positions, axis=-1)  # Phi-3's longrope decides by each whole prompt
+
     def fill_one(cache, inputs):
         tokens_c, positions_c, mask_c = inputs
         logits, (k, v) = forward_with_cache(config, params, tokens_c, positions_c, mask_c,
-                                            cache, **adapter)
+                                            cache, rope_extent=extent, **adapter)
         return cache.append(k, v, mask_c), logits
 
     cache, logits = jax.lax.scan(fill_one, cache, (chunks(tokens), chunks(positions),

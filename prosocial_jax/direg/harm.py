@@ -37,7 +37,7 @@ import optax
 from flax import traverse_util
 
 from prosocial_jax.models.config import ModelConfig
-from prosocial_jax.models.hf import tensor_specs
+from prosocial_jax.models.hf import fused_names, tensor_specs
 
 
 class HarmVectorError(ValueError):
@@ -82,17 +82,21 @@ def selection_mask(config: ModelConfig, params, include: Sequence[str] | None = 
     that matches no parameter is an error (it is almost always a typo).
     """
     names = hf_names(config)
+    fused = fused_names(config)  # Phi-3: "...qkv_proj.weight" selects q, k and v
+
+    def matches(name: str, pattern: str) -> bool:
+        return any(fnmatch.fnmatchcase(n, pattern) for n in (name, fused.get(name, name)))
+
     flat = traverse_util.flatten_dict(params, sep="/")
     for pattern in [*(include or []), *(exclude or [])]:
-        if not any(fnmatch.fnmatchcase(n, pattern) for ns in names.values() for n in ns):
+        if not any(matches(n, pattern) for ns in names.values() for n in ns):
             raise HarmVectorError(f"pattern {pattern!r} matches no parameter (names look like "
                                   "'model.layers.0.mlp.down_proj.weight')")
     masks = {}
     for path, leaf in flat.items():
         floating = jnp.issubdtype(leaf.dtype, jnp.floating)
-        selected = [floating and (include is None or any(fnmatch.fnmatchcase(n, p)
-                                                         for p in include))
-                    and not any(fnmatch.fnmatchcase(n, p) for p in (exclude or []))
+        selected = [floating and (include is None or any(matches(n, p) for p in include))
+                    and not any(matches(n, p) for p in (exclude or []))
                     for n in names[path]]
         masks[path] = np.array(selected) if len(names[path]) > 1 else np.array(selected[0])
     return traverse_util.unflatten_dict(masks, sep="/")

@@ -40,7 +40,7 @@ from safetensors.numpy import save_file
 from prosocial_jax import settings
 from prosocial_jax.files import write_output_folder
 from prosocial_jax.models.config import ModelConfig
-from prosocial_jax.models.projections import PROJECTIONS
+from prosocial_jax.models.projections import FUSED, PROJECTIONS, expand_fused
 
 DEFAULT_ATTRIBUTES = ("harmlessness", "empathy", "sensitivity", "non_judgmental",
                       "truthfulness", "helpfulness")
@@ -74,10 +74,12 @@ class AdapterConfig:
         if self.safety_attribute not in self.attributes:
             raise AdapterError(f"safety_attribute {self.safety_attribute!r} is not one of the "
                                f"attributes {list(self.attributes)}")
+        # A fused module's name (Phi-3's qkv_proj, gate_up_proj) targets each of its parts.
+        object.__setattr__(self, "target_modules", expand_fused(self.target_modules))
         unknown = [t for t in self.target_modules if t not in PROJECTIONS]
         if unknown or not self.target_modules:
             raise AdapterError(f"target_modules {unknown or '[]'} not supported (choose from "
-                               f"{', '.join(PROJECTIONS)})")
+                               f"{', '.join([*PROJECTIONS, *FUSED])})")
         if not 0.0 <= self.dropout < 1.0:
             raise AdapterError(f"dropout must be in [0, 1), got {self.dropout}")
 

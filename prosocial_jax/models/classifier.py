@@ -40,8 +40,12 @@ from prosocial_jax.models.tokenizer import load_tokenizer
 CLASSIFIER_ARCHITECTURES = {
     "LlamaForSequenceClassification": "llama",
     "Qwen2ForSequenceClassification": "qwen2",
+    "Qwen3ForSequenceClassification": "qwen3",
     "MistralForSequenceClassification": "mistral",
     "GemmaForSequenceClassification": "gemma",
+    "Gemma2ForSequenceClassification": "gemma2",
+    "Gemma3TextForSequenceClassification": "gemma3_text",
+    "Phi3ForSequenceClassification": "phi3",
 }
 SCORE_MODEL_ARCHITECTURES = {"LlamaForScore": "llama"}  # PKU-SafeRLHF's Beaver reward / cost
 

@@ -1,7 +1,8 @@
 """Model architecture read from a checkpoint's Hugging Face `config.json`.
 
 One decoder family covers Llama (incl. Llama-3 rope scaling), Mistral (sliding window), Qwen2
-(q/k/v biases) and Gemma (norm offset, embedding scale, GeGLU). The parser is strict on purpose:
+(q/k/v biases), Qwen3 (per-head RMSNorm of queries and keys) and Gemma (norm offset, embedding
+scale, GeGLU). The parser is strict on purpose:
 a key it does not know, or a value it cannot honour, is an error naming the key, because a
 silently ignored key gives silently wrong logits. Keys that cannot change the computation are
 accepted: transformers' private metadata (any key starting with `_`, e.g. `_name_or_path`, or the
@@ -25,13 +26,31 @@ from typing import Any
 
 import numpy as np
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gemma")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
+                         "phi3")
+_GEMMA_FAMILY = ("gemma", "gemma2", "gemma3_text")
+
+# Families a user may well bring that are refused, and why (a plain "not supported" would leave
+# them guessing whether a newer version of this library would load them).
+_REFUSED_MODEL_TYPES = {
+    "qwen3_moe": "Qwen3's sparse mixture-of-experts variant (a router and experts in place of "
+                 "each MLP) is not supported; the dense Qwen3 models (model_type qwen3) are",
+    "qwen2_moe": "Qwen2's sparse mixture-of-experts variant is not supported; the dense Qwen2 "
+                 "models (model_type qwen2) are",
+    "gemma3": "a Gemma 3 vision-language checkpoint (Gemma3ForConditionalGeneration: a vision "
+              "tower beside the language model) is not supported; the text-only Gemma 3 "
+              "checkpoints (model_type gemma3_text, e.g. gemma-3-1b-it) are",
+}
 
 _ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
     "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
 }
 
 # Keys that never change the forward pass at inference time. Each group says why.
@@ -42,7 +61,8 @@ _INERT_KEYS = frozenset({
     "transformers.js_config", "tokenizer_class", "is_llama_config",
     # Training-only: weight initialisation, dropout (off at inference), and the tensor-parallel
     # split of Llama-2's pretraining (transformers slices the same matmuls; same result).
-    "initializer_range", "attention_dropout", "pretraining_tp", "use_cache",
+    "initializer_range", "attention_dropout", "pretraining_tp", "use_cache", "resid_pdrop",
+    "embd_pdrop",
     # What a transformers model returns, not what it computes.
     "output_attentions", "output_hidden_states", "return_dict", "torchscript",
     "chunk_size_feed_forward", "tie_encoder_decoder", "is_decoder", "is_encoder_decoder",
@@ -75,14 +95,45 @@ _FAMILY_KEYS: dict[str, dict[str, Any]] = {
     # refused below; real configs carry 32768 / 131072 with the feature off.
     "qwen2": {"use_sliding_window": False, "sliding_window": None, "max_window_layers": None,
               "layer_types": None, "attention_bias": None, "use_mrope": False},
+    # Qwen3: as Qwen2 (the window keys only act with `use_sliding_window: true`); biases are
+    # `attention_bias` (q, k, v and o alike), off in every released checkpoint.
+    "qwen3": {"use_sliding_window": False, "sliding_window": None, "max_window_layers": None,
+              "layer_types": None, "attention_bias": None},
     "gemma": {"attention_bias": False, "use_bidirectional_attention": None},
+    # Gemma 2 / 3: local (sliding-window) and global layers, soft-capping, a query scale of
+    # their own. `cache_implementation` names transformers' cache class for generate(), not
+    # the computation.
+    "gemma2": {"attention_bias": False, "use_bidirectional_attention": None,
+               "cache_implementation": None, "query_pre_attn_scalar": None,
+               "sliding_window": None, "layer_types": None, "final_logit_softcapping": None,
+               "attn_logit_softcapping": None},
+    # Phi-3: fused projections (split on load), every layer windowed when `sliding_window` is
+    # set, longrope. `auto_map` points transformers at the repository's own copy of the code
+    # when asked to trust it; its built-in Phi-3, which this follows, ignores it.
+    "phi3": {"attention_bias": False, "sliding_window": None, "auto_map": None,
+             "original_max_position_embeddings": None, "partial_rotary_factor": None},
+    "gemma3_text": {"attention_bias": False, "use_bidirectional_attention": None,
+                    "cache_implementation": None, "query_pre_attn_scalar": None,
+                    "sliding_window": None, "layer_types": None, "sliding_window_pattern": None,
+                    "final_logit_softcapping": None, "attn_logit_softcapping": None,
+                    "rope_local_base_freq": None},
 }
 
-_ROPE_TYPES = ("default", "linear", "llama3")
+_ROPE_TYPES = ("default", "linear", "llama3")  # and Phi-3's longrope (`_parse_phi3_rope`)
 
 # transformers' class defaults for a key the file leaves out (LlamaConfig uses the head count).
-_KV_HEADS_DEFAULT = {"mistral": 8, "qwen2": 32, "gemma": 16}
-_HEAD_DIM_DEFAULT = {"gemma": 256}
+_KV_HEADS_DEFAULT = {"mistral": 8, "qwen2": 32, "qwen3": 32, "gemma": 16, "gemma2": 4,
+                     "gemma3_text": 4}
+_HEAD_DIM_DEFAULT = {"gemma": 256, "qwen3": 128, "gemma2": 256, "gemma3_text": 256}
+# Gemma 2 / 3 class defaults for keys a file leaves out (an explicit null turns a cap off).
+_GEMMA_DEFAULTS = {
+    "gemma2": {"sliding_window": 4096, "query_pre_attn_scalar": 256,
+               "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0,
+               "sliding_window_pattern": 2},
+    "gemma3_text": {"sliding_window": 4096, "query_pre_attn_scalar": 256,
+                    "final_logit_softcapping": None, "attn_logit_softcapping": None,
+                    "sliding_window_pattern": 6},
+}
 
 # `quantization_config` methods whose checkpoints hold ordinary floating tensors. transformers
 # writes {"quant_method": "gguf"} when it saves a model it loaded from a GGUF file: it dequantised
@@ -105,10 +156,26 @@ class RopeConfig:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    # Phi-3's "longrope": per-pair divisors of the frequencies, the short set up to
+    # `original_max_position_embeddings` tokens and the long one past it; cos and sin are
+    # scaled by `attention_factor`.
+    short_factor: tuple[float, ...] = ()
+    long_factor: tuple[float, ...] = ()
+    attention_factor: float = 1.0
+    partial_rotary_factor: float = 1.0  # Phi-4-mini: only the first part of each head rotates
 
-    def inverse_frequencies(self, head_dim: int) -> np.ndarray:
-        """Per-pair inverse frequencies [head_dim // 2], float32, as transformers computes them."""
-        exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim
+    def rotary_dim(self, head_dim: int) -> int:
+        """How many of a head's dimensions rotate (the rest pass through unchanged)."""
+        return int(head_dim * self.partial_rotary_factor)
+
+    def inverse_frequencies(self, head_dim: int, long: bool = False) -> np.ndarray:
+        """Per-pair inverse frequencies [rotary_dim // 2], float32, as transformers computes
+        them (`long`: longrope's set for sequences past its original length)."""
+        dim = self.rotary_dim(head_dim)
+        exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim
+        if self.rope_type == "longrope":
+            factors = np.asarray(self.long_factor if long else self.short_factor, np.float32)
+            return (1.0 / (factors * self.theta ** exponents)).astype(np.float32)
         inv_freq = (1.0 / (self.theta ** exponents)).astype(np.float32)
         if self.rope_type == "linear":
             return (inv_freq / self.factor).astype(np.float32)
@@ -145,7 +212,16 @@ class ModelConfig:
     qkv_bias: bool = False
     o_bias: bool = False
     sliding_window: int | None = None
+    # Which layers attend through `sliding_window` (Gemma 2 / 3: local and global layers);
+    # None: every layer, when a window is set (Mistral, Phi-3).
+    sliding_layers: tuple[bool, ...] | None = None
+    local_rope: RopeConfig | None = None  # Gemma 3: the local layers' rotary (None: `rope`)
+    query_pre_attn_scalar: float | None = None  # scores scaled by its -1/2 power (None: head_dim)
+    attn_softcap: float | None = None  # Gemma 2: scores -> cap * tanh(scores / cap)
+    final_softcap: float | None = None  # Gemma 2: logits -> cap * tanh(logits / cap)
+    sandwich_norms: bool = False  # Gemma 2 / 3: RMSNorm on the attention and MLP outputs too
     activation: str = "silu"  # "silu" (SwiGLU) or "gelu_tanh" (GeGLU)
+    qk_norm: bool = False  # Qwen3, Gemma 3: RMSNorm over each head of the queries and keys
     norm_offset: float = 0.0  # Gemma stores RMSNorm weights as (scale - 1)
     scale_embeddings: bool = False  # Gemma multiplies embeddings by sqrt(hidden_size)
     bos_token_id: int | None = None
@@ -160,6 +236,17 @@ class ModelConfig:
                 f"num_key_value_heads={self.num_kv_heads}")
 
     @property
+    def local_layers(self) -> tuple[bool, ...]:
+        """Per layer: does it attend only within `sliding_window` (and rotate by `local_rope`)?"""
+        if self.sliding_window is None:
+            return (False,) * self.num_layers
+        return self.sliding_layers or (True,) * self.num_layers
+
+    @property
+    def query_scale(self) -> float:
+        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+    @property
     def num_groups(self) -> int:
         """Query heads per key/value head (grouped-query attention)."""
         return self.num_heads // self.num_kv_heads
@@ -171,7 +258,9 @@ class ModelConfig:
             attn += hd * (self.num_heads + 2 * self.num_kv_heads)
         if self.o_bias:
             attn += d
-        per_layer = attn + 3 * d * f + 2 * d
+        if self.qk_norm:
+            attn += 2 * hd
+        per_layer = attn + 3 * d * f + (4 if self.sandwich_norms else 2) * d
         head = 0 if self.tie_word_embeddings else self.vocab_size * d
         return self.vocab_size * d + self.num_layers * per_layer + d + head
 
@@ -183,6 +272,9 @@ class ModelConfig:
             raise ConfigError(f"{source}: a config must be a JSON object, got "
                               f"{type(raw).__name__} {_short(raw)}")
         model_type = raw.get("model_type")
+        if isinstance(model_type, str) and model_type in _REFUSED_MODEL_TYPES:
+            raise ConfigError(f"{source}: model_type {model_type!r}: "
+                              f"{_REFUSED_MODEL_TYPES[model_type]}")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ConfigError(
                 f"{source}: model_type {_short(model_type)} is not supported "
@@ -221,10 +313,13 @@ class ModelConfig:
             _require(raw, "rope_interleaved", False, source)
         elif model_type == "mistral":
             window = _int(raw, "sliding_window", source, default=None)
-        elif model_type == "qwen2":
-            qkv_bias = True  # transformers' Qwen2 always has q/k/v biases, whatever the config
+        elif model_type in ("qwen2", "qwen3"):
+            if model_type == "qwen2":
+                qkv_bias = True  # transformers' Qwen2 always has q/k/v biases, whatever the config
+                _require(raw, "use_mrope", False, source)
+            else:
+                qkv_bias = o_bias = _bool(raw, "attention_bias", source, default=False)
             _require(raw, "use_sliding_window", False, source)
-            _require(raw, "use_mrope", False, source)
             layer_types = raw.get("layer_types")
             if layer_types is not None:
                 if not isinstance(layer_types, list) or not all(
@@ -234,32 +329,50 @@ class ModelConfig:
                 if any(t != "full_attention" for t in layer_types):
                     raise ConfigError(f"{source}: layer_types {sorted(set(layer_types))} asks "
                                       "for sliding-window layers, which are not supported for "
-                                      "qwen2")
-        elif model_type == "gemma":
+                                      f"{model_type}")
+        elif model_type == "phi3":
+            _require(raw, "attention_bias", False, source)
+            window = _int(raw, "sliding_window", source, default=None)
+        elif model_type in _GEMMA_FAMILY:
             _require(raw, "attention_bias", False, source)
             if _bool(raw, "use_bidirectional_attention", source, default=False):
                 raise ConfigError(f"{source}: use_bidirectional_attention=True is not supported")
+        num_layers = _int(raw, "num_hidden_layers", source)
+        gemma = {}
+        if model_type in _GEMMA_DEFAULTS:
+            gemma = _parse_gemma_layers(raw, model_type, num_layers, source)
+            window = gemma.pop("sliding_window")
+        if model_type == "gemma3_text":
+            rope, local_rope = _parse_gemma3_rope(raw, source)
+        elif model_type == "phi3":
+            rope, local_rope = _parse_phi3_rope(raw, head_dim, source), None
+        else:
+            rope, local_rope = _parse_rope(raw, source), None
 
-        tie_default = model_type == "gemma"
+        tie_default = model_type in _GEMMA_FAMILY
         return cls(
             model_type=model_type,
             vocab_size=_int(raw, "vocab_size", source),
             hidden_size=hidden,
             intermediate_size=_int(raw, "intermediate_size", source),
-            num_layers=_int(raw, "num_hidden_layers", source),
+            num_layers=num_layers,
             num_heads=heads,
             num_kv_heads=kv_heads,
             head_dim=head_dim,
             rms_norm_eps=_float(raw, "rms_norm_eps", source, default=1e-6, positive=True),
-            rope=_parse_rope(raw, source),
+            rope=rope,
+            local_rope=local_rope,
             max_position_embeddings=_int(raw, "max_position_embeddings", source, default=4096),
             tie_word_embeddings=_bool(raw, "tie_word_embeddings", source, default=tie_default),
             qkv_bias=qkv_bias,
             o_bias=o_bias,
             sliding_window=window,
+            **gemma,
+            sandwich_norms=model_type in _GEMMA_DEFAULTS,
+            qk_norm=model_type in ("qwen3", "gemma3_text"),
             activation=activation,
-            norm_offset=1.0 if model_type == "gemma" else 0.0,
-            scale_embeddings=model_type == "gemma",
+            norm_offset=1.0 if model_type in _GEMMA_FAMILY else 0.0,
+            scale_embeddings=model_type in _GEMMA_FAMILY,
             bos_token_id=_first_token_id(raw, "bos_token_id", source),
             eos_token_ids=token_ids(raw.get("eos_token_id"), "eos_token_id", source),
             pad_token_id=_first_token_id(raw, "pad_token_id", source),
@@ -322,7 +435,39 @@ class ModelConfig:
             out["sliding_window"] = self.sliding_window
         elif self.model_type == "qwen2":
             out["use_sliding_window"] = False
+        elif self.model_type == "qwen3":
+            out["use_sliding_window"] = False
+            out["attention_bias"] = self.qkv_bias
+        elif self.model_type in _GEMMA_DEFAULTS:
+            out.update(
+                hidden_activation="gelu_pytorch_tanh",
+                # transformers 5's config classes type it as an int (256, 144, ...)
+                query_pre_attn_scalar=_whole(self.query_pre_attn_scalar),
+                sliding_window=self.sliding_window,
+                layer_types=["sliding_attention" if local else "full_attention"
+                             for local in self.local_layers],
+                attn_logit_softcapping=self.attn_softcap,
+                final_logit_softcapping=self.final_softcap)
+            if self.local_rope is not None:
+                out["rope_local_base_freq"] = self.local_rope.theta
+        elif self.model_type == "phi3":
+            out["sliding_window"] = self.sliding_window
+            out["partial_rotary_factor"] = self.rope.partial_rotary_factor
+            out["original_max_position_embeddings"] = self.rope.original_max_position_embeddings
+            if self.rope.rope_type == "longrope":
+                out["rope_scaling"] = {"type": "longrope",
+                                       "long_factor": list(self.rope.long_factor),
+                                       "short_factor": list(self.rope.short_factor)}
+                default = ModelConfig.from_hf_dict({**out, "torch_dtype": None}).rope
+                for key in ("factor", "attention_factor"):  # only where not the default
+                    if getattr(default, key) != getattr(self.rope, key):
+                        out["rope_scaling"][key] = getattr(self.rope, key)
         return out
+
+
+def _whole(value: float | None) -> float | int | None:
+    """An integral float as an int (for config fields that transformers types as int)."""
+    return int(value) if value is not None and float(value).is_integer() else value
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -411,7 +556,7 @@ def _parse_activation(raw: Mapping[str, Any], model_type: str, source: str) -> s
             continue
         if not isinstance(value, str):
             raise ConfigError(f"{source}: {key}={_short(value)} is not an activation name")
-        if model_type == "gemma" and value == "gelu":
+        if model_type in _GEMMA_FAMILY and value == "gelu":
             value = "gelu_pytorch_tanh"  # transformers maps Gemma's legacy "gelu" to the tanh form
         if value not in _ACTIVATIONS:
             raise ConfigError(f"{source}: {key}={value!r} is not supported "
@@ -424,7 +569,7 @@ def _parse_activation(raw: Mapping[str, Any], model_type: str, source: str) -> s
                           f"{raw['hidden_activation']!r} disagree")
     if found:
         return next(iter(found.values()))
-    return "gelu_tanh" if model_type == "gemma" else "silu"
+    return "gelu_tanh" if model_type in _GEMMA_FAMILY else "silu"
 
 
 def _check_quantization(raw: Mapping[str, Any], source: str) -> None:
@@ -454,7 +599,154 @@ def _number(params: Mapping[str, Any], key: str, where: str, source: str) -> flo
     return float(value)
 
 
-def _parse_rope(raw: Mapping[str, Any], source: str) -> RopeConfig:
+def _optional_number(raw: Mapping[str, Any], key: str, default: float | None,
+                     source: str) -> float | None:
+    """A positive number, or None where the file says null; `default` where the key is absent
+    (a class default: transformers fills in the same)."""
+    if key not in raw:
+        return default
+    if raw[key] is None:
+        return None
+    return _number(raw, key, key, source)
+
+
+def _parse_layer_types(raw: Mapping[str, Any], num_layers: int, pattern: int,
+                       source: str) -> tuple[bool, ...]:
+    """Per layer: local (sliding_attention) or global (full_attention), from `layer_types`, or
+    transformers' default pattern (every `pattern`-th layer global)."""
+    kinds = {"sliding_attention": True, "full_attention": False}
+    layer_types = raw.get("layer_types")
+    if layer_types is None:
+        return tuple(bool((i + 1) % pattern) for i in range(num_layers))
+    if not isinstance(layer_types, list) or not all(t in kinds for t in layer_types):
+        raise ConfigError(f"{source}: layer_types={_short(layer_types)} is not a list of "
+                          "'sliding_attention' / 'full_attention'")
+    if len(layer_types) != num_layers:
+        raise ConfigError(f"{source}: layer_types has {len(layer_types)} entries for "
+                          f"num_hidden_layers={num_layers}")
+    return tuple(kinds[t] for t in layer_types)
+
+
+def _parse_gemma_layers(raw: Mapping[str, Any], model_type: str, num_layers: int,
+                        source: str) -> dict[str, Any]:
+    """Gemma 2 / 3: the window and which layers use it, soft-capping and the query scale."""
+    defaults = _GEMMA_DEFAULTS[model_type]
+    pattern = defaults["sliding_window_pattern"]
+    if model_type == "gemma3_text":
+        pattern = _int(raw, "sliding_window_pattern", source, default=pattern)
+    window = _int(raw, "sliding_window", source, default=None) if "sliding_window" in raw else (
+        defaults["sliding_window"])
+    sliding = _parse_layer_types(raw, num_layers, pattern, source)
+    if model_type == "gemma3_text" and raw.get("attn_logit_softcapping") is not None:
+        # Gemma 3 dropped attention soft-capping: transformers' Gemma 3 never applies it.
+        cap = _short(raw["attn_logit_softcapping"])
+        raise ConfigError(f"{source}: attn_logit_softcapping={cap} is not supported for "
+                          "gemma3_text (transformers does not apply it either); only null")
+    return {
+        "sliding_window": window,
+        "sliding_layers": sliding if window is not None else None,
+        "query_pre_attn_scalar": _optional_number(raw, "query_pre_attn_scalar",
+                                                  defaults["query_pre_attn_scalar"], source),
+        "attn_softcap": _optional_number(raw, "attn_logit_softcapping",
+                                         defaults["attn_logit_softcapping"], source),
+        "final_softcap": _optional_number(raw, "final_logit_softcapping",
+                                          defaults["final_logit_softcapping"], source),
+    }
+
+
+def _parse_gemma3_rope(raw: Mapping[str, Any], source: str) -> tuple[RopeConfig, RopeConfig]:
+    """Gemma 3's two rotaries: global layers (`rope_theta`, default 1e6, and `rope_scaling`)
+    and local layers (`rope_local_base_freq`, default 1e4, never scaled); or transformers 5.x's
+    `rope_parameters` keyed by layer type."""
+    params = raw.get("rope_parameters")
+    if isinstance(params, Mapping) and any(isinstance(v, Mapping) for v in params.values()):
+        unknown = set(params) - {"full_attention", "sliding_attention"}
+        if unknown:
+            raise ConfigError(f"{source}: rope_parameters has layer type(s) {sorted(unknown)}; "
+                              "expected full_attention and sliding_attention")
+        ropes = []
+        for kind, theta in (("full_attention", 1e6), ("sliding_attention", 1e4)):
+            entry = params.get(kind) or {}
+            if not isinstance(entry, Mapping):
+                raise ConfigError(f"{source}: rope_parameters.{kind}={_short(entry)} is not an "
+                                  "object")
+            ropes.append(_rope_from(dict(entry), f"rope_parameters.{kind}", raw, source, theta))
+        return ropes[0], ropes[1]
+    local_theta = _float(raw, "rope_local_base_freq", source, 1e4, positive=True)
+    return _parse_rope(raw, source, default_theta=1e6), RopeConfig(theta=local_theta)
+
+
+def _factors(params: Mapping[str, Any], key: str, count: int, where: str, source: str
+             ) -> tuple[float, ...]:
+    value = params.get(key)
+    if not isinstance(value, list) or len(value) != count or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            for v in value):
+        raise ConfigError(f"{source}: {where}.{key}={_short(value)} is not a list of {count} "
+                          "positive numbers (one per rotary pair)")
+    return tuple(float(v) for v in value)
+
+
+def _parse_phi3_rope(raw: Mapping[str, Any], head_dim: int, source: str) -> RopeConfig:
+    """Phi-3's rotary: default or longrope (old files say "su" or "yarn"; transformers reads
+    both as longrope), with an optional partial rotary factor; from the 4.x keys
+    (`rope_theta`, `rope_scaling`, top-level `original_max_position_embeddings` and
+    `partial_rotary_factor`) or the 5.x `rope_parameters`."""
+    for key in ("rope_parameters", "rope_scaling"):
+        if raw.get(key) is not None and not isinstance(raw[key], Mapping):
+            raise ConfigError(f"{source}: {key}={_short(raw[key])} is not an object or null")
+    where = "rope_parameters" if raw.get("rope_parameters") is not None else "rope_scaling"
+    params = dict(raw.get(where) or {})
+    for key in ("rope_theta", "partial_rotary_factor", "original_max_position_embeddings"):
+        if key not in params and raw.get(key) is not None:
+            params[key] = raw[key]
+    names = {params.pop("rope_type", None), params.pop("type", None)} - {None}
+    if len(names) > 1:
+        raise ConfigError(f"{source}: {where} gives two rope types {sorted(map(str, names))}")
+    rope_type = names.pop() if names else "default"
+    if rope_type in ("su", "yarn"):  # Phi-3's early names for the same scheme
+        rope_type = "longrope"
+    if rope_type not in ("default", "longrope"):
+        raise ConfigError(f"{source}: {where}: rope type {_short(rope_type)} is not supported "
+                          "for phi3 (supported: default, longrope)")
+    kwargs: dict[str, Any] = {"rope_type": rope_type, "theta": 10000.0}
+    if "rope_theta" in params:
+        kwargs["theta"] = _number(params, "rope_theta", where, source)
+    partial = 1.0
+    if "partial_rotary_factor" in params:
+        partial = _number(params, "partial_rotary_factor", where, source)
+        if partial > 1 or int(head_dim * partial) % 2:
+            raise ConfigError(f"{source}: partial_rotary_factor={partial} does not leave an even "
+                              f"number of rotating dimensions out of head_dim {head_dim}")
+    kwargs["partial_rotary_factor"] = partial
+    allowed = {"rope_theta", "partial_rotary_factor", "original_max_position_embeddings"}
+    if rope_type == "longrope":
+        allowed |= {"long_factor", "short_factor", "factor", "attention_factor"}
+        pairs = int(head_dim * partial) // 2
+        kwargs["short_factor"] = _factors(params, "short_factor", pairs, where, source)
+        kwargs["long_factor"] = _factors(params, "long_factor", pairs, where, source)
+        if "original_max_position_embeddings" not in params:
+            raise ConfigError(f"{source}: longrope needs original_max_position_embeddings")
+        original = _int(params, "original_max_position_embeddings", f"{source}: {where}")
+        kwargs["original_max_position_embeddings"] = original
+        # transformers' defaults: the factor is the context's growth over the original length,
+        # and the attention factor follows from it (LongRoPE's recommendation).
+        factor = (_number(params, "factor", where, source) if "factor" in params else
+                  _int(raw, "max_position_embeddings", source, default=4096) / original)
+        kwargs["factor"] = factor
+        if "attention_factor" in params:
+            kwargs["attention_factor"] = _number(params, "attention_factor", where, source)
+        elif factor > 1.0:
+            kwargs["attention_factor"] = math.sqrt(1 + math.log(factor) / math.log(original))
+    unknown = set(params) - allowed
+    if unknown:
+        raise ConfigError(f"{source}: {where}: setting(s) {sorted(unknown)} are not understood "
+                          f"for rope type {rope_type!r}")
+    return RopeConfig(**kwargs)
+
+
+def _parse_rope(raw: Mapping[str, Any], source: str, default_theta: float = 10000.0
+                ) -> RopeConfig:
     """Reads rope settings from the 4.x keys or the 5.x `rope_parameters` dict."""
     for key in ("rope_parameters", "rope_scaling"):
         if raw.get(key) is not None and not isinstance(raw[key], Mapping):
@@ -468,9 +760,16 @@ def _parse_rope(raw: Mapping[str, Any], source: str) -> RopeConfig:
         where = "rope_scaling"
         params = dict(raw.get("rope_scaling") or {})
         if raw.get("rope_theta") is not None:
-            params["rope_theta"] = _float(raw, "rope_theta", source, 10000.0, positive=True)
+            params["rope_theta"] = _float(raw, "rope_theta", source, default_theta, positive=True)
     else:
         params = dict(params)
+    return _rope_from(params, where, raw, source, default_theta)
+
+
+def _rope_from(params: dict[str, Any], where: str, raw: Mapping[str, Any], source: str,
+               default_theta: float) -> RopeConfig:
+    """A RopeConfig from one flat settings dict (`where` names it in errors); `raw` is the whole
+    config (Llama 3's `original_max_position_embeddings` defaults to its context length)."""
     names = {params.pop("rope_type", None), params.pop("type", None)} - {None}
     if len(names) > 1:
         raise ConfigError(f"{source}: {where} gives two rope types {sorted(map(str, names))}")
@@ -478,7 +777,8 @@ def _parse_rope(raw: Mapping[str, Any], source: str) -> RopeConfig:
     if rope_type not in _ROPE_TYPES:
         raise ConfigError(f"{source}: {where}: rope type {_short(rope_type)} is not supported "
                           f"(supported: {', '.join(_ROPE_TYPES)})")
-    theta = _number(params, "rope_theta", where, source) if "rope_theta" in params else 10000.0
+    theta = (_number(params, "rope_theta", where, source) if "rope_theta" in params
+             else default_theta)
     params.pop("rope_theta", None)
     allowed = {"default": set(), "linear": {"factor"},
                "llama3": {"factor", "low_freq_factor", "high_freq_factor",

@@ -1,4 +1,4 @@
-"""The Flax decoder shared by every supported family (Llama, Mistral, Qwen2, Gemma).
+"""The Flax decoder shared by every supported family (Llama, Mistral, Qwen2, Qwen3, Gemma 1-3).
 
 Applied functionally: parameters are a plain pytree, the KV cache an explicit pytree passed in and
 returned. Layers are stacked on a leading axis and run by `nn.scan`, so compile time does not grow
@@ -25,7 +25,7 @@ from flax import struct
 
 from prosocial_jax.models import adapters
 from prosocial_jax.models.cache import KVCache
-from prosocial_jax.models.config import ModelConfig
+from prosocial_jax.models.config import ModelConfig, RopeConfig
 from prosocial_jax.models.projections import PROJECTIONS
 
 # A finite "minus infinity": a padding query whose keys are all masked then gets a uniform (and
@@ -53,16 +53,42 @@ class RMSNorm(nn.Module):
         return scale.astype(x.dtype) * normed.astype(x.dtype)  # Llama casts, then multiplies
 
 
-def rotary_tables(config: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """cos and sin [B, T, H] in float32 for the given per-row positions [B, T]."""
-    inv_freq = jnp.asarray(config.rope.inverse_frequencies(config.head_dim))
+def rotary_tables(config: ModelConfig, positions: jax.Array, rope: RopeConfig | None = None,
+                  extent: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """cos and sin [B, T, R] in float32 for the given per-row positions [B, T] (under `rope`,
+    default the config's; R = the rotating dimensions of a head, all of them unless the rope is
+    partial).
+
+    Longrope (Phi-3) switches a row to its long frequencies when this call reaches past its
+    original length in that row, for every position of the call, as transformers does for one
+    sequence: a cache filled before that point keeps the keys it rotated with the short ones.
+    (transformers decides for a whole batch by its longest row; here each row decides alone,
+    so a row's tokens do not depend on the rows batched with it.) `extent` [B] (positions)
+    stands for the rest of a call that arrives in pieces: a prompt prefilled in chunks decides
+    by its last position, as one pass over it would."""
+    rope = rope or config.rope
+    inv_freq = jnp.asarray(rope.inverse_frequencies(config.head_dim))
+    if rope.rope_type == "longrope":
+        long = jnp.asarray(rope.inverse_frequencies(config.head_dim, long=True))
+        last = jnp.max(positions, axis=-1)  # [B]
+        if extent is not None:
+            last = jnp.maximum(last, extent)
+        past = (last + 1 > rope.original_max_position_embeddings)[:, None, None]
+        inv_freq = jnp.where(past, long, inv_freq)  # [B, 1, R/2]
     angles = positions.astype(jnp.float32)[..., None] * inv_freq
     angles = jnp.concatenate([angles, angles], axis=-1)
+    if rope.attention_factor != 1.0:
+        return jnp.cos(angles) * rope.attention_factor, jnp.sin(angles) * rope.attention_factor
     return jnp.cos(angles), jnp.sin(angles)
 
 
 def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotates queries or keys x [B, T, heads, H] by the tables cos, sin [B, T, H]."""
+    """Rotates queries or keys x [B, T, heads, H] by the tables cos, sin [B, T, R]: the first R
+    dimensions of each head (R = H but for a partial rotary), the rest pass through."""
+    rotating = cos.shape[-1]
+    if rotating < x.shape[-1]:
+        return jnp.concatenate([apply_rotary(x[..., :rotating], cos, sin),
+                                x[..., rotating:]], axis=-1)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     cos = cos[:, :, None, :].astype(x.dtype)
@@ -70,19 +96,46 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + rotated * sin
 
 
-def attention_mask(config: ModelConfig, query_slots: jax.Array, key_slots: jax.Array,
-                   key_valid: jax.Array) -> jax.Array:
+def attention_mask(query_slots: jax.Array, key_slots: jax.Array, key_valid: jax.Array,
+                   window: int | None = None) -> jax.Array:
     """[B, T, S] bool from query slots [T], key slots [S] and real keys [B, S]: causal by slot,
-    real keys only, and Mistral's sliding window.
+    real keys only, and a sliding window (Mistral's layers, Gemma's local layers): a query sees
+    the `window` latest slots, its own included.
 
     Real tokens of a row are contiguous (left padding or right padding), so slot distance equals
     position distance and the window can be applied to slots.
     """
     distance = query_slots[:, None] - key_slots[None, :]
     allowed = distance >= 0
-    if config.sliding_window is not None:
-        allowed &= distance < config.sliding_window
+    if window is not None:
+        allowed &= distance < window
     return allowed[None] & key_valid[:, None, :]
+
+
+@struct.dataclass
+class LayerViews:
+    """What a layer reads besides its weights and cache that depends on its kind (global or
+    local): the rotary tables cos, sin [B, T, H] and the masks over this call's own keys
+    [B, T, T] and over the cache [B, T, S] (None without a cache). Gemma 2 / 3 interleave local
+    (sliding-window; Gemma 3: their own rotary) and global layers: each kind's views are
+    computed once per call and every layer takes its kind's."""
+
+    cos: jax.Array
+    sin: jax.Array
+    self_mask: jax.Array
+    cache_mask: jax.Array | None
+
+
+def layer_views(config: ModelConfig, local: bool, positions: jax.Array, token_mask: jax.Array,
+                cache: KVCache | None, rope_extent: jax.Array | None = None) -> LayerViews:
+    rope = config.local_rope if local and config.local_rope is not None else config.rope
+    window = config.sliding_window if local else None
+    cos, sin = rotary_tables(config, positions, rope, rope_extent)
+    slots = jnp.arange(positions.shape[1])
+    self_mask = attention_mask(slots, slots, token_mask.astype(bool), window)
+    cache_mask = None if cache is None else attention_mask(
+        cache.index + slots, jnp.arange(cache.max_len), cache.valid, window)
+    return LayerViews(cos, sin, self_mask, cache_mask)
 
 
 class Linear(nn.Module):
@@ -219,14 +272,19 @@ class Attention(nn.Module):
         def project(name: str) -> jax.Array:
             return _adapt(adaptation, name, x, _linear(cfg, name)(x))
 
-        q_BxTxNxH = apply_rotary(project("q_proj").reshape(b, t, n, h), cos, sin)
-        k_BxTxGxH = apply_rotary(project("k_proj").reshape(b, t, g, h), cos, sin)
+        q_BxTxNxH = project("q_proj").reshape(b, t, n, h)
+        k_BxTxGxH = project("k_proj").reshape(b, t, g, h)
+        if cfg.qk_norm:  # Qwen3: each head's query and key normalised before the rotation
+            q_BxTxNxH = RMSNorm(cfg.rms_norm_eps, cfg.norm_offset, name="q_norm")(q_BxTxNxH)
+            k_BxTxGxH = RMSNorm(cfg.rms_norm_eps, cfg.norm_offset, name="k_norm")(k_BxTxGxH)
+        q_BxTxNxH = apply_rotary(q_BxTxNxH, cos, sin)
+        k_BxTxGxH = apply_rotary(k_BxTxGxH, cos, sin)
         v_BxTxGxH = project("v_proj").reshape(b, t, g, h)
         # Queries as [B, G, Q*T, H]: every score product is then a plain batched matmul over
         # (batch, kv head); a separate size-1 T axis makes XLA's CPU dot 2x slower.
         q = q_BxTxNxH.reshape(b, t, g, q_per_g, h).transpose(0, 2, 3, 1, 4)
         q = q.reshape(b, g, q_per_g * t, h)
-        q = q * jnp.asarray(h ** -0.5, q.dtype)
+        q = q * jnp.asarray(cfg.query_scale, q.dtype)
         # Keys and values in the cache's layouts, [B, G, H, T] and [B, G, T, H].
         k = k_BxTxGxH.transpose(0, 2, 3, 1)
         v = v_BxTxGxH.transpose(0, 2, 1, 3)
@@ -234,6 +292,8 @@ class Attention(nn.Module):
         def scores(keys_BxGxHxS, mask_BxTxS):
             s = jnp.einsum("bgqh,bghs->bgqs", q, keys_BxGxHxS.astype(q.dtype),
                            preferred_element_type=jnp.float32)
+            if cfg.attn_softcap is not None:  # Gemma 2: before the mask, as transformers
+                s = jnp.tanh(s / cfg.attn_softcap) * cfg.attn_softcap
             mask = jnp.broadcast_to(mask_BxTxS[:, None, None],
                                     (b, 1, q_per_g, t, mask_BxTxS.shape[-1]))
             return jnp.where(mask.reshape(b, 1, q_per_g * t, -1), s, _MASKED)
@@ -271,6 +331,8 @@ class Attention(nn.Module):
         # re-evaluated unvectorised for every weight element: o_proj was 5x slower at batch 1.
         rows = heads_to_rows(jnp.stack([from_cache, from_self]))
         out = o_proj(rows).reshape(b, 2, t, cfg.hidden_size).sum(axis=1)
+        if cfg.o_bias:  # added to both parts by o_proj: once is right
+            out = out - o_proj.variables["params"]["bias"].astype(out.dtype)
         if adaptation is not None:  # on the summed input, [B, T, N*H]
             out = adaptation("o_proj", rows.reshape(b, 2, t, -1).sum(axis=1), out)
         return out, (k, v)
@@ -320,19 +382,32 @@ class DecoderLayer(nn.Module):
     adapter_config: Any = None  # adapters.AdapterConfig when an adapter is applied
 
     @nn.compact
-    def __call__(self, x, cache_keys, cache_values, cos, sin, self_mask, cache_mask,
-                 adapter_factors, preference, dropout_key):
+    def __call__(self, x, cache_keys, cache_values, views: LayerViews, adapter_factors,
+                 preference, dropout_key, layer_kind=None):
+        """`layer_kind` (scanned, interleaved local/global layers only): 0 global, 1 local, the
+        index of this layer's entry in `views`, whose leaves then have a leading axis of 2."""
         cfg = self.config
+        if layer_kind is not None:
+            views = jax.tree.map(lambda both: both[layer_kind], views)
         adaptation = None
         if adapter_factors is not None:
             adaptation = Adaptation(adapter_factors, preference, dropout_key, self.adapter_config)
-        h = RMSNorm(cfg.rms_norm_eps, cfg.norm_offset, name="input_norm")(x)
-        h, new_kv = Attention(cfg, name="attn")(h, cos, sin, self_mask, cache_keys,
-                                                cache_values, cache_mask, adaptation)
+
+        def norm(name):
+            return RMSNorm(cfg.rms_norm_eps, cfg.norm_offset, name=name)
+
+        h, new_kv = Attention(cfg, name="attn")(
+            norm("input_norm")(x), views.cos, views.sin, views.self_mask, cache_keys,
+            cache_values, views.cache_mask, adaptation)
+        if cfg.sandwich_norms:  # Gemma 2 / 3 also normalise each sub-block's output
+            h = norm("attn_out_norm")(h)
         x = x + h
-        h = RMSNorm(cfg.rms_norm_eps, cfg.norm_offset, name="post_attn_norm")(x)
-        x = x + MLP(cfg, name="mlp")(h, adaptation)
-        return x, new_kv
+        # The MLP's input norm (HF: Llama's post_attention_layernorm, Gemma 2's
+        # pre_feedforward_layernorm).
+        h = MLP(cfg, name="mlp")(norm("post_attn_norm")(x), adaptation)
+        if cfg.sandwich_norms:
+            h = norm("mlp_out_norm")(h)
+        return x + h, new_kv
 
 
 class Decoder(nn.Module):
@@ -346,9 +421,8 @@ class Decoder(nn.Module):
             DecoderLayer,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            # scanned: caches, adapter factors, dropout keys; broadcast: everything else
-            in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0,
-                     nn.broadcast, 0),
+            # scanned: caches, adapter factors, dropout keys, layer kinds; broadcast: the rest
+            in_axes=(0, 0, nn.broadcast, 0, nn.broadcast, 0, 0),
             length=cfg.num_layers,
         )(cfg, self.adapter_config, name="layers")
         self.final_norm = RMSNorm(cfg.rms_norm_eps, cfg.norm_offset, name="final_norm")
@@ -357,7 +431,8 @@ class Decoder(nn.Module):
 
     def __call__(self, tokens: jax.Array, positions: jax.Array, token_mask: jax.Array,
                  cache: KVCache | None = None, adapter: dict | None = None,
-                 preference: jax.Array | None = None, dropout_key: jax.Array | None = None
+                 preference: jax.Array | None = None, dropout_key: jax.Array | None = None,
+                 rope_extent: jax.Array | None = None
                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """Final-norm hidden states [B, T, D] and this call's keys [L, B, G, H, T] and values
         [L, B, G, T, H] (with per-layer parameters, see `models.layers`: L-tuples of one
@@ -366,29 +441,30 @@ class Decoder(nn.Module):
         `tokens`, `positions` and `token_mask` are [B, T]. The cache (if any) is only read;
         `KVCache.append` stores the returned keys/values. `adapter` is a PBLoRA factor pytree
         (stacked over layers) applied under the per-row `preference` [B, K]; `dropout_key` turns
-        on the adapter's input dropout (training).
+        on the adapter's input dropout (training). `rope_extent`: see `rotary_tables`.
         """
         cfg = self.config
         x = self.embed(tokens)
         if cfg.scale_embeddings:
             x = x * jnp.asarray(cfg.hidden_size ** 0.5, x.dtype)
-        cos, sin = rotary_tables(cfg, positions)
-        t = tokens.shape[1]
-        slots = jnp.arange(t)
-        self_mask = attention_mask(cfg, slots, slots, token_mask.astype(bool))
-        if cache is None:
-            cache_keys = cache_values = cache_mask = None
-        else:
-            cache_mask = attention_mask(cfg, cache.index + slots, jnp.arange(cache.max_len),
-                                        cache.valid)
-            cache_keys, cache_values = cache.keys, cache.values
+        local = cfg.local_layers
+        # One set of views per kind of layer present (most models: one kind).
+        views = {kind: layer_views(cfg, kind, positions, token_mask, cache, rope_extent)
+                 for kind in sorted(set(local))}
+        cache_keys, cache_values = (None, None) if cache is None else (cache.keys, cache.values)
         dropout_keys = None
         if adapter is not None and dropout_key is not None:
             dropout_keys = jax.random.split(dropout_key, cfg.num_layers)
         per_layer = None if self.is_initializing() else self.variables["params"]["layers"]
         if not isinstance(per_layer, tuple):  # stacked: one scanned layer
-            x, new_kv = self.layers(x, cache_keys, cache_values, cos, sin, self_mask,
-                                    cache_mask, adapter, preference, dropout_keys)
+            if len(views) == 1:
+                shared, kinds = next(iter(views.values())), None
+            else:  # each layer picks its kind's views inside the scan
+                shared = jax.tree.map(lambda g, lo: jnp.stack([g, lo]), views[False],
+                                      views[True])
+                kinds = jnp.asarray(local, jnp.int32)
+            x, new_kv = self.layers(x, cache_keys, cache_values, shared, adapter, preference,
+                                    dropout_keys, kinds)
             return self.final_norm(x), new_kv
         # Per-layer parameters (`models.layers`): the layers unrolled, each reading its own
         # weight and cache buffers. Adapter factors and dropout keys stay stacked (they are
@@ -399,8 +475,8 @@ class Decoder(nn.Module):
             def pick(tree, i=i):  # layer i of a stacked pytree (adapter factors, keys)
                 return None if tree is None else jax.tree.map(lambda a: a[i], tree)
             layer_kv = (None, None) if cache is None else cache.layer(i)
-            x, (k, v) = layer.apply({"params": layer_params}, x, *layer_kv, cos, sin, self_mask,
-                                    cache_mask, pick(adapter), preference, pick(dropout_keys))
+            x, (k, v) = layer.apply({"params": layer_params}, x, *layer_kv, views[local[i]],
+                                    pick(adapter), preference, pick(dropout_keys))
             keys.append(k)
             values.append(v)
         return self.final_norm(x), (tuple(keys), tuple(values))
@@ -408,8 +484,11 @@ class Decoder(nn.Module):
     def unembed(self, hidden: jax.Array) -> jax.Array:
         """Float32 logits [..., V] from final-norm hidden states."""
         if self.config.tie_word_embeddings:
-            return project_to_vocab(hidden, self.embed.embedding)
-        return self.lm_head(hidden)
+            logits = project_to_vocab(hidden, self.embed.embedding)
+        else:
+            logits = self.lm_head(hidden)
+        cap = self.config.final_softcap
+        return logits if cap is None else jnp.tanh(logits / cap) * cap  # Gemma 2
 
     def forward_for_init(self, tokens: jax.Array) -> jax.Array:
         """Touches every parameter once; only used to initialise or eval_shape the pytree."""
@@ -497,20 +576,21 @@ def forward_logits_at(config: ModelConfig, params, tokens: jax.Array, token_mask
 
 def forward_with_cache(config: ModelConfig, params, tokens: jax.Array, positions: jax.Array,
                        mask: jax.Array, cache: KVCache | None, last_only: bool = True,
-                       adapter_config=None, adapter=None, preference=None):
+                       adapter_config=None, adapter=None, preference=None, rope_extent=None):
     """Logits (last position [B, V], or all [B, T, V]) and this call's keys [L, B, G, H, T] and
     values [L, B, G, T, H] (L-tuples with per-layer parameters), for tokens, positions and
     mask [B, T].
 
     The cache is only read (None = empty, e.g. at prefill); store the returned keys/values with
-    `cache.append(keys, values, mask)`.
+    `cache.append(keys, values, mask)`. `rope_extent`: the last position of a prompt that this
+    call prefills a chunk of (see `rotary_tables`).
     """
     _check_inputs(config, tokens, mask, positions, adapter_config, adapter, preference)
     if cache is not None:
         chex.assert_axis_dimension(cache.valid, 0, tokens.shape[0])
     decoder = Decoder(config, adapter_config)
     hidden, new_kv = decoder.apply({"params": params}, tokens, positions, mask, cache,
-                                   adapter, preference)
+                                   adapter, preference, rope_extent=rope_extent)
     if last_only:
         hidden = hidden[:, -1]
     logits = decoder.apply({"params": params}, hidden, method=Decoder.unembed)

@@ -22,7 +22,7 @@ from safetensors.numpy import save_file
 
 from prosocial_jax.models.config import ModelConfig
 from prosocial_jax.models.decoder import init_params_shapes
-from prosocial_jax.models.projections import PROJECTIONS
+from prosocial_jax.models.projections import FUSED, PROJECTIONS
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -54,14 +54,85 @@ def tensor_specs(config: ModelConfig, lm_head: bool = True) -> list[TensorSpec]:
     if lm_head and not config.tie_word_embeddings:
         specs.append(TensorSpec("lm_head.weight", ("lm_head", "weight"), False))
     layer = "model.layers.{i}."
-    specs += [TensorSpec(layer + "input_layernorm.weight", ("layers", "input_norm", "scale"), True),
-              TensorSpec(layer + "post_attention_layernorm.weight",
-                         ("layers", "post_attn_norm", "scale"), True)]
+    if config.sandwich_norms:  # Gemma 2 / 3: HF's post_attention_layernorm is on the output
+        norms = {"input_layernorm": "input_norm", "post_attention_layernorm": "attn_out_norm",
+                 "pre_feedforward_layernorm": "post_attn_norm",
+                 "post_feedforward_layernorm": "mlp_out_norm"}
+    else:
+        norms = {"input_layernorm": "input_norm", "post_attention_layernorm": "post_attn_norm"}
+    specs += [TensorSpec(f"{layer}{hf}.weight", ("layers", ours, "scale"), True)
+              for hf, ours in norms.items()]
     for proj in PROJECTIONS.values():
         parts = ("weight", "bias") if proj.has_bias(config) else ("weight",)
         specs += [TensorSpec(f"{proj.hf_prefix('{i}')}.{part}", (*proj.param_path, part), True)
                   for part in parts]
+    if config.qk_norm:
+        specs += [TensorSpec(layer + f"self_attn.{name}.weight", ("layers", "attn", name, "scale"),
+                             True) for name in ("q_norm", "k_norm")]
     return specs
+
+
+# Checkpoints that store projections fused, in row order (Phi-3: q, k and v as one qkv_proj,
+# gate and up as one gate_up_proj). Loading splits them into the separate projections every
+# other part of prosocial_jax uses (adapters, DiReg, sharding); saving fuses them back, so a
+# saved folder is the family's own layout and transformers loads it.
+FUSED_PROJECTIONS: dict[str, dict[str, tuple[str, ...]]] = {
+    "phi3": {"self_attn.qkv_proj": FUSED["qkv_proj"], "mlp.gate_up_proj": FUSED["gate_up_proj"]},
+}
+
+
+def _fused_parts(config: ModelConfig) -> dict[str, tuple[str, list[tuple[str, int, int]]]]:
+    """{fused HF tensor name: (the first part's name, [(part name, first row, end row), ...])}
+    for every layer of a family that fuses projections."""
+    parts = {}
+    for module, names in FUSED_PROJECTIONS.get(config.model_type, {}).items():
+        for i in range(config.num_layers):
+            start, rows = 0, []
+            for name in names:
+                size = PROJECTIONS[name].shape(config)[0]
+                rows.append((f"{PROJECTIONS[name].hf_prefix(i)}.weight", start, start + size))
+                start += size
+            parts[f"model.layers.{i}.{module}.weight"] = (rows[0][0], rows)
+    return parts
+
+
+def fused_names(config: ModelConfig) -> dict[str, str]:
+    """{a part's HF tensor name: the fused tensor it is stored in} (empty for most families):
+    what a name pattern written for the checkpoint's own names (DiReg's selections) also
+    matches."""
+    return {part: name for name, (_, rows) in _fused_parts(config).items()
+            for part, _, _ in rows}
+
+
+def _split_fused(config: ModelConfig, names: set[str], get_tensor: Callable[[str], np.ndarray],
+                 source: str) -> tuple[set[str], Callable[[str], np.ndarray]]:
+    """The checkpoint's names and getter with each fused projection seen as its parts."""
+    fused = _fused_parts(config)
+    if not fused:
+        return names, get_tensor
+    where: dict[str, tuple[str, int, int, int]] = {}  # part -> (fused, start, end, total rows)
+    for name, (_, rows) in fused.items():
+        if name not in names:
+            raise CheckpointError(f"{source}: tensor {name!r} is missing")
+        for part, start, end in rows:
+            where[part] = (name, start, end, rows[-1][2])
+    last: dict[str, np.ndarray] = {}  # the fused tensor being split (read once, not per part)
+
+    def get(name: str) -> np.ndarray:
+        if name not in where:
+            return get_tensor(name)
+        fused_name, start, end, total = where[name]
+        if fused_name not in last:
+            last.clear()
+            tensor = get_tensor(fused_name)
+            if tensor.ndim != 2 or tensor.shape[0] != total:
+                raise CheckpointError(
+                    f"{source}: tensor {fused_name!r} has shape {tuple(tensor.shape)}, expected "
+                    f"{total} rows (its parts stacked) from config.json")
+            last[fused_name] = tensor
+        return last[fused_name][start:end]
+
+    return (names - set(fused)) | set(where), get
 
 
 def _get_path(tree, path):
@@ -85,6 +156,7 @@ def params_from_tensors(config: ModelConfig, names: set[str],
     (no `lm_head` entry, even for untied configs): `names` must then hold no head tensors.
     """
     shapes = init_params_shapes(config)
+    names, get_tensor = _split_fused(config, set(names), get_tensor, source)
     unused = set(names)
     params: dict = {}
 
@@ -133,14 +205,26 @@ def params_from_tensors(config: ModelConfig, names: set[str],
 
 
 def tensors_from_params(config: ModelConfig, params) -> Iterator[tuple[str, np.ndarray]]:
-    """HF-named numpy tensors for every parameter."""
+    """HF-named numpy tensors for every parameter (fused projections fused back, in the place
+    of their first part)."""
+    fused = {first: (name, [part for part, _, _ in rows])
+             for name, (first, rows) in _fused_parts(config).items()}
+    held: dict[str, np.ndarray] = {}  # parts of a fused projection, until all are seen
+    part_of = {part: first for first, (_, parts) in fused.items() for part in parts}
     for spec in tensor_specs(config):
         value = np.asarray(_get_path(params, spec.path))
-        if spec.per_layer:
-            for i in range(config.num_layers):
-                yield spec.hf_name.format(i=i), np.ascontiguousarray(value[i])
-        else:
+        if not spec.per_layer:
             yield spec.hf_name, np.ascontiguousarray(value)
+            continue
+        for i in range(config.num_layers):
+            name, tensor = spec.hf_name.format(i=i), np.ascontiguousarray(value[i])
+            if name not in part_of:
+                yield name, tensor
+                continue
+            held[name] = tensor
+            fused_name, parts = fused[part_of[name]]
+            if all(part in held for part in parts):
+                yield fused_name, np.concatenate([held.pop(part) for part in parts])
 
 
 # ---------------------------------------------------------------------------- reading files

@@ -63,3 +63,22 @@ PROJECTIONS: dict[str, Projection] = {p.name: p for p in (
     Projection("up_proj", "mlp", "mlp", ("mlp", "embed")),
     Projection("down_proj", "mlp", "mlp", ("embed", "mlp")),
 )}
+
+# Projections some families store fused (Phi-3), by the fused module's name: the parts, in row
+# order. Loading splits a fused tensor into its parts, so everything here sees the parts; a
+# PBLoRA target or a DiReg pattern may still name the fused module and means all its parts.
+FUSED: dict[str, tuple[str, ...]] = {
+    "qkv_proj": ("q_proj", "k_proj", "v_proj"),
+    "gate_up_proj": ("gate_proj", "up_proj"),
+}
+
+
+def expand_fused(names) -> tuple[str, ...]:
+    """Projection names with each fused module's name replaced by its parts (order kept,
+    duplicates dropped)."""
+    out: list[str] = []
+    for name in names:
+        for part in FUSED.get(name, (name,)):
+            if part not in out:
+                out.append(part)
+    return tuple(out)

@@ -80,6 +80,11 @@ _PARAM_AXES: dict[str, tuple[str, ...]] = {
     "final_norm/scale": ("embed",),
     "layers/input_norm/scale": ("layers", "embed"),
     "layers/post_attn_norm/scale": ("layers", "embed"),
+    "layers/attn_out_norm/scale": ("layers", "embed"),  # Gemma 2 / 3
+    "layers/mlp_out_norm/scale": ("layers", "embed"),
+    # Qwen3's and Gemma 3's per-head query/key norms: one head_dim-long scale, on every device.
+    "layers/attn/q_norm/scale": ("layers", None),
+    "layers/attn/k_norm/scale": ("layers", None),
     **{"/".join((*p.param_path, "weight")): ("layers", *p.weight_axes)
        for p in PROJECTIONS.values()},
     **{"/".join((*p.param_path, "bias")): ("layers", p.weight_axes[0])

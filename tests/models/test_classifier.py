@@ -39,7 +39,7 @@ def build_classifier(family, folder, labels=("helpfulness", "empathy")):
     config.id2label = dict(enumerate(labels))
     config.label2id = {name: i for i, name in enumerate(labels)}
     model = transformers.AutoModelForSequenceClassification.from_config(config).eval()
-    randomize(model, norm_offset=0.0 if family == "gemma" else 1.0)
+    randomize(model, norm_offset=0.0 if family.startswith("gemma") else 1.0)
     model.save_pretrained(folder)
     return model
 

@@ -45,6 +45,13 @@ def test_to_hf_dict_round_trips():
     assert again == config
 
 
+@pytest.mark.parametrize("name", ["qwen3-0.6b.json", "gemma-2-2b-it.json", "gemma-3-1b-it.json",
+                                  "phi-3-mini-4k-instruct.json", "phi-3.5-mini-instruct.json"])
+def test_new_families_round_trip_through_to_hf_dict(name):
+    config = ModelConfig.from_json_file(FIXTURES / "configs" / name)
+    assert ModelConfig.from_hf_dict(config.to_hf_dict()) == config
+
+
 def test_llama3_frequencies_match_transformers():
     import torch  # noqa: F401  (transformers' rope helpers need it)
     import transformers
@@ -65,6 +72,8 @@ def test_llama3_frequencies_match_transformers():
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "beta": 1}}, "'beta'"),
     ({"hidden_act": "relu"}, "hidden_act='relu'"),
     ({"num_key_value_heads": 5}, "not a multiple"),
+    ({"model_type": "qwen3_moe"}, "Qwen3's sparse mixture-of-experts variant"),
+    ({"model_type": "gemma3"}, "a Gemma 3 vision-language checkpoint"),
 ])
 def test_unsupported_keys_and_values_are_named(mutation, message):
     raw = {**_config("llama3_8b_instruct_config.json"), **mutation}
@@ -96,10 +105,6 @@ def test_missing_and_broken_files(tmp_path):
 # ---------------------------------------------------------------------------- real-config corpus
 CORPUS = FIXTURES / "configs"
 CORPUS_FILES = sorted([*CORPUS.glob("*.json"), *FIXTURES.glob("*.json")])
-# Files of the corpus that need a feature this decoder does not have: the error must say which.
-REFUSED = {"qwen3-8b.json": "model_type 'qwen3' is not supported"}
-
-
 def test_corpus_is_big_and_spans_transformers_versions():
     versions = {json.loads(f.read_text())["transformers_version"] for f in CORPUS_FILES}
     assert len(CORPUS_FILES) >= 25
@@ -108,19 +113,14 @@ def test_corpus_is_big_and_spans_transformers_versions():
     assert (CORPUS / "SOURCES.md").read_text().count("`") > 2 * len(list(CORPUS.glob("*.json")))
 
 
-@pytest.mark.parametrize("path", [p for p in CORPUS_FILES if p.name in REFUSED],
-                         ids=lambda p: p.name)
-def test_corpus_refusals_name_the_reason(path):
-    with pytest.raises(ConfigError, match=re.escape(REFUSED[path.name])):
-        ModelConfig.from_json_file(path)
-
-
 _ROTARY = {"llama": "LlamaRotaryEmbedding", "mistral": "MistralRotaryEmbedding",
-           "qwen2": "Qwen2RotaryEmbedding", "gemma": "GemmaRotaryEmbedding"}
+           "qwen2": "Qwen2RotaryEmbedding", "qwen3": "Qwen3RotaryEmbedding",
+           "gemma": "GemmaRotaryEmbedding", "gemma2": "Gemma2RotaryEmbedding",
+           "gemma3_text": "Gemma3RotaryEmbedding", "phi3": "Phi3RotaryEmbedding"}
+_MODULES = {"gemma3_text": "gemma3"}  # transformers' module, where it is not the model_type
 
 
-@pytest.mark.parametrize("path", [p for p in CORPUS_FILES if p.name not in REFUSED],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CORPUS_FILES, ids=lambda p: p.name)
 def test_corpus_parses_like_transformers(path):
     """Every supported real config gives the model transformers itself builds from it."""
     import importlib
@@ -134,8 +134,8 @@ def test_corpus_parses_like_transformers(path):
         raw["model_type"], **{k: v for k, v in raw.items() if k != "model_type"})
     head_dim = getattr(theirs, "head_dim", None) or theirs.hidden_size // theirs.num_attention_heads
     eos = theirs.eos_token_id
-    window = getattr(theirs, "sliding_window", None) if raw["model_type"] in ("mistral",
-                                                                              "qwen2") else None
+    window = getattr(theirs, "sliding_window", None) if raw["model_type"] in (
+        "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3") else None
     assert (ours.vocab_size, ours.hidden_size, ours.intermediate_size, ours.num_layers,
             ours.num_heads, ours.num_kv_heads, ours.head_dim) == (
         theirs.vocab_size, theirs.hidden_size, theirs.intermediate_size,
@@ -144,15 +144,36 @@ def test_corpus_parses_like_transformers(path):
     assert ours.tie_word_embeddings == theirs.tie_word_embeddings
     assert ours.sliding_window == window
     assert ours.rms_norm_eps == pytest.approx(theirs.rms_norm_eps)
-    assert ours.activation == {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}[theirs.hidden_act]
+    activation = getattr(theirs, "hidden_activation", None) or theirs.hidden_act
+    assert ours.activation == {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}[activation]
     assert ours.eos_token_ids == (tuple(eos) if isinstance(eos, list) else
                                   () if eos is None else (eos,))
-    family = importlib.import_module(f"transformers.models.{raw['model_type']}.modeling_"
-                                     f"{raw['model_type']}")
+    layer_types = getattr(theirs, "layer_types", None)
+    if raw["model_type"] in ("gemma2", "gemma3_text"):  # local and global layers
+        assert ours.local_layers == tuple(t == "sliding_attention" for t in layer_types)
+        assert ours.query_scale == pytest.approx(theirs.query_pre_attn_scalar ** -0.5)
+        assert (ours.attn_softcap, ours.final_softcap) == (
+            getattr(theirs, "attn_logit_softcapping", None), theirs.final_logit_softcapping)
+    module = _MODULES.get(raw["model_type"], raw["model_type"])
+    family = importlib.import_module(f"transformers.models.{module}.modeling_{module}")
     rotary = getattr(family, _ROTARY[raw["model_type"]])(config=theirs)
+    if raw["model_type"] == "gemma3_text":  # one rotary per layer type
+        for rope, kind in ((ours.rope, "full_attention"), (ours.local_rope, "sliding_attention")):
+            assert rope.rope_type == theirs.rope_parameters[kind]["rope_type"]
+            np.testing.assert_allclose(rope.inverse_frequencies(ours.head_dim),
+                                       getattr(rotary, f"{kind}_inv_freq").numpy(), rtol=1e-6)
+        return
     assert ours.rope.rope_type == theirs.rope_parameters["rope_type"]
     np.testing.assert_allclose(ours.rope.inverse_frequencies(ours.head_dim),
                                rotary.inv_freq.numpy(), rtol=1e-6)
+    assert ours.rope.attention_factor == pytest.approx(rotary.attention_scaling)
+    if ours.rope.rope_type == "longrope":  # the set used past the original length
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        long, _ = ROPE_INIT_FUNCTIONS["longrope"](
+            theirs, seq_len=ours.rope.original_max_position_embeddings + 1)
+        np.testing.assert_allclose(ours.rope.inverse_frequencies(ours.head_dim, long=True),
+                                   long.numpy(), rtol=1e-6)
 
 
 # Expectations written out by hand from the model cards / the JSON text (not from a parser):
@@ -175,7 +196,38 @@ EXPECTED = {
     "gemma-2b-it.json": (2048, 1, 256, "default", 10000.0, True, None, False),
     "gemma-7b__save_pretrained-5.25.0.json": (3072, 16, 256, "default", 10000.0, True, None,
                                               False),
+    "qwen3-0.6b.json": (1024, 8, 128, "default", 1000000.0, True, None, False),
+    "gemma-2-2b-it.json": (2304, 4, 256, "default", 10000.0, True, 4096, False),
+    "gemma-3-1b-it.json": (1152, 1, 256, "default", 1000000.0, True, 512, False),
+    "phi-3-mini-4k-instruct.json": (3072, 32, 96, "default", 10000.0, False, 2047, False),
+    "phi-3.5-mini-instruct.json": (3072, 32, 96, "longrope", 10000.0, False, 262144, False),
 }
+
+
+def test_new_families_sizes_and_layer_kinds_from_their_model_cards():
+    """Parameter counts the model cards state (Qwen3-0.6B: 0.6B, 0.44B without embeddings;
+    gemma-2-2b: 2.61B; gemma-3-1b: 1B), and the layer pattern written out by hand."""
+    qwen3 = ModelConfig.from_json_file(CORPUS / "qwen3-0.6b.json")
+    embedding = 151936 * 1024
+    assert 0.43e9 < qwen3.num_parameters() - embedding < 0.45e9
+    assert qwen3.qk_norm and not qwen3.sandwich_norms
+    gemma2 = ModelConfig.from_json_file(CORPUS / "gemma-2-2b-it.json")
+    assert 2.60e9 < gemma2.num_parameters() < 2.62e9
+    assert gemma2.local_layers == (True, False) * 13  # layer 0 local, then alternating
+    assert (gemma2.attn_softcap, gemma2.final_softcap, gemma2.query_scale) == (50.0, 30.0,
+                                                                               256 ** -0.5)
+    gemma3 = ModelConfig.from_json_file(CORPUS / "gemma-3-1b-it.json")
+    assert 0.99e9 < gemma3.num_parameters() < 1.01e9
+    assert gemma3.local_layers == ((True,) * 5 + (False,)) * 4 + (True, True)  # 5 local, 1 global
+    assert (gemma3.rope.theta, gemma3.local_rope.theta) == (1e6, 1e4)
+    assert (gemma3.attn_softcap, gemma3.final_softcap) == (None, None)
+    phi3 = ModelConfig.from_json_file(CORPUS / "phi-3-mini-4k-instruct.json")
+    assert 3.8e9 < phi3.num_parameters() < 3.83e9  # "3.8B parameters"
+    phi35 = ModelConfig.from_json_file(CORPUS / "phi-3.5-mini-instruct.json")
+    # 131,072 / 4,096 = 32x the original context: LongRoPE's attention factor
+    # sqrt(1 + ln 32 / ln 4096) = 1.1902
+    assert phi35.rope.factor == 32.0 and round(phi35.rope.attention_factor, 4) == 1.1902
+    assert phi35.rope.short_factor[0] == 1.0 and len(phi35.rope.long_factor) == 48
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -325,7 +377,8 @@ def test_absent_keys_take_transformers_class_defaults():
     import transformers
 
     for name in ("mistral-7b-v0.1.json", "qwen2-7b-instruct.json", "gemma-2b-it.json",
-                 "llama-2-7b-hf.json"):
+                 "llama-2-7b-hf.json", "qwen3-0.6b.json", "gemma-2-2b-it.json",
+                 "gemma-3-1b-it.json"):
         raw = json.loads((CORPUS / name).read_text())
         for key in ("num_key_value_heads", "head_dim"):
             raw.pop(key, None)

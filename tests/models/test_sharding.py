@@ -40,6 +40,21 @@ def test_sharded_logits_and_tokens_equal_single_device(tiny_checkpoints, mesh_sh
             == [r.tokens for r in pj.generate(single, PROMPTS, **sampled)])
 
 
+@pytest.mark.parametrize("family", ["qwen3", "gemma2", "gemma3", "phi3"])
+def test_newer_families_sharded_equal_single_device(tiny_checkpoints, family):
+    """Their extra parameters (q/k norms, the output norms) placed by the sharding rules, and
+    their extra work (soft-caps, local layers, longrope) on a 2x4 mesh: the same logits and
+    greedy tokens as one device (the greedy rows pass the tiny Phi-3's original length)."""
+    path = tiny_checkpoints[family].path
+    single, sharded = pj.load_model(path), pj.load_model(path, mesh="2x4")
+    ids = np.random.RandomState(2).randint(3, VOCAB, (4, 12))
+    np.testing.assert_allclose(np.asarray(sharded.logits(ids)), np.asarray(single.logits(ids)),
+                               atol=1e-5)
+    kwargs = dict(max_new_tokens=32, stop_tokens=[])
+    assert ([r.tokens for r in pj.generate(sharded, PROMPTS, **kwargs)]
+            == [r.tokens for r in pj.generate(single, PROMPTS, **kwargs)])
+
+
 def test_indivisible_axes_fall_back_to_replication(tiny_checkpoints):
     # The tiny Llama has 4 query / 2 kv heads: kv heads cannot split 4 ways, queries can.
     model = pj.load_model(tiny_checkpoints["llama"].path, mesh="2x4")

@@ -1,0 +1,78 @@
+"""What the newer families add beyond the parity tests every family runs (logits, cached ==
+recomputed, greedy == transformers, save -> transformers load, sharded == single device): Phi-3's
+fused projections (split on load, fused on save, named in errors, and named by adapters and
+DiReg patterns) and longrope's switch past its original length."""
+
+import json
+
+import numpy as np
+import pytest
+from helpers import VOCAB, torch_logits
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+
+import prosocial_jax as pj
+from prosocial_jax.direg import harm
+from prosocial_jax.models import adapters
+from prosocial_jax.models.hf import CheckpointError
+
+
+def test_phi3_saves_its_projections_fused_as_transformers_names_them(tiny_checkpoints,
+                                                                     tmp_path):
+    model = pj.load_model(tiny_checkpoints["phi3"].path)
+    folder = pj.save_model(model, tmp_path / "saved")
+    with safe_open(folder / "model.safetensors", "np") as f:
+        names = set(f.keys())
+    original = tiny_checkpoints["phi3"].torch_model.state_dict()
+    assert names == set(original)  # qkv_proj and gate_up_proj, no q_proj / gate_proj
+    qkv = "model.layers.1.self_attn.qkv_proj.weight"
+    with safe_open(folder / "model.safetensors", "np") as f:
+        np.testing.assert_array_equal(f.get_tensor(qkv), original[qkv].numpy())
+
+
+def test_phi3_fused_tensor_of_the_wrong_size_or_missing_is_named(tiny_checkpoints, tmp_path):
+    source = tiny_checkpoints["phi3"].path
+    tensors = load_file(source / "model.safetensors")
+    name = "model.layers.0.mlp.gate_up_proj.weight"
+    for case, edit in (("short", lambda t: {**t, name: t[name][:-1]}),
+                       ("missing", lambda t: {k: v for k, v in t.items() if k != name})):
+        folder = tmp_path / case
+        folder.mkdir()
+        (folder / "config.json").write_text((source / "config.json").read_text())
+        save_file(edit(tensors), folder / "model.safetensors")
+        expected = "expected 256 rows" if case == "short" else "is missing"
+        with pytest.raises(CheckpointError, match=f"'{name}'.*{expected}"):
+            pj.load_model(folder)
+
+
+def test_a_fused_module_name_targets_all_its_parts(tiny_checkpoints):
+    config = adapters.AdapterConfig(target_modules=("qkv_proj", "o_proj", "gate_up_proj"))
+    assert config.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                     "up_proj")
+    with pytest.raises(adapters.AdapterError, match="qkv"):
+        adapters.AdapterConfig(target_modules=("qkv",))
+    # DiReg: a pattern over the checkpoint's own (fused) names selects every part.
+    model = pj.load_model(tiny_checkpoints["phi3"].path)
+    mask = harm.selection_mask(model.config, model.params,
+                               include=["model.layers.1.self_attn.qkv_proj.weight"])
+    attn = mask["layers"]["attn"]
+    for part in ("q_proj", "k_proj", "v_proj"):
+        assert attn[part]["weight"].tolist() == [False, True]
+    assert attn["o_proj"]["weight"].tolist() == [False, False]
+
+
+def test_longrope_long_factors_past_the_original_length_match_transformers(tiny_checkpoints):
+    """80 tokens against the tiny Phi-3's original 64: transformers rotates every position with
+    the long factors, and so do we; 40 tokens stay on the short ones."""
+    tiny = tiny_checkpoints["phi3"]
+    config = json.loads((tiny.path / "config.json").read_text())
+    assert config["rope_parameters"]["original_max_position_embeddings"] == 64
+    model = pj.load_model(tiny.path)
+    for length in (40, 80):
+        ids = np.random.RandomState(length).randint(3, VOCAB, (2, length))
+        np.testing.assert_allclose(np.asarray(model.logits(ids)),
+                                   torch_logits(tiny.torch_model, ids), atol=1e-4, rtol=1e-4)
+    # The two sets differ: the same first 40 tokens inside an 80-token call get other logits.
+    ids = np.random.RandomState(80).randint(3, VOCAB, (1, 80))
+    assert not np.allclose(np.asarray(model.logits(ids))[0, :40],
+                           np.asarray(model.logits(ids[:, :40]))[0], atol=1e-3)
