@@ -234,19 +234,64 @@ def with_nan_embedding(model, token):
     return dataclasses.replace(model, params=params)
 
 
+# llama.cpp's tensor names (gguf.constants.MODEL_TENSOR) for each HF module, by architecture.
+_GGUF_LAYER = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+               "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+               "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+               "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+_GGUF_ARCH_LAYER = {
+    "gemma2": {"post_attention_layernorm": "post_attention_norm",
+               "pre_feedforward_layernorm": "ffn_norm",
+               "post_feedforward_layernorm": "post_ffw_norm"},
+    "phi3": {"self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up"},
+}
+_GGUF_ARCH_LAYER["gemma3"] = _GGUF_ARCH_LAYER["gemma2"]
+_GGUF_ARCH = {"llama": "llama", "llama_mesh": "llama", "qwen3": "qwen3", "gemma2": "gemma2",
+              "gemma3": "gemma3", "phi3": "phi3"}
+
+
 def write_gguf(tiny, path):
-    """A float32 GGUF file laid out as llama.cpp's converter writes Llama models."""
+    """A float32 GGUF file laid out as llama.cpp's converter writes the tiny checkpoint's
+    family: its tensor names, q/k rows permuted (Llama), norms stored with the +1 (Gemma),
+    Phi-3's rope factors as tensors; the metadata keys of gguf.constants."""
     config = tiny.torch_model.config
-    writer = gguf.GGUFWriter(str(path), "llama")
+    arch = _GGUF_ARCH[tiny.family]
+    writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    rope = config.rope_parameters
+    rope = rope.get("full_attention", rope)  # Gemma 3: the global layers' entry
+    writer.add_rope_freq_base(rope["rope_theta"])
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
+    if getattr(config, "sliding_window", None) is not None:
+        writer.add_sliding_window(config.sliding_window)
+    if arch == "gemma2":
+        writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
+        writer.add_final_logit_softcapping(config.final_logit_softcapping)
+    if arch == "gemma3":
+        writer.add_rope_freq_base_swa(config.rope_parameters["sliding_attention"]["rope_theta"])
+        writer.add_sliding_window_pattern([t == "sliding_attention"
+                                           for t in config.layer_types])
+        if rope.get("rope_type") == "linear":
+            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(rope["factor"])
+    if arch == "phi3":
+        writer.add_rope_dimension_count(int(head_dim * rope.get("partial_rotary_factor", 1.0)))
+        if rope.get("rope_type") == "longrope":
+            writer.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+            writer.add_tensor("rope_factors_long.weight",
+                              np.asarray(rope["long_factor"], np.float32))
+            writer.add_tensor("rope_factors_short.weight",
+                              np.asarray(rope["short_factor"], np.float32))
     writer.add_tokenizer_model("gpt2")
     letters = [chr(ord("a") + i) for i in range(26)]  # a tiny but valid byte-level BPE vocab
     pairs = [(x, y) for x in letters for y in letters][: config.vocab_size - len(letters)]
@@ -256,20 +301,19 @@ def write_gguf(tiny, path):
     writer.add_eos_token_id(2)
     names = {"model.embed_tokens.weight": "token_embd.weight",
              "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
-    layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-             "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    layer = {**_GGUF_LAYER, **_GGUF_ARCH_LAYER.get(arch, {})}
     for name, value in tiny.torch_model.state_dict().items():
         value = value.numpy().astype(np.float32)
+        if arch.startswith("gemma") and name.endswith("norm.weight"):
+            value = value + 1.0  # llama.cpp stores Gemma's norm scale itself
         if name.startswith("model.layers."):
             parts = name.split(".")
             module = ".".join(parts[3:-1])
-            if module == "self_attn.q_proj":
+            if arch == "llama" and module == "self_attn.q_proj":
                 value = permute_rows(value, config.num_attention_heads)
-            elif module == "self_attn.k_proj":
+            elif arch == "llama" and module == "self_attn.k_proj":
                 value = permute_rows(value, config.num_key_value_heads)
-            gguf_name = f"blk.{parts[2]}.{layer[module]}.weight"
+            gguf_name = f"blk.{parts[2]}.{layer[module]}.{parts[-1]}"
         elif name == "lm_head.weight" and config.tie_word_embeddings:
             continue
         else:

@@ -1,5 +1,9 @@
 """GGUF files (llama.cpp) -> HF-named float tensors, an HF config dict and a tokenizer, no torch.
 
+Architectures: llama, qwen2, qwen3, gemma, gemma2, gemma3 (text) and phi3, with llama.cpp's
+tensor names and metadata keys (`gguf.constants`). Where a GGUF file carries less than the HF
+config (Gemma 2 / 3 have no query_pre_attn_scalar in GGUF), llama.cpp's own rule is followed.
+
 Tensors and metadata are read with the `gguf` package (its reader and dequantisers). llama.cpp
 stores the q/k rows of Llama-architecture models permuted for its interleaved rotary kernel; they
 are permuted back here so the rest of prosocial_jax sees ordinary HF weights. Gemma files store
@@ -43,19 +47,36 @@ _LAYER_NAMES = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+# Where an architecture's llama.cpp names mean other HF modules than Llama's (the names are
+# gguf.constants.MODEL_TENSOR's): Gemma 2 / 3 norm each sub-block's output too, and their
+# "ffn_norm" is the MLP's input norm; Phi-3 stores q/k/v as one attn_qkv and gate/up as one
+# ffn_up (split on load, see hf.FUSED_PROJECTIONS).
+_GEMMA_LAYER_NAMES = {"post_attention_norm": "post_attention_layernorm",
+                      "ffn_norm": "pre_feedforward_layernorm",
+                      "post_ffw_norm": "post_feedforward_layernorm"}
+_ARCH_LAYER_NAMES = {
+    "gemma2": _GEMMA_LAYER_NAMES,
+    "gemma3": _GEMMA_LAYER_NAMES,
+    "phi3": {"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"},
+}
+_NORM_SHIFTED = ("gemma", "gemma2", "gemma3")  # norms stored as scale, not (scale - 1)
+_ROPE_FACTOR_TENSORS = {"rope_factors_long.weight": "long_factor",
+                        "rope_factors_short.weight": "short_factor"}  # Phi-3's longrope
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
-_ARCH_TO_MODEL_TYPE = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma"}
+_ARCH_TO_MODEL_TYPE = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma",
+                       "gemma2": "gemma2", "gemma3": "gemma3_text", "phi3": "phi3"}
 _REQUIRED = object()
 
 
-def hf_tensor_name(gguf_name: str) -> str:
+def hf_tensor_name(gguf_name: str, architecture: str = "llama") -> str:
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
+    names = {**_LAYER_NAMES, **_ARCH_LAYER_NAMES.get(architecture, {})}
     match = _LAYER_RE.match(gguf_name)
-    if match and match.group(2) in _LAYER_NAMES:
+    if match and match.group(2) in names:
         layer, kind, leaf = match.groups()
         suffix = "weight" if kind.endswith("norm") else leaf
-        return f"model.layers.{layer}.{_LAYER_NAMES[kind]}.{suffix}"
+        return f"model.layers.{layer}.{names[kind]}.{suffix}"
     raise CheckpointError(f"GGUF tensor {gguf_name!r} has no counterpart in a supported decoder")
 
 
@@ -162,10 +183,12 @@ class GGUFFile:
     # ------------------------------------------------------------------ config
     def hf_config(self) -> dict[str, Any]:
         """The equivalent transformers config dict (4.x dialect)."""
+        understood = {"rope.scaling.type", "rope.scaling.factor"}
+        if self.architecture == "phi3":
+            understood |= {"rope.scaling.attn_factor", "rope.scaling.original_context_length"}
         for key in self.metadata:
-            if key.startswith(f"{self.architecture}.rope.scaling") and key not in (
-                    f"{self.architecture}.rope.scaling.type",
-                    f"{self.architecture}.rope.scaling.factor"):
+            if key.startswith(f"{self.architecture}.rope.scaling") and key.removeprefix(
+                    f"{self.architecture}.") not in understood:
                 raise CheckpointError(f"{self.path}: GGUF key {key!r} is not supported")
         if "rope_freqs.weight" in self.tensors:
             raise CheckpointError(f"{self.path}: tensor 'rope_freqs.weight' (Llama-3.1 rope "
@@ -210,15 +233,73 @@ class GGUFFile:
         }
         if config["model_type"] in ("qwen2", "qwen3"):
             config["use_sliding_window"] = False
+        if config["model_type"] in ("llama", "qwen3"):  # biases show as tensors only
+            config["attention_bias"] = "blk.0.attn_q.bias" in self.tensors
+        if self.architecture in ("gemma2", "gemma3"):
+            config.update(self._gemma_config(config))
+        if self.architecture == "phi3":
+            config.update(self._phi3_config(config))
         return config
+
+    def _gemma_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Gemma 2 / 3's window, soft-caps, query scale and (3) local rotary base."""
+        extra: dict[str, Any] = {
+            "sliding_window": self._number("attention.sliding_window", int, default=4096)}
+        # llama.cpp keeps no query_pre_attn_scalar: it scales by head_dim, but by
+        # hidden / heads for the 27B models (Gemma 2: 46 layers, Gemma 3: 62), whose
+        # query_pre_attn_scalar that is. The same rule here.
+        layers, heads = config["num_hidden_layers"], config["num_attention_heads"]
+        big = layers == (46 if self.architecture == "gemma2" else 62)
+        extra["query_pre_attn_scalar"] = (config["hidden_size"] // heads if big
+                                          else config["head_dim"])
+        if self.architecture == "gemma2":
+            extra["attn_logit_softcapping"] = self._number("attn_logit_softcapping", float,
+                                                           default=50.0)
+            extra["final_logit_softcapping"] = self._number("final_logit_softcapping", float,
+                                                            default=30.0)
+        else:
+            extra["rope_local_base_freq"] = self._number("rope.freq_base_swa", float,
+                                                         default=10000.0)
+            pattern = self.meta("attention.sliding_window_pattern")
+            if isinstance(pattern, list):  # newer files: one flag per layer
+                extra["layer_types"] = ["sliding_attention" if p else "full_attention"
+                                        for p in pattern]
+            else:
+                extra["sliding_window_pattern"] = self._number(
+                    "attention.sliding_window_pattern", int, default=6)
+            extra["final_logit_softcapping"] = None
+            extra["attn_logit_softcapping"] = None
+        return extra
+
+    def _phi3_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Phi-3's window, partial rotary and longrope (its factors are tensors in GGUF)."""
+        extra: dict[str, Any] = {
+            "sliding_window": self._number("attention.sliding_window", int, default=None)}
+        rotating = self._number("rope.dimension_count", int, default=config["head_dim"])
+        extra["partial_rotary_factor"] = rotating / config["head_dim"]
+        factors = {key: self.tensors[name] for name, key in _ROPE_FACTOR_TENSORS.items()
+                   if name in self.tensors}
+        if factors:
+            scaling = {"type": "longrope"}
+            for key, tensor in factors.items():
+                scaling[key] = [float(v) for v in np.asarray(tensor.data, np.float32).ravel()]
+            extra["original_max_position_embeddings"] = self._number(
+                "rope.scaling.original_context_length", int)
+            attn_factor = self._number("rope.scaling.attn_factor", float, default=None)
+            if attn_factor is not None:
+                scaling["attention_factor"] = attn_factor
+            extra["rope_scaling"] = scaling
+        return extra
 
     # ------------------------------------------------------------------ tensors
     def hf_tensors(self) -> tuple[set[str], Callable[[str], np.ndarray]]:
         """HF names and a getter returning dequantised float32 tensors in HF layout."""
         by_hf_name: dict[str, str] = {}
         for name in self.tensors:
+            if name in _ROPE_FACTOR_TENSORS:  # read into the config, not weights
+                continue
             try:
-                by_hf_name[hf_tensor_name(name)] = name
+                by_hf_name[hf_tensor_name(name, self.architecture)] = name
             except CheckpointError as err:
                 raise CheckpointError(f"{self.path}: {err}") from None
         heads = self._number("attention.head_count", int)
@@ -243,7 +324,7 @@ class GGUFFile:
                         f"{self.path}: tensor {tensor.name!r} has {value.shape[0]} rows, which "
                         f"do not split into {count} heads of rotary pairs")
                 value = unpermute_rows(value, count)
-            if self.architecture == "gemma" and hf_name.endswith("norm.weight"):
+            if self.architecture in _NORM_SHIFTED and hf_name.endswith("norm.weight"):
                 value = value - 1.0
             return value
 

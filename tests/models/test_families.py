@@ -76,3 +76,35 @@ def test_longrope_long_factors_past_the_original_length_match_transformers(tiny_
     ids = np.random.RandomState(80).randint(3, VOCAB, (1, 80))
     assert not np.allclose(np.asarray(model.logits(ids))[0, :40],
                            np.asarray(model.logits(ids[:, :40]))[0], atol=1e-3)
+
+
+def _gguf_reference(tiny):
+    """transformers' model of what a GGUF file of the tiny checkpoint describes: the same
+    weights; for Gemma 2 / 3 the query scale by head_dim, since GGUF files carry no
+    query_pre_attn_scalar and llama.cpp scales by head_dim (hidden / heads for the 27B)."""
+    import copy
+
+    model = tiny.torch_model
+    if tiny.family not in ("gemma2", "gemma3"):
+        return model
+    config = copy.deepcopy(model.config)
+    config.query_pre_attn_scalar = config.head_dim
+    reference = type(model)(config).eval()
+    reference.load_state_dict(model.state_dict())
+    return reference
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma2", "gemma3", "phi3"])
+def test_gguf_of_each_family_gives_transformers_logits(tiny_checkpoints, tmp_path, family):
+    """A GGUF file written as llama.cpp lays the family out (its names, Gemma's +1 norms,
+    Phi-3's fused tensors and rope factor tensors): our load gives transformers' logits, past
+    the tiny Phi-3's original length too."""
+    from helpers import write_gguf
+
+    tiny = tiny_checkpoints[family]
+    path = tmp_path / f"{family}.gguf"
+    write_gguf(tiny, path)
+    model = pj.load_model(path)
+    ids = np.random.RandomState(5).randint(3, VOCAB, (2, 80 if family == "phi3" else 20))
+    np.testing.assert_allclose(np.asarray(model.logits(ids)),
+                               torch_logits(_gguf_reference(tiny), ids), atol=1e-4, rtol=1e-4)
