@@ -270,7 +270,10 @@ def table(record: dict[str, Any]) -> str:
     for method in methods:
         row = [method]
         for b, c in cells:
-            r = by[(method, b, c)]
+            r = by.get((method, b, c))
+            if r is None:  # a run stopped before this cell
+                row.append("not measured")
+                continue
             ratio = (f" ({r['seconds'] / plain[(b, c)]['seconds']:.1f}x)"
                      if plain[(b, c)] else "")
             row.append(f"{1e3 * r['seconds_per_token']:.0f} ms{ratio}, "
@@ -292,7 +295,7 @@ def table(record: dict[str, Any]) -> str:
 
 def plot(record: dict[str, Any], path: str | Path) -> None:
     """Seconds per new token of every method in every (batch, context) cell (log scale), and
-    peak memory where measured."""
+    peak memory where measured (a cell a stopped run did not reach has no bar)."""
     cells = sorted({(r["batch"], r["context"]) for r in record["timing"]},
                    key=lambda bc: (bc[1], bc[0]))
     methods = list(dict.fromkeys(r["method"] for r in record["timing"]))
@@ -303,10 +306,11 @@ def plot(record: dict[str, Any], path: str | Path) -> None:
     width = 0.8 / len(methods)
     for index, method in enumerate(methods):
         offset = x - 0.4 + (index + 0.5) * width
-        left.bar(offset, [1e3 * by[(method, *c)]["seconds_per_token"] for c in cells], width,
+        measured = [by.get((method, *c), {}) for c in cells]
+        left.bar(offset, [1e3 * r.get("seconds_per_token", np.nan) for r in measured], width,
                  label=method)
-        memory = [by[(method, *c)]["peak_memory_bytes"] for c in cells]
-        if all(m is not None for m in memory):
+        memory = [r.get("peak_memory_bytes", np.nan) for r in measured]
+        if not any(m is None for m in memory):
             right.bar(offset, [m / 1e9 for m in memory], width, label=method)
     labels = [f"batch {b}\ncontext {c}" for b, c in cells]
     left.set_xticks(x, labels, fontsize=8)
