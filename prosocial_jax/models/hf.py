@@ -205,8 +205,8 @@ def params_from_tensors(config: ModelConfig, names: set[str],
 
 
 def tensors_from_params(config: ModelConfig, params) -> Iterator[tuple[str, np.ndarray]]:
-    """HF-named numpy tensors for every parameter (fused projections fused back, in the place
-    of their first part)."""
+    """HF-named numpy tensors for every parameter (fused projections fused back, each as soon
+    as all its parts are read)."""
     fused = {first: (name, [part for part, _, _ in rows])
              for name, (first, rows) in _fused_parts(config).items()}
     held: dict[str, np.ndarray] = {}  # parts of a fused projection, until all are seen
