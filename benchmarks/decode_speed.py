@@ -359,12 +359,17 @@ WORKERS = {"jax_short": jax_short, "torch_short": torch_short, "jax_long": jax_l
            "torch_long": torch_long}
 
 
-def run_worker(kind: str, folder: Path, setting: dict | None = None) -> dict:
+def json_from_worker(*argv: str, flag: str = "--to") -> dict:
+    """Runs `python *argv FLAG FILE` in a fresh process (its own threads, its own memory peak)
+    and returns the JSON it wrote to FILE: how every benchmark here runs each measurement."""
     with tempfile.NamedTemporaryFile(suffix=".json") as handle:
-        subprocess.run([sys.executable, __file__, "--worker", kind, "--folder", str(folder),
-                        "--setting", json.dumps(setting or {}), "--out", handle.name],
-                       check=True)
+        subprocess.run([sys.executable, *argv, flag, handle.name], check=True)
         return json.loads(Path(handle.name).read_text())
+
+
+def run_worker(kind: str, folder: Path, setting: dict | None = None) -> dict:
+    return json_from_worker(__file__, "--worker", kind, "--folder", str(folder), "--setting",
+                            json.dumps(setting or {}), flag="--out")
 
 
 # ------------------------------------------------------- time to first token, from the CLI

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from decode_speed import copy_bandwidth, decode_stats, write_results
+from decode_speed import copy_bandwidth, decode_stats, json_from_worker, write_results
 
 FAMILIES = ("llama", "qwen3", "gemma2", "gemma3", "phi3")
 BATCHES = (1, 16)
@@ -87,12 +86,7 @@ def main() -> None:
     if args.worker:
         args.to.write_text(json.dumps(worker(args.worker)))
         return
-    runs = {}
-    for family in FAMILIES:
-        with tempfile.NamedTemporaryFile(suffix=".json") as handle:
-            subprocess.run([sys.executable, __file__, "--worker", family, "--to", handle.name],
-                           check=True)
-            runs[family] = json.loads(Path(handle.name).read_text())
+    runs = {family: json_from_worker(__file__, "--worker", family) for family in FAMILIES}
     results = {"copy_bandwidth_gb_s": copy_bandwidth() / 1e9, "families": {}}
     for family in FAMILIES:
         results["families"][family] = {

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
+
+from decode_speed import json_from_worker
 
 from prosocial_jax.peak_memory import peak_rss_bytes, reset_peak_rss
 
@@ -138,12 +137,8 @@ def main() -> None:
     if args.worker:
         args.result.write_text(json.dumps(WORKERS[args.worker]()))
         return
-    results = {}
-    for name in WORKERS:
-        with tempfile.NamedTemporaryFile(suffix=".json") as handle:
-            subprocess.run([sys.executable, __file__, "--worker", name, "--result", handle.name],
-                           check=True)
-            results[name] = json.loads(Path(handle.name).read_text())
+    results = {name: json_from_worker(__file__, "--worker", name, flag="--result")
+               for name in WORKERS}
     model_bytes = results["prosocial_jax"]["model_bytes"]
     two = 2 * model_bytes
     print(f"two models: {two / 2**30:.2f} GiB (bfloat16, "

@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
+
+from decode_speed import json_from_worker
 
 from prosocial_jax.peak_memory import peak_rss_bytes, reset_peak_rss
 
@@ -124,12 +123,8 @@ def main() -> None:
               "b": "(b) weighted single loss, one backward",
               "c": "(c) K separate backward passes + PCGrad",
               "d": "(d) = (a), backbone layers unrolled"}
-    results = {}
-    for method in ("a", "b", "c", "d"):
-        with tempfile.NamedTemporaryFile(suffix=".json") as handle:
-            subprocess.run([sys.executable, __file__, "--worker", method, "--result",
-                            handle.name], check=True)
-            results[method] = json.loads(Path(handle.name).read_text())
+    results = {method: json_from_worker(__file__, "--worker", method, flag="--result")
+               for method in ("a", "b", "c", "d")}
     for method, r in results.items():
         print(f"{labels[method]:44s} {r['seconds']:7.2f} s/step   peak RSS "
               f"{r['peak_rss'] / 2**30:5.2f} GiB (steps alone: "

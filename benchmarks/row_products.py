@@ -22,14 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from decode_speed import copy_bandwidth, write_results
+from decode_speed import copy_bandwidth, json_from_worker, write_results
 
 LAYERS, D, F = 30, 576, 1536
 ROWS = (1, 2, 4, 8, 16)
@@ -143,12 +140,7 @@ def main() -> None:
         args.to.write_text(json.dumps((jax_worker if args.worker == "jax" else torch_worker)()))
         return
     bandwidth = copy_bandwidth()
-    runs = {}
-    for kind in ("jax", "torch"):
-        with tempfile.NamedTemporaryFile(suffix=".json") as handle:
-            subprocess.run([sys.executable, __file__, "--worker", kind, "--to", handle.name],
-                           check=True)
-            runs[kind] = json.loads(Path(handle.name).read_text())
+    runs = {kind: json_from_worker(__file__, "--worker", kind) for kind in ("jax", "torch")}
     nbytes = sum(w.nbytes for layer in weights() for w in layer)
     bound = 1e3 * nbytes / bandwidth
     results = {"weight_bytes": nbytes, "copy_bandwidth_gb_s": bandwidth / 1e9,
