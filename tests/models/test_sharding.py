@@ -21,6 +21,16 @@ FIXTURES = Path(__file__).parents[1] / "fixtures"
 PROMPTS = [[5, 17, 99, 3, 42], [7, 8], [11, 12, 13, 14, 15, 16, 17], [40, 41, 42]]
 
 
+def _same_as_one_device(single, sharded, seed: int, *settings: dict) -> None:
+    """Logits of random ids, and the tokens `generate` gives under each of `settings`."""
+    ids = np.random.RandomState(seed).randint(3, VOCAB, (4, 12))
+    np.testing.assert_allclose(np.asarray(sharded.logits(ids)), np.asarray(single.logits(ids)),
+                               atol=1e-5)
+    for kwargs in settings:
+        assert ([r.tokens for r in pj.generate(sharded, PROMPTS, **kwargs)]
+                == [r.tokens for r in pj.generate(single, PROMPTS, **kwargs)]), kwargs
+
+
 @pytest.mark.parametrize("mesh_shape", ["2x4", "8x1"])
 def test_sharded_logits_and_tokens_equal_single_device(tiny_checkpoints, mesh_shape):
     path = tiny_checkpoints["llama_mesh"].path
@@ -29,30 +39,19 @@ def test_sharded_logits_and_tokens_equal_single_device(tiny_checkpoints, mesh_sh
     q_sharding = sharded.params["layers"]["attn"]["q_proj"]["weight"].sharding
     assert q_sharding.spec == P(None, "model", None)  # a 1-way "model" axis replicates
     assert q_sharding.is_fully_replicated == (mesh_shape == "8x1")
-    ids = np.random.RandomState(0).randint(3, VOCAB, (4, 12))
-    np.testing.assert_allclose(np.asarray(sharded.logits(ids)), np.asarray(single.logits(ids)),
-                               atol=1e-5)
-    kwargs = dict(max_new_tokens=16, stop_tokens=[])
-    assert ([r.tokens for r in pj.generate(sharded, PROMPTS, **kwargs)]
-            == [r.tokens for r in pj.generate(single, PROMPTS, **kwargs)])
-    sampled = dict(kwargs, temperature=0.8, top_p=0.9, seed=4)
-    assert ([r.tokens for r in pj.generate(sharded, PROMPTS, **sampled)]
-            == [r.tokens for r in pj.generate(single, PROMPTS, **sampled)])
+    greedy = dict(max_new_tokens=16, stop_tokens=[])
+    _same_as_one_device(single, sharded, 0, greedy,
+                        dict(greedy, temperature=0.8, top_p=0.9, seed=4))
 
 
 @pytest.mark.parametrize("family", ["qwen3", "gemma2", "gemma3", "phi3"])
 def test_newer_families_sharded_equal_single_device(tiny_checkpoints, family):
     """Their extra parameters (q/k norms, the output norms) placed by the sharding rules, and
-    their extra work (soft-caps, local layers, longrope) on a 2x4 mesh: the same logits and
-    greedy tokens as one device (the greedy rows pass the tiny Phi-3's original length)."""
+    their extra work (soft-caps, local layers, longrope tables) on a 2x4 mesh: the same logits
+    and greedy tokens as one device."""
     path = tiny_checkpoints[family].path
-    single, sharded = pj.load_model(path), pj.load_model(path, mesh="2x4")
-    ids = np.random.RandomState(2).randint(3, VOCAB, (4, 12))
-    np.testing.assert_allclose(np.asarray(sharded.logits(ids)), np.asarray(single.logits(ids)),
-                               atol=1e-5)
-    kwargs = dict(max_new_tokens=32, stop_tokens=[])
-    assert ([r.tokens for r in pj.generate(sharded, PROMPTS, **kwargs)]
-            == [r.tokens for r in pj.generate(single, PROMPTS, **kwargs)])
+    _same_as_one_device(pj.load_model(path), pj.load_model(path, mesh="2x4"), 2,
+                        dict(max_new_tokens=32, stop_tokens=[]))
 
 
 def test_indivisible_axes_fall_back_to_replication(tiny_checkpoints):
