@@ -26,8 +26,8 @@ XLA, and peak memory is per process). Measured:
   one chat prompt, plain and guided (a fresh Pv-Arm adapter, safety stage on), run as its own
   process with the persistent compilation cache cold (an empty folder) and then warm (the
   folder the cold run filled): the process's wall time from start to exit and the CLI's own
-  decode time, for 1 new token and for a 32-token answer. `--first-token-only` runs this part
-  alone (about 5 minutes).
+  decode time, for 1 new token and for a 32-token answer; plain also in the stacked layout.
+  `--first-token-only` runs this part alone (about 7 minutes).
 
 Timings are medians (this 2-core VM is noisy).
 """
@@ -380,12 +380,13 @@ _CLI_DECODE = re.compile(r"1 prompts, (\d+) tokens in ([\d.]+)s")
 _CLI_CACHE = re.compile(r"compilation cache: (\d+) program\(s\) read back, (\d+) compiled")
 
 
-def cli_generate(adapter: Path | None, cache: Path, new_tokens: int) -> dict:
-    """One `prosocial-jax generate` process; its wall time, the CLI's decode time (compilation
-    included, model load not) and what the compilation cache did."""
+def cli_generate(flags: list[str], cache: Path, new_tokens: int) -> dict:
+    """One `prosocial-jax generate` process (with `flags`); its wall time, the CLI's decode
+    time (tracing and compilation included, model load not) and what the compilation cache
+    did."""
     argv = [sys.executable, "-m", "prosocial_jax.cli", "generate", "--model", "bundled:smollm2",
             "--prompt", FIRST_TOKEN_PROMPT, "--max-new-tokens", str(new_tokens), "--quiet",
-            *(["--adapter", str(adapter), "--preference", "empathy=1"] if adapter else [])]
+            *flags]
     env = {**os.environ, "PROSOCIAL_JAX_COMPILATION_CACHE": str(cache)}
     start = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True, env=env, check=True)
@@ -397,7 +398,8 @@ def cli_generate(adapter: Path | None, cache: Path, new_tokens: int) -> dict:
 
 def first_token(tmp: Path) -> dict:
     """Cold (empty cache folder) then warm (medians of WARM_REPEATS) for plain and guided
-    decoding at each of FIRST_TOKEN_LENGTHS."""
+    decoding at each of FIRST_TOKEN_LENGTHS, and plain in the stacked layout (one scanned layer
+    to trace instead of 30 unrolled ones)."""
     import jax
 
     import prosocial_jax as pj
@@ -407,11 +409,13 @@ def first_token(tmp: Path) -> dict:
     adapter = pj.save_adapter(adapters.init_adapter(model.config, adapters.AdapterConfig(),
                                                     jax.random.key(0)), tmp / "adapter")
     results = {}
-    for mode, path in (("plain", None), ("guided", adapter)):
+    modes = {"plain": [], "guided": ["--adapter", str(adapter), "--preference", "empathy=1"],
+             "plain-stacked": ["--layer-layout", "stacked"]}
+    for mode, flags in modes.items():
         for tokens in FIRST_TOKEN_LENGTHS:
             cache = tmp / f"cache-{mode}-{tokens}"
-            cold = cli_generate(path, cache, tokens)
-            warm = [cli_generate(path, cache, tokens) for _ in range(WARM_REPEATS)]
+            cold = cli_generate(flags, cache, tokens)
+            warm = [cli_generate(flags, cache, tokens) for _ in range(WARM_REPEATS)]
             results[f"{mode}_{tokens}"] = {
                 "cold": cold,
                 "warm": {key: statistics.median(run[key] for run in warm) for key in cold}}
@@ -572,7 +576,7 @@ def report(results: dict) -> None:
 
 def report_first_token(runs: dict) -> None:
     for name, run in runs.items():
-        mode, tokens = name.split("_")
+        mode, tokens = name.rsplit("_", 1)
         cold, warm = run["cold"], run["warm"]
         print(f"prosocial-jax generate, {mode}, {tokens} new token(s): cold cache "
               f"{cold['wall_s']:.1f} s (decode {cold['decode_s']:.1f} s, "

@@ -5,7 +5,7 @@ A short CLI job spends most of its decoding time getting ready to decode: one pr
 around well under a second of decoding. JAX can keep each compiled program on disk, keyed by
 the program, its compile options, the devices it runs on and the jax/jaxlib versions, and a
 later run of the same program reads it back instead of compiling it (SmolLM2, one new token:
-decoding 7.2 s cold, 4.4 s warm; guided 17.4 and 9.4 s; what is left is tracing, which JAX
+decoding 6.8 s cold, 3.5 s warm; guided 18.2 and 8.6 s; what is left is tracing, which JAX
 repeats in every process). Every `prosocial-jax` command turns it on before anything compiles;
 importing `prosocial_jax` as a library changes no JAX setting.
 
