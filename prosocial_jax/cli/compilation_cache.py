@@ -55,8 +55,6 @@ class CacheUse:
     writes: int = 0
 
     def summary(self) -> str:
-        if self.folder is None:
-            return "compilation cache off"
         return (f"compilation cache: {self.hits} program(s) read back, {self.writes} "
                 f"compiled and written ({self.folder})")
 
@@ -95,7 +93,3 @@ def _count(event: str, **_) -> None:
     elif event == "/jax/compilation_cache/cache_misses":
         _use.writes += 1
 
-
-def use() -> CacheUse:
-    """This process's record (folder None: the cache is off)."""
-    return _use

@@ -458,10 +458,13 @@ class ModelConfig:
                 out["rope_scaling"] = {"type": "longrope",
                                        "long_factor": list(self.rope.long_factor),
                                        "short_factor": list(self.rope.short_factor)}
-                default = ModelConfig.from_hf_dict({**out, "torch_dtype": None}).rope
-                for key in ("factor", "attention_factor"):  # only where not the default
-                    if getattr(default, key) != getattr(self.rope, key):
-                        out["rope_scaling"][key] = getattr(self.rope, key)
+                original = self.rope.original_max_position_embeddings
+                factor, _ = longrope_defaults(self.max_position_embeddings, original)
+                if self.rope.factor != factor:  # written only where not the default
+                    out["rope_scaling"]["factor"] = self.rope.factor
+                _, attention = longrope_defaults(self.rope.factor * original, original)
+                if self.rope.attention_factor != attention:
+                    out["rope_scaling"]["attention_factor"] = self.rope.attention_factor
         return out
 
 
@@ -687,6 +690,14 @@ def _factors(params: Mapping[str, Any], key: str, count: int, where: str, source
     return tuple(float(v) for v in value)
 
 
+def longrope_defaults(max_positions: int, original: int) -> tuple[float, float]:
+    """transformers' longrope defaults: the factor is the context's growth over the original
+    length, and the attention factor follows from it (LongRoPE's recommendation)."""
+    factor = max_positions / original
+    attention = math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1.0 else 1.0
+    return factor, attention
+
+
 def _parse_phi3_rope(raw: Mapping[str, Any], head_dim: int, source: str) -> RopeConfig:
     """Phi-3's rotary: default or longrope (old files say "su" or "yarn"; transformers reads
     both as longrope), with an optional partial rotary factor; from the 4.x keys
@@ -729,15 +740,14 @@ def _parse_phi3_rope(raw: Mapping[str, Any], head_dim: int, source: str) -> Rope
             raise ConfigError(f"{source}: longrope needs original_max_position_embeddings")
         original = _int(params, "original_max_position_embeddings", f"{source}: {where}")
         kwargs["original_max_position_embeddings"] = original
-        # transformers' defaults: the factor is the context's growth over the original length,
-        # and the attention factor follows from it (LongRoPE's recommendation).
-        factor = (_number(params, "factor", where, source) if "factor" in params else
-                  _int(raw, "max_position_embeddings", source, default=4096) / original)
+        default_factor, _ = longrope_defaults(
+            _int(raw, "max_position_embeddings", source, default=4096), original)
+        factor = (_number(params, "factor", where, source) if "factor" in params
+                  else default_factor)
         kwargs["factor"] = factor
-        if "attention_factor" in params:
-            kwargs["attention_factor"] = _number(params, "attention_factor", where, source)
-        elif factor > 1.0:
-            kwargs["attention_factor"] = math.sqrt(1 + math.log(factor) / math.log(original))
+        kwargs["attention_factor"] = (
+            _number(params, "attention_factor", where, source) if "attention_factor" in params
+            else longrope_defaults(factor * original, original)[1])
     unknown = set(params) - allowed
     if unknown:
         raise ConfigError(f"{source}: {where}: setting(s) {sorted(unknown)} are not understood "
