@@ -150,6 +150,9 @@ class DecodeState:
     fault_step: jax.Array | None = None
     fault_source: jax.Array | None = None
     fault_value: jax.Array | None = None
+    # Only where a row can cross Phi-3's original length (`crosses_original`): the prompts
+    # [B, T] as prefilled, to recompute the caches at the crossing (`_refill_long`).
+    prompt_tokens: jax.Array | None = None
 
 
 def _empty_cache(config: ModelConfig, params, batch: int, max_len: int,
@@ -194,19 +197,23 @@ def prefill_chunks(prompt_len: int, chunk: int) -> tuple[int, int]:
 
 
 def _fill(config: ModelConfig, params, cache: KVCache, tokens, positions, mask, chunk: int,
-          **adapter) -> tuple[jax.Array, KVCache]:
+          extent: jax.Array | None = None, **adapter) -> tuple[jax.Array, KVCache]:
     """Last-position logits [B, V] of prompts [B, T] and `cache` holding their keys and values;
-    in chunks of `chunk` tokens (a scan: one compiled chunk) when T is longer."""
-    if chunk >= tokens.shape[1]:
+    in chunks of `chunk` tokens (a scan: one compiled chunk) when T is longer. `extent` [B]
+    (Phi-3's longrope, see `rotary_tables`; default: each prompt's last position) also makes
+    every chunk attend to what `cache` already holds."""
+    if chunk >= tokens.shape[1] and extent is None:
         logits, (k, v) = forward_with_cache(config, params, tokens, positions, mask, None,
                                             **adapter)
         return logits, cache.append(k, v, mask)
+    chunk = min(chunk, tokens.shape[1])
     count = tokens.shape[1] // chunk
 
     def chunks(x_BxT):  # [count, B, chunk]
         return x_BxT.reshape(x_BxT.shape[0], count, chunk).swapaxes(0, 1)
 
-    extent = jnp.max(positions, axis=-1)  # Phi-3's longrope decides by each whole prompt
+    if extent is None:  # Phi-3's longrope decides by each whole prompt
+        extent = jnp.max(positions, axis=-1)
 
     def fill_one(cache, inputs):
         tokens_c, positions_c, mask_c = inputs
@@ -217,6 +224,37 @@ def _fill(config: ModelConfig, params, cache: KVCache, tokens, positions, mask, 
     cache, logits = jax.lax.scan(fill_one, cache, (chunks(tokens), chunks(positions),
                                                    chunks(mask)))
     return logits[-1], cache
+
+
+def crosses_original(config: ModelConfig, max_len: int) -> bool:
+    """Whether a decode in `max_len` slots can reach Phi-3's original length: with longrope,
+    a position past it switches the rotary to the long factors (`rotary_tables`)."""
+    rope = config.rope
+    return rope.rope_type == "longrope" and max_len > rope.original_max_position_embeddings
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, max(limit, 1)) + 1) if n % d == 0)
+
+
+def _refill_long(config: ModelConfig, params, cache: KVCache, sequence, prompt_slots: int,
+                 rows, chunk: int, **adapter) -> KVCache:
+    """`cache` with rows `rows` [B] (bool) recomputed from scratch with longrope's long
+    factors, over the tokens `sequence` [B, S] of its slots (prompt slots, then the new
+    tokens): what transformers' Phi-3 `generate` does when a sequence first reaches past the
+    original length, so that every key, early or late, is rotated as one pass over the whole
+    sequence would rotate it. Slots the cache has not filled yet are computed too (they are
+    masked, and overwritten when their token comes). Prompt and new slots are filled in chunks
+    of at most `chunk` tokens (peak memory as in the prefill)."""
+    valid = cache.valid
+    positions = positions_from_mask(valid)
+    extent = jnp.full(rows.shape, config.rope.original_max_position_embeddings)
+    fresh = cache.replace(valid=jnp.zeros_like(valid), index=jnp.zeros_like(cache.index))
+    for part in (slice(0, prompt_slots), slice(prompt_slots, sequence.shape[1])):
+        size = part.stop - part.start
+        _, fresh = _fill(config, params, fresh, sequence[:, part], positions[:, part],
+                         valid[:, part], _largest_divisor(size, chunk), extent, **adapter)
+    return fresh.where_rows(rows, cache)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_len", "num_new", "mesh", "spec",
@@ -303,6 +341,8 @@ def prefill(config: ModelConfig, params, tokens, mask, rng, max_new_tokens,
         fault_step=jnp.full((batch,), -1, jnp.int32),
         fault_source=jnp.zeros((batch,), jnp.int32),
         fault_value=jnp.zeros((batch,), jnp.float32),
+        prompt_tokens=tokens if crosses_original(config, max_len) or (
+            spec is not None and crosses_original(spec.reward_config, max_len)) else None,
         **guided,
     )
 
@@ -351,8 +391,10 @@ def _record_faults(state: DecodeState, checked: Sequence[tuple[int, jax.Array]])
 
 
 def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: SamplingParams,
-                 stop_ids, pad_id, guide: GuideInputs | None, spec: GuideSpec | None
-                 ) -> DecodeState:
+                 stop_ids, pad_id, guide: GuideInputs | None, spec: GuideSpec | None,
+                 refill_chunk: int | None = None) -> DecodeState:
+    if state.prompt_tokens is not None:
+        state = _refill_at_original(config, params, state, guide, spec, refill_chunk)
     key = jax.random.fold_in(state.rng, state.step)
     if spec is None:
         scores = state.logits
@@ -445,15 +487,71 @@ def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: Samp
     return state.replace(**new)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "num_steps", "spec"),
+def _refill_at_original(config: ModelConfig, params, state: DecodeState,
+                        guide: GuideInputs | None, spec: GuideSpec | None,
+                        chunk: int | None) -> DecodeState:
+    """Before the step that feeds a row's token at Phi-3's original length (its first position
+    past it), that row's caches are recomputed with the long factors (`_refill_long`): the base
+    model's and the Pv-Arm's, each where its own rotary is longrope. Costs one prefill per
+    distinct crossing step, and a [B] comparison on every other step."""
+    max_len = state.cache.max_len
+
+    def crossing(model_config: ModelConfig) -> jax.Array:  # [B] rows refilled this step
+        if not crosses_original(model_config, max_len):
+            return jnp.zeros_like(state.done)
+        original = model_config.rope.original_max_position_embeddings
+        return ~state.done & (state.positions == original)
+
+    base_rows = crossing(config)
+    reward_rows = None if spec is None else crossing(spec.reward_config)
+    sequence = jnp.concatenate([state.prompt_tokens, state.tokens], axis=1)  # every slot's token
+    slots = state.prompt_tokens.shape[1]
+    chunk = chunk or slots
+
+    def refill(caches):
+        base, reward = caches
+        if crosses_original(config, max_len):
+            base = _refill_long(config, params, base, sequence, slots, base_rows, chunk)
+        if spec is None or not crosses_original(spec.reward_config, max_len):
+            return base, reward
+        backbone = dict(config=spec.reward_config, params=guide.reward_params,
+                        prompt_slots=slots, chunk=chunk)
+        if spec.arm_configs:  # every member, each with its own cache
+            one_hot = jnp.ones((sequence.shape[0], 1), jnp.float32)
+            reward = tuple(
+                _refill_long(cache=cache, sequence=sequence, rows=reward_rows,
+                             adapter_config=member, adapter=member_params,
+                             preference=one_hot, **backbone)
+                for member, member_params, cache in zip(spec.arm_configs,
+                                                        guide.adapter_params, reward))
+        else:
+            copies = 2 if spec.safety_stage else 1
+            reward = _refill_long(
+                cache=reward, sequence=pvarm_rows(sequence, copies),
+                rows=pvarm_rows(reward_rows, copies), adapter_config=spec.adapter_config,
+                adapter=guide.adapter_params, preference=guide.reward_preferences(spec),
+                **backbone)
+        return base, reward
+
+    any_row = jnp.any(base_rows) if reward_rows is None else jnp.any(base_rows | reward_rows)
+    cache, reward_cache = jax.lax.cond(any_row, refill, lambda caches: caches,
+                                       (state.cache, state.reward_cache))
+    return state.replace(cache=cache, reward_cache=reward_cache)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "num_steps", "spec", "refill_chunk"),
                    donate_argnames=("state",))
 def decode_chunk(config: ModelConfig, params, state: DecodeState, sampling: SamplingParams,
                  stop_ids, pad_id, guide: GuideInputs | None = None, *, num_steps: int,
-                 spec: GuideSpec | None = None) -> tuple[DecodeState, jax.Array]:
+                 spec: GuideSpec | None = None, refill_chunk: int | None = None
+                 ) -> tuple[DecodeState, jax.Array]:
     """`num_steps` decode steps in one compiled scan; returns the state and the host's flags
-    [all rows done, some row's scores turned non-finite]."""
+    [all rows done, some row's scores turned non-finite]. `refill_chunk`: the prefill's chunk,
+    for the recomputation at Phi-3's original length (`_refill_at_original`; None: the
+    prompt's slots)."""
     def body(carry, _):
-        return _decode_step(config, params, carry, sampling, stop_ids, pad_id, guide, spec), None
+        return _decode_step(config, params, carry, sampling, stop_ids, pad_id, guide, spec,
+                            refill_chunk), None
 
     state, _ = jax.lax.scan(body, state, None, length=num_steps)
     return state, jnp.stack([jnp.all(state.done), jnp.any(state.fault_step >= 0)])
@@ -671,6 +769,7 @@ def _generate_batch(model, params, rows, prompts, encoded, batch_size, sampling,
         mask[row, prompt_len - len(ids):] = True
     placed = sharding.place_batch({"tokens": tokens, "mask": mask}, model.mesh, rows=total)
     tokens_j, mask_j = placed["tokens"], placed["mask"]
+    prefill_chunk_size = chunk
     state = prefill(config, params, tokens_j, mask_j, rng, max_new_tokens, guide,
                     max_len=max_len, num_new=num_new, mesh=model.mesh, spec=spec,
                     layout=model.layout, chunk=chunk,
@@ -678,7 +777,8 @@ def _generate_batch(model, params, rows, prompts, encoded, batch_size, sampling,
     previous_flags = None
     for chunk in range(num_new // chunk_size):
         state, flags = decode_chunk(config, params, state, sampling, stops, pad_id,
-                                    guide, num_steps=chunk_size, spec=spec)
+                                    guide, num_steps=chunk_size, spec=spec,
+                                    refill_chunk=prefill_chunk_size)
         # Look one chunk behind: reading this chunk's flags now would stall the dispatch queue.
         if previous_flags is not None and sharding.to_host(previous_flags).any():
             break  # all rows done, or a fault (raised below)

@@ -105,6 +105,19 @@ class KVCache:
         return self.replace(keys=every_layer(self.keys), values=every_layer(self.values),
                             valid=take(self.valid, 0))
 
+    def where_rows(self, rows: jax.Array, other: KVCache) -> KVCache:
+        """This cache's keys and values in the rows where `rows` [B] (bool) is set, `other`'s
+        in the rest; slot marks and write index are `other`'s (how a recomputed cache replaces
+        some rows of the one in use)."""
+        def pick(new, old):
+            batch_axis = 0 if self.per_layer else 1
+            shape = [1] * old.ndim
+            shape[batch_axis] = -1
+            return jnp.where(rows.reshape(shape), new, old)
+
+        return other.replace(keys=jax.tree.map(pick, self.keys, other.keys),
+                             values=jax.tree.map(pick, self.values, other.values))
+
     @property
     def per_layer(self) -> bool:
         return isinstance(self.keys, tuple)

@@ -61,11 +61,12 @@ def rotary_tables(config: ModelConfig, positions: jax.Array, rope: RopeConfig | 
 
     Longrope (Phi-3) switches a row to its long frequencies when this call reaches past its
     original length in that row, for every position of the call, as transformers does for one
-    sequence: a cache filled before that point keeps the keys it rotated with the short ones.
-    (transformers decides for a whole batch by its longest row; here each row decides alone,
-    so a row's tokens do not depend on the rows batched with it.) `extent` [B] (positions)
-    stands for the rest of a call that arrives in pieces: a prompt prefilled in chunks decides
-    by its last position, as one pass over it would."""
+    sequence; keys a cache rotated before that point with the short factors are recomputed by
+    the decoder when a row crosses it (`decoding.decode._refill_at_original`), as transformers'
+    `generate` recomputes its cache. (transformers decides for a whole batch by its longest
+    row; here each row decides alone, so a row's tokens do not depend on the rows batched with
+    it.) `extent` [B] (positions) stands for the rest of a call that arrives in pieces: a
+    prompt prefilled in chunks decides by its last position, as one pass over it would."""
     rope = rope or config.rope
     inv_freq = jnp.asarray(rope.inverse_frequencies(config.head_dim))
     if rope.rope_type == "longrope":

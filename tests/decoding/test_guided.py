@@ -172,6 +172,40 @@ def test_adapter_set_equals_step_by_step_multi_arm_reference(models, safety_stag
         adapters.AdapterSet(arms.adapters[1:])
 
 
+@pytest.mark.parametrize("arms", [False, True])
+def test_guided_decode_across_phi3_original_length_equals_reference(tiny_checkpoints, models,
+                                                                     arms):
+    """A Pv-Arm (or an adapter set) on the tiny Phi-3, whose longrope switches to its long
+    factors past 64 positions: rows crossing at steps 3 and 2 recompute the Pv-Arm's caches
+    there, so every step equals full forwards over the whole sequence (the reference)."""
+    base = models[0]
+    reward = pj.load_model(tiny_checkpoints["phi3"].path)
+    prompts = [np.random.RandomState(n).randint(3, VOCAB, n).tolist() for n in (61, 62)]
+    steps = 5
+    alphas = [[0.2, 0.5, 0.3], [0, 1, 0]] if arms else [[0, 1, 0, 0, 0, 0],
+                                                        [0.1, 0.2, 0.3, 0.1, 0.2, 0.1]]
+    adapter = _adapter_set(reward) if arms else _random_adapter(reward)
+    guided = pj.generate(base, prompts, max_new_tokens=steps, stop_tokens=[], adapter=adapter,
+                         reward=reward, preferences=alphas, guidance=2.0, safety_margin=0.5,
+                         prefill_chunk=32)
+    one = np.ones(1)
+    for row, result in enumerate(guided):
+        if not arms:
+            tokens, _, _ = _reference_steps(base, reward, adapter, prompts[row],
+                                            np.asarray(alphas[row]), 2.0, 0.5, steps)
+            assert result.tokens == tokens, row
+            continue
+        ids = list(prompts[row])
+        for _ in range(steps):
+            lp_b = _log_softmax(base.logits([ids])[0, -1])
+            lp = [_log_softmax(reward.logits([ids], adapter=m, preference=one)[0, -1])
+                  for m in adapter.adapters]
+            score = lp_b + 2.0 * sum(a * x for a, x in zip(alphas[row], lp))
+            safe = lp[0] >= lp[0].max() - 0.5
+            ids.append(int(np.argmax(np.where(safe, score, -np.inf))))
+        assert result.tokens == ids[len(prompts[row]):], row
+
+
 def test_safety_stage_off_and_banned_sequences(models):
     base, reward, adapter = models
     common = dict(max_new_tokens=STEPS, stop_tokens=[], adapter=adapter, reward=reward,

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import VOCAB, torch_logits
+from helpers import VOCAB, hf_greedy, torch_logits
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
@@ -76,6 +76,35 @@ def test_longrope_long_factors_past_the_original_length_match_transformers(tiny_
     ids = np.random.RandomState(80).randint(3, VOCAB, (1, 80))
     assert not np.allclose(np.asarray(model.logits(ids))[0, :40],
                            np.asarray(model.logits(ids[:, :40]))[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("layout", ["per_layer", "stacked"])
+def test_greedy_decode_across_the_original_length_equals_transformers_generate(
+        tiny_checkpoints, layout):
+    """Decodes that cross the tiny Phi-3's original 64 positions: transformers' `generate`
+    recomputes the whole cache with the long factors at the crossing, and so do we, row by row
+    (one row crosses at step 10, one at step 3, and one starts past it; the second row's prompt
+    is prefilled in 3 chunks). Every token after the crossing depends on the recomputation:
+    keeping the short-factor cache changes them."""
+    tiny = tiny_checkpoints["phi3"]
+    model = pj.load_model(tiny.path)
+    rng = np.random.RandomState(0)
+    prompts = [rng.randint(3, VOCAB, n).tolist() for n in (54, 61, 70)]
+    new = 20
+    results = pj.generate(model, prompts, max_new_tokens=new, chunk_size=8, stop_tokens=[],
+                          layer_layout=layout, prefill_chunk=32)
+    for prompt, result in zip(prompts, results):
+        assert result.tokens == hf_greedy(tiny.torch_model, prompt, new, eos_token_id=VOCAB + 1)
+    # The oracle is not blind to the recomputation: the cache rotated with the short factors,
+    # continued with the long ones for the new positions, gives other tokens.
+    import torch
+
+    kept = prompts[0] + results[0].tokens[:11]  # its 11th token sits at position 64
+    with torch.no_grad():
+        out = tiny.torch_model(torch.tensor([kept[:-1]]), use_cache=True)
+        step = tiny.torch_model(torch.tensor([kept[-1:]]), past_key_values=out.past_key_values)
+    full = torch_logits(tiny.torch_model, np.asarray([kept]))[0, -1]
+    assert not np.allclose(step.logits[0, -1].numpy(), full, atol=1e-3)
 
 
 def _gguf_reference(tiny):
