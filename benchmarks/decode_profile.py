@@ -93,7 +93,24 @@ def instruction_kinds(hlo_text: str, weight_shapes: set[str]) -> dict[str, str]:
     return kinds
 
 
-def profile(batch: int, bandwidth: float) -> dict:
+def module_of(hlo_text: str) -> dict[str, str]:
+    """Each instruction -> the model code that produced it, from its `op_name` metadata: the
+    Flax module path without the jit prefix and control flow, the layer's index and the
+    primitive (e.g. "Decoder/DecoderLayer/attn/k_norm"); how the "other" operations are told
+    apart."""
+    modules = {}
+    for match in re.finditer(r"^\s+(?:ROOT )?%?([\w.\-]+) = .*op_name=\"([^\"]*)\"", hlo_text,
+                             re.MULTILINE):
+        parts = [re.sub(r"_\d+$", "", p) for p in match.group(2).split("/")[1:-1]]
+        model = next((i for i, p in enumerate(parts) if p.startswith("Decoder")), 0)
+        modules[match.group(1)] = "/".join(parts[model:]) or "(top)"  # no control flow
+    return modules
+
+
+def profile(batch: int, bandwidth: float, model_path: str = "bundled:smollm2",
+            prompts: list[list[int]] | None = None) -> dict:
+    """Traces decode steps of `model_path` at `batch` rows: the chat prompts (or token-id
+    `prompts`, one per row), each left-padded to 256 slots."""
     import jax
     import jax.numpy as jnp
 
@@ -102,11 +119,11 @@ def profile(batch: int, bandwidth: float) -> dict:
     from prosocial_jax.models import layers
     from prosocial_jax.models.tokenizer import encode_prompt
 
-    model = pj.load_model("bundled:smollm2", dtype="float32")
+    model = pj.load_model(model_path, dtype="float32")
     params = layers.for_forward(model.params, "auto")
     weight_bytes = sum(x.nbytes for x in jax.tree.leaves(model.params))
     # Prompts: the chat prompts, each left-padded to 256 slots.
-    encoded = [encode_prompt(model.tokenizer, p)[:256] for p in chat_prompts(batch)]
+    encoded = prompts or [encode_prompt(model.tokenizer, p)[:256] for p in chat_prompts(batch)]
     tokens = np.zeros((batch, 256), np.int32)
     mask = np.zeros((batch, 256), bool)
     for row, ids in enumerate(encoded):
@@ -138,11 +155,15 @@ def profile(batch: int, bandwidth: float) -> dict:
     steps = STEPS * TRACED_CHUNKS
     totals: dict[str, float] = collections.Counter()
     counts: dict[str, int] = collections.Counter()
+    modules = module_of(compiled.as_text())
+    other_by_module: dict[str, float] = collections.Counter()
     for event in events:
         kind = kinds.get(event.get("name"))
         if event.get("ph") == "X" and kind is not None:
             totals[kind] += event["dur"] / 1e3  # microseconds -> ms
             counts[kind] += 1
+            if kind == "other":
+                other_by_module[modules.get(event["name"], "(unnamed)")] += event["dur"] / 1e3
     step_ms = 1e3 * wall / steps
     per_step = {kind: {"ms": totals[kind] / steps, "ops": counts[kind] / steps}
                 for kind in sorted(totals)}
@@ -159,7 +180,9 @@ def profile(batch: int, bandwidth: float) -> dict:
     products = sum(v["ms"] for k, v in per_step.items() if k.startswith("weight product"))
     return {"batch": batch, "step_ms": step_ms, "weight_bytes": weight_bytes,
             "weights_read_ms": 1e3 * weight_bytes / bandwidth, "weight_products_ms": products,
-            "operations_ms": sum(v["ms"] for v in per_step.values()), "per_step": per_step}
+            "operations_ms": sum(v["ms"] for v in per_step.values()), "per_step": per_step,
+            "other_by_module_ms": {m: t / steps for m, t in sorted(
+                other_by_module.items(), key=lambda kv: -kv[1])}}
 
 
 def main() -> None:
