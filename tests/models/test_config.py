@@ -230,6 +230,21 @@ def test_new_families_sizes_and_layer_kinds_from_their_model_cards():
     assert phi35.rope.short_factor[0] == 1.0 and len(phi35.rope.long_factor) == 48
 
 
+def test_llama_guard_3_1b_is_a_pruned_llama_3_2_1b():
+    """Llama Guard 3 1B (gated: its config.json is not in the corpus) is, by its model card,
+    Llama 3.2 1B pruned to 12 layers and an MLP of 6,400 with 1,123 million parameters: the
+    real Llama 3.2 1B file with those two sizes parses as a plain Llama, and only an untied
+    output head gives the card's count (tied: 860 million)."""
+    raw = json.loads((CORPUS / "llama-3.2-1b-instruct__resaved-4.47.1.json").read_text())
+    guard = ModelConfig.from_hf_dict({**raw, "num_hidden_layers": 12, "intermediate_size": 6400,
+                                      "tie_word_embeddings": False}, "llama-guard-3-1b")
+    assert round(guard.num_parameters() / 1e6) == 1123
+    tied = ModelConfig.from_hf_dict({**raw, "num_hidden_layers": 12, "intermediate_size": 6400},
+                                    "llama-guard-3-1b, tied")
+    assert round(tied.num_parameters() / 1e6) == 860
+    assert guard.rope.rope_type == "llama3" and guard.rope.factor == 32.0
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_corpus_fields_match_hand_written_expectations(name):
     c = ModelConfig.from_json_file(CORPUS / name)
