@@ -19,7 +19,10 @@ Also measured in the same run: each guided step against its bound, the bytes it 
 copy bandwidth; a guided step's time over a plain (unguided) step's time, next to the ideal,
 the ratio of those bytes over the plain step's (the base model's weights + cache); and the
 guided step with the safety stage in the stacked layer layout (scanned layers, as on
-accelerators) beside the per-layer one that CPUs run by default.
+accelerators) beside the per-layer one that CPUs run by default; and guided steps with the base
+model as its own Pv-Arm backbone (`reward` left out, as when no DiReg edit separates them),
+where one forward a step runs base and Pv-Arm rows together on the one set of weights (bound:
+the weights once), its tokens compared with the two-copy runs'.
 
 Long context (leave it out with --skip-long): one prompt of 2,048 and of 8,192 random tokens is
 prefilled (base model, and the Pv-Arm on its prosocial and safety rows), then greedy guided
@@ -110,10 +113,13 @@ def jax_worker(folder: Path, adapter_dir: Path) -> dict:
         "prompt_tokens": [len(encode_prompt(base.tokenizer, p)) for p in prompts],
         "kv_bytes_per_token": kv_bytes_per_token(base.config)}
     guided = dict(adapter=adapter, reward=reward, preference=uniform(adapter), guidance=WEIGHT)
+    shared = dict(guided, reward=None)  # the base model is its own Pv-Arm backbone
     modes = {"plain": {},
              "guided_safety": dict(guided, safety_margin=3.0),
              "guided_no_safety": dict(guided, safety_stage=False),
-             "guided_safety_stacked": dict(guided, safety_margin=3.0, layer_layout="stacked")}
+             "guided_safety_stacked": dict(guided, safety_margin=3.0, layer_layout="stacked"),
+             "guided_safety_shared": dict(shared, safety_margin=3.0),
+             "guided_no_safety_shared": dict(shared, safety_stage=False)}
     for batch in BATCHES:
         for mode, kwargs in modes.items():
             def run(n, rows=prompts[:batch], kwargs=kwargs):
@@ -366,6 +372,9 @@ def main() -> None:
         needed = {"guided_safety": 2 * weights + adapter_bytes + 3 * batch * kv_per_row,
                   "guided_no_safety": 2 * weights + adapter_bytes + 2 * batch * kv_per_row}
         needed["guided_safety_stacked"] = needed["guided_safety"]
+        # One set of weights where the base model is its own Pv-Arm backbone.
+        needed["guided_safety_shared"] = needed["guided_safety"] - weights
+        needed["guided_no_safety_shared"] = needed["guided_no_safety"] - weights
         for mode, nbytes in needed.items():
             step = ours[f"{mode}{batch}"]["step_ms"]
             bound = 1e3 * nbytes / bandwidth
@@ -383,6 +392,10 @@ def main() -> None:
         same = sum(a == b for a, b in zip(ours[f"tokens_guided_safety{batch}"],
                                           ours[f"tokens_guided_safety_stacked{batch}"]))
         entry["identical_rows_per_layer_vs_stacked"] = f"{same}/{batch}"
+        for stage in ("safety", "no_safety"):  # one forward vs two, on the same weights
+            same = sum(a == b for a, b in zip(ours[f"tokens_guided_{stage}{batch}"],
+                                              ours[f"tokens_guided_{stage}_shared{batch}"]))
+            entry[f"identical_rows_shared_vs_two_copies_{stage}"] = f"{same}/{batch}"
         results["batches"][str(batch)] = entry
     results["long_context"] = {}
     for context, (mine, ref) in long_runs.items():
@@ -407,7 +420,8 @@ def main() -> None:
     for batch, entry in results["batches"].items():
         print(f"batch {batch} plain: {entry['plain_step_ms']:.1f} ms/step "
               f"({entry['plain_step_over_bound']:.2f}x its bound)")
-        for mode in ("guided_safety", "guided_no_safety", "guided_safety_stacked"):
+        for mode in ("guided_safety", "guided_no_safety", "guided_safety_stacked",
+                     "guided_safety_shared", "guided_no_safety_shared"):
             e = entry[mode]
             print(f"batch {batch} {mode}: {e['tokens_per_s']:.1f} tok/s "
                   f"({e['step_ms']:.1f} ms/step = {e['step_over_bound']:.2f}x the bound of "
@@ -417,7 +431,9 @@ def main() -> None:
                   f"{e['bytes_ratio']:.2f} ({e['step_ratio_over_bytes_ratio']:.2f}x it)")
         print(f"batch {batch}: identical rows vs reference "
               f"{entry['identical_rows_vs_reference']}; per-layer vs stacked "
-              f"{entry['identical_rows_per_layer_vs_stacked']}")
+              f"{entry['identical_rows_per_layer_vs_stacked']}; one forward (shared weights) "
+              f"vs two copies {entry['identical_rows_shared_vs_two_copies_safety']} (stage on),"
+              f" {entry['identical_rows_shared_vs_two_copies_no_safety']} (off)")
     for key, e in results["long_context"].items():
         if key.endswith("_memory"):
             print(f"context {key[:-7]}: prefill {e['prefill_s']:.1f} s (chunks of "

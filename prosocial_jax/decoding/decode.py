@@ -320,6 +320,12 @@ def prefill(config: ModelConfig, params, tokens, mask, rng, max_new_tokens,
             order = pvarm_rows(jnp.stack([jnp.arange(batch), batch + sources], axis=1))
             reward_cache, reward_logits = (reward_cache.take_rows(order),
                                            reward_logits[order])
+    if spec is not None and spec.shared_backbone:  # one cache: each prompt's joint rows
+        copies = 2 if spec.safety_stage else 1
+        both = KVCache.concat_rows(cache, reward_cache)
+        order = _joint_rows(jnp.arange(batch)[:, None], batch + jnp.arange(batch * copies)
+                            .reshape(batch, copies))
+        cache, reward_cache = both.take_rows(order), None
     if spec is not None:
         banned = guide.guidance.banned_prefix
         guided = dict(reward_cache=reward_cache,
@@ -345,6 +351,13 @@ def prefill(config: ModelConfig, params, tokens, mask, rng, max_new_tokens,
             spec is not None and crosses_original(spec.reward_config, max_len)) else None,
         **guided,
     )
+
+
+def _joint_rows(base_Bx1: jax.Array, pvarm_BxC: jax.Array) -> jax.Array:
+    """The rows of one forward over a base model and its Pv-Arm on the same weights
+    (`GuideSpec.shared_backbone`): each prompt's base row, then its C Pv-Arm rows (prosocial,
+    safety), so that [B * (1 + C), ...] reshapes to [B, 1 + C, ...]."""
+    return jnp.concatenate([base_Bx1, pvarm_BxC], axis=1).reshape(-1, *base_Bx1.shape[2:])
 
 
 def _fill_arms(spec: GuideSpec, guide: GuideInputs, prompts, sources, chunk: int, max_len: int,
@@ -435,6 +448,8 @@ def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: Samp
     copies = 1 if spec is None or not spec.safety_stage else 2  # Pv-Arm rows per base row
 
     def advance(_):
+        if spec is not None and spec.shared_backbone:
+            return _joint_step(config, params, state, token, token_mask, guide, spec, copies)
         base = forward_with_cache(config, params, token[:, None], state.positions[:, None],
                                   token_mask, state.cache)
         if spec is None:
@@ -466,12 +481,17 @@ def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: Samp
 
     # The caches are only read inside the cond and written after it, so XLA needn't copy them.
     (logits, (k, v)), reward = jax.lax.cond(jnp.all(done), skip, advance, None)
-    new = dict(cache=state.cache.append(k, v, token_mask), logits=logits,
+    cache_mask = token_mask
+    if spec is not None and spec.shared_backbone:
+        cache_mask = pvarm_rows(token_mask, copies + 1)
+    new = dict(cache=state.cache.append(k, v, cache_mask), logits=logits,
                positions=state.positions + 1, tokens=tokens, step=state.step + 1,
                done=done, stopped=state.stopped | stopped, **faults)
     if spec is not None:
         reward_logits, reward_kv = reward
-        if spec.arm_configs:
+        if spec.shared_backbone:
+            reward_cache = None  # its rows are in `cache`
+        elif spec.arm_configs:
             reward_cache = tuple(cache.append(k, v, token_mask)
                                  for cache, (k, v) in zip(state.reward_cache, reward_kv))
         else:
@@ -485,6 +505,27 @@ def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: Samp
             overrides=state.overrides + (overridden & active),
             allowed_total=state.allowed_total + jnp.where(active, allowed, 0))
     return state.replace(**new)
+
+
+def _joint_step(config: ModelConfig, params, state: DecodeState, token, token_mask,
+                guide: GuideInputs, spec: GuideSpec, copies: int):
+    """One forward over each prompt's base row and its `copies` Pv-Arm rows (`_joint_rows`),
+    on the weights base model and Pv-Arm share, the adapter applied to the Pv-Arm rows only:
+    ((base logits [B, V], the step's keys and values for every joint row), (Pv-Arm logits
+    [C * B, V], None))."""
+    def joint(x_Bx1):  # [B, 1] -> [(1 + C) B, 1]
+        return pvarm_rows(x_Bx1, copies + 1)
+
+    batch = token.shape[0]
+    preferences = guide.reward_preferences(spec).reshape(batch, copies, -1)
+    preference = _joint_rows(jnp.zeros_like(preferences[:, :1]), preferences)
+    rows = _joint_rows(jnp.zeros((batch, 1), bool), jnp.ones((batch, copies), bool))
+    logits, kv = forward_with_cache(
+        config, params, joint(token[:, None]), joint(state.positions[:, None]),
+        joint(token_mask), state.cache, adapter_config=spec.adapter_config,
+        adapter=guide.adapter_params, preference=preference, adapter_rows=rows)
+    logits = logits.reshape(batch, copies + 1, -1)
+    return (logits[:, 0], kv), (logits[:, 1:].reshape(batch * copies, -1), None)
 
 
 def _refill_at_original(config: ModelConfig, params, state: DecodeState,
@@ -619,7 +660,9 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
     `NonFiniteError` naming the prompt, the step and the model.
 
     Guided decoding (ProSocialAlign, see `prosocial_jax.decoding.guidance`): pass a Pv-Arm `adapter`
-    (its backbone is `reward`, by default `model` itself; both must share the tokenizer), a
+    (its backbone is `reward`, by default `model` itself, and then, without a mesh, one forward
+    a step serves base and Pv-Arm rows on the one set of weights; both must share the
+    tokenizer), a
     `preference` for every row (numbers in the adapter's attribute order, a {name: weight}
     mapping or text like "empathy=0.5,helpfulness=0.5") and/or `preferences`, one per row
     (None entries fall back to `preference`), the guidance weight w and the safety margin tau
@@ -731,8 +774,11 @@ def _guide(model: Model, reward: Model, adapter: Adapter | AdapterSet, rows: int
             raise GuidanceError("an adapter set (the multi-ARM baseline) decodes without a "
                                 "mesh; load the models with mesh=None")
         arm_configs = tuple(member.config for member in adapter.adapters)
+    # One forward for both where they are the same weights (see `_joint_rows`).
+    shared = reward is model and not arm_configs and model.mesh is None
     spec = GuideSpec(reward.config, adapter.config, vocab, safety_stage, int(no_repeat_ngram),
-                     reward.layout if reward.mesh is not None else "sharded", arm_configs)
+                     reward.layout if reward.mesh is not None else "sharded", arm_configs,
+                     shared_backbone=shared)
     reward_params = layers.for_forward(reward.params, layer_layout, reward.mesh)
     return spec, GuideInputs(reward_params, adapter.params, settings), normalised
 
@@ -752,6 +798,8 @@ def _generate_batch(model, params, rows, prompts, encoded, batch_size, sampling,
         prefill_chunk = auto_prefill_chunk(score_rows)
     prompt_len, chunk = prefill_chunks(longest, prefill_chunk)
     max_len = prompt_len + num_new
+    if spec is not None and spec.shared_backbone and crosses_original(config, max_len):
+        spec = dataclasses.replace(spec, shared_backbone=False)  # refills the two apart
     if longest + max_new_tokens > config.max_position_embeddings:
         raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the "
                          f"model's context of {config.max_position_embeddings}")

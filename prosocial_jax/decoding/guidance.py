@@ -332,6 +332,10 @@ class GuideSpec:
     # An `AdapterSet` (multi-ARM baseline): each member's config, in `adapter_config`'s
     # attribute order; every member runs on the B rows with its own cache. Empty: one Pv-Arm.
     arm_configs: tuple[AdapterConfig, ...] = ()
+    # The Pv-Arm's backbone is the base model itself (no mesh, one Pv-Arm): each step runs one
+    # forward over every prompt's base row and Pv-Arm rows together, the adapter applied to the
+    # Pv-Arm rows only, so the weights are read once a step instead of twice.
+    shared_backbone: bool = False
 
 
 @struct.dataclass

@@ -18,6 +18,8 @@ batched attention product; a per-layer cache is read where it lies.
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -104,6 +106,19 @@ class KVCache:
 
         return self.replace(keys=every_layer(self.keys), values=every_layer(self.values),
                             valid=take(self.valid, 0))
+
+    @staticmethod
+    def concat_rows(first: KVCache, second: KVCache) -> KVCache:
+        """One cache of `first`'s rows, then `second`'s (same slots filled, same layout)."""
+        if first.per_layer != second.per_layer:
+            raise ValueError("caches of different layouts cannot be joined")
+        axis = 0 if first.per_layer else 1
+        join = functools.partial(jnp.concatenate, axis=axis)
+        return first.replace(keys=jax.tree.map(lambda a, b: join([a, b]), first.keys,
+                                               second.keys),
+                             values=jax.tree.map(lambda a, b: join([a, b]), first.values,
+                                                 second.values),
+                             valid=jnp.concatenate([first.valid, second.valid]))
 
     def where_rows(self, rows: jax.Array, other: KVCache) -> KVCache:
         """This cache's keys and values in the rows where `rows` [B] (bool) is set, `other`'s

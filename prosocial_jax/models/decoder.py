@@ -184,6 +184,7 @@ class Adaptation:
     preference: jax.Array  # [B, K]
     dropout_key: jax.Array | None
     config: Any = struct.field(pytree_node=False)  # adapters.AdapterConfig (scale, dropout)
+    rows: jax.Array | None = None  # [B] bool: the rows the adapter applies to (None: all)
 
     def __call__(self, name: str, x: jax.Array, y: jax.Array) -> jax.Array:
         """y plus this projection's preference-conditioned update, if the adapter targets it."""
@@ -192,6 +193,8 @@ class Adaptation:
         key = None
         if self.dropout_key is not None:
             key = jax.random.fold_in(self.dropout_key, sorted(self.factors).index(name))
+        if self.rows is not None:  # the update is linear in x: a zero input gives none
+            x = jnp.where(self.rows[:, None, None], x, 0).astype(x.dtype)
         return y + adapters.delta(x, self.factors[name], self.preference, self.config.scale,
                                   self.config.dropout, key)
 
@@ -384,15 +387,17 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x, cache_keys, cache_values, views: LayerViews, adapter_factors,
-                 preference, dropout_key, layer_kind=None):
+                 preference, dropout_key, layer_kind=None, adapter_rows=None):
         """`layer_kind` (scanned, interleaved local/global layers only): 0 global, 1 local, the
-        index of this layer's entry in `views`, whose leaves then have a leading axis of 2."""
+        index of this layer's entry in `views`, whose leaves then have a leading axis of 2.
+        `adapter_rows` [B] (bool, None: all): the rows the adapter applies to."""
         cfg = self.config
         if layer_kind is not None:
             views = jax.tree.map(lambda both: both[layer_kind], views)
         adaptation = None
         if adapter_factors is not None:
-            adaptation = Adaptation(adapter_factors, preference, dropout_key, self.adapter_config)
+            adaptation = Adaptation(adapter_factors, preference, dropout_key, self.adapter_config,
+                                    adapter_rows)
 
         def norm(name):
             return RMSNorm(cfg.rms_norm_eps, cfg.norm_offset, name=name)
@@ -423,7 +428,7 @@ class Decoder(nn.Module):
             variable_axes={"params": 0},
             split_rngs={"params": True},
             # scanned: caches, adapter factors, dropout keys, layer kinds; broadcast: the rest
-            in_axes=(0, 0, nn.broadcast, 0, nn.broadcast, 0, 0),
+            in_axes=(0, 0, nn.broadcast, 0, nn.broadcast, 0, 0, nn.broadcast),
             length=cfg.num_layers,
         )(cfg, self.adapter_config, name="layers")
         self.final_norm = RMSNorm(cfg.rms_norm_eps, cfg.norm_offset, name="final_norm")
@@ -433,7 +438,7 @@ class Decoder(nn.Module):
     def __call__(self, tokens: jax.Array, positions: jax.Array, token_mask: jax.Array,
                  cache: KVCache | None = None, adapter: dict | None = None,
                  preference: jax.Array | None = None, dropout_key: jax.Array | None = None,
-                 rope_extent: jax.Array | None = None
+                 rope_extent: jax.Array | None = None, adapter_rows: jax.Array | None = None
                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """Final-norm hidden states [B, T, D] and this call's keys [L, B, G, H, T] and values
         [L, B, G, T, H] (with per-layer parameters, see `models.layers`: L-tuples of one
@@ -443,6 +448,8 @@ class Decoder(nn.Module):
         `KVCache.append` stores the returned keys/values. `adapter` is a PBLoRA factor pytree
         (stacked over layers) applied under the per-row `preference` [B, K]; `dropout_key` turns
         on the adapter's input dropout (training). `rope_extent`: see `rotary_tables`.
+        `adapter_rows` [B] (bool): the rows the adapter applies to (None: all; the others run
+        the bare model, so that one pass serves a model and its Pv-Arm on the same weights).
         """
         cfg = self.config
         x = self.embed(tokens)
@@ -465,7 +472,7 @@ class Decoder(nn.Module):
                                       views[True])
                 kinds = jnp.asarray(local, jnp.int32)
             x, new_kv = self.layers(x, cache_keys, cache_values, shared, adapter, preference,
-                                    dropout_keys, kinds)
+                                    dropout_keys, kinds, adapter_rows)
             return self.final_norm(x), new_kv
         # Per-layer parameters (`models.layers`): the layers unrolled, each reading its own
         # weight and cache buffers. Adapter factors and dropout keys stay stacked (they are
@@ -477,7 +484,8 @@ class Decoder(nn.Module):
                 return None if tree is None else jax.tree.map(lambda a: a[i], tree)
             layer_kv = (None, None) if cache is None else cache.layer(i)
             x, (k, v) = layer.apply({"params": layer_params}, x, *layer_kv, views[local[i]],
-                                    pick(adapter), preference, pick(dropout_keys))
+                                    pick(adapter), preference, pick(dropout_keys),
+                                    adapter_rows=adapter_rows)
             keys.append(k)
             values.append(v)
         return self.final_norm(x), (tuple(keys), tuple(values))
@@ -577,21 +585,24 @@ def forward_logits_at(config: ModelConfig, params, tokens: jax.Array, token_mask
 
 def forward_with_cache(config: ModelConfig, params, tokens: jax.Array, positions: jax.Array,
                        mask: jax.Array, cache: KVCache | None, last_only: bool = True,
-                       adapter_config=None, adapter=None, preference=None, rope_extent=None):
+                       adapter_config=None, adapter=None, preference=None, rope_extent=None,
+                       adapter_rows=None):
     """Logits (last position [B, V], or all [B, T, V]) and this call's keys [L, B, G, H, T] and
     values [L, B, G, T, H] (L-tuples with per-layer parameters), for tokens, positions and
     mask [B, T].
 
     The cache is only read (None = empty, e.g. at prefill); store the returned keys/values with
     `cache.append(keys, values, mask)`. `rope_extent`: the last position of a prompt that this
-    call prefills a chunk of (see `rotary_tables`).
+    call prefills a chunk of (see `rotary_tables`). `adapter_rows` [B] (bool): the rows the
+    adapter applies to (None: all).
     """
     _check_inputs(config, tokens, mask, positions, adapter_config, adapter, preference)
     if cache is not None:
         chex.assert_axis_dimension(cache.valid, 0, tokens.shape[0])
     decoder = Decoder(config, adapter_config)
     hidden, new_kv = decoder.apply({"params": params}, tokens, positions, mask, cache,
-                                   adapter, preference, rope_extent=rope_extent)
+                                   adapter, preference, rope_extent=rope_extent,
+                                   adapter_rows=adapter_rows)
     if last_only:
         hidden = hidden[:, -1]
     logits = decoder.apply({"params": params}, hidden, method=Decoder.unembed)
