@@ -130,21 +130,24 @@ def test_pv_arm_on_the_base_models_own_weights_runs_one_forward(models, tiny_che
     """Without a separate backbone (`reward` left out) base and Pv-Arm rows go through one
     forward a step, the adapter on the Pv-Arm rows only: the tokens, overrides and safe-set
     sizes of the cache-free reference, and the tokens of the two-forward path on a second copy
-    of the same weights."""
+    of the same weights. The last row repeats the first's prompt (prefilled once, then
+    copied into the joint rows)."""
     base = models[0]
+    prompts = [*PROMPTS, PROMPTS[0]]
     adapter = _random_adapter(base, seed=3)
     joint_steps = []
     original = decode._joint_step
     monkeypatch.setattr(decode, "_joint_step",
                         lambda *a, **k: joint_steps.append(1) or original(*a, **k))
-    alphas = [[0, 1, 0, 0, 0, 0], [0.1, 0.2, 0.3, 0.1, 0.2, 0.1], [0, 0, 0, 0, 0.5, 0.5]]
+    alphas = [[0, 1, 0, 0, 0, 0], [0.1, 0.2, 0.3, 0.1, 0.2, 0.1], [0, 0, 0, 0, 0.5, 0.5],
+              [0.5, 0, 0, 0, 0.5, 0]]
     settings = dict(max_new_tokens=STEPS, stop_tokens=[], adapter=adapter, preferences=alphas,
-                    guidance=[1.5, 0.7, 3.0], safety_margin=[0.4, math.inf, 1.0],
+                    guidance=[1.5, 0.7, 3.0, 2.0], safety_margin=[0.4, math.inf, 1.0, 0.3],
                     layer_layout=layer_layout)
-    shared = pj.generate(base, PROMPTS, **settings)
+    shared = pj.generate(base, prompts, **settings)
     assert joint_steps  # traced through the one-forward step
     for row, result in enumerate(shared):
-        tokens, overrides, mean_safe = _reference(base, base, adapter, PROMPTS[row],
+        tokens, overrides, mean_safe = _reference(base, base, adapter, prompts[row],
                                                   np.asarray(alphas[row]),
                                                   settings["guidance"][row],
                                                   settings["safety_margin"][row], STEPS)
@@ -153,11 +156,11 @@ def test_pv_arm_on_the_base_models_own_weights_runs_one_forward(models, tiny_che
         assert result.mean_safe_set == pytest.approx(mean_safe)
     assert sum(r.safety_overrides for r in shared) > 0
     copy = pj.load_model(tiny_checkpoints["llama"].path)  # same weights, another model
-    apart = pj.generate(base, PROMPTS, reward=copy, **settings)
+    apart = pj.generate(base, prompts, reward=copy, **settings)
     assert [r.tokens for r in apart] == [r.tokens for r in shared]
-    no_stage = pj.generate(base, PROMPTS, safety_stage=False,
+    no_stage = pj.generate(base, prompts, safety_stage=False,
                            **{**settings, "safety_margin": math.inf})
-    no_stage_apart = pj.generate(base, PROMPTS, reward=copy, safety_stage=False,
+    no_stage_apart = pj.generate(base, prompts, reward=copy, safety_stage=False,
                                  **{**settings, "safety_margin": math.inf})
     assert [r.tokens for r in no_stage] == [r.tokens for r in no_stage_apart]
 
