@@ -155,6 +155,8 @@ def test_pv_arm_on_the_base_models_own_weights_runs_one_forward(models, tiny_che
         assert result.safety_overrides == overrides
         assert result.mean_safe_set == pytest.approx(mean_safe)
     assert sum(r.safety_overrides for r in shared) > 0
+    if layer_layout == "stacked":
+        return  # the two-forward comparison once, in the CPU's default layout
     copy = pj.load_model(tiny_checkpoints["llama"].path)  # same weights, another model
     apart = pj.generate(base, prompts, reward=copy, **settings)
     assert [r.tokens for r in apart] == [r.tokens for r in shared]

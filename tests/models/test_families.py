@@ -78,21 +78,21 @@ def test_longrope_long_factors_past_the_original_length_match_transformers(tiny_
                            np.asarray(model.logits(ids[:, :40]))[0], atol=1e-3)
 
 
-@pytest.mark.parametrize("layout", ["per_layer", "stacked"])
 def test_greedy_decode_across_the_original_length_equals_transformers_generate(
-        tiny_checkpoints, layout):
+        tiny_checkpoints):
     """Decodes that cross the tiny Phi-3's original 64 positions: transformers' `generate`
     recomputes the whole cache with the long factors at the crossing, and so do we, row by row
     (one row crosses at step 10, one at step 3, and one starts past it; the second row's prompt
     is prefilled in 3 chunks). Every token after the crossing depends on the recomputation:
-    keeping the short-factor cache changes them."""
+    keeping the short-factor cache changes them. The stacked layout's recomputation is checked
+    on a mesh (test_sharding.py: the same tokens as one device)."""
     tiny = tiny_checkpoints["phi3"]
     model = pj.load_model(tiny.path)
     rng = np.random.RandomState(0)
     prompts = [rng.randint(3, VOCAB, n).tolist() for n in (54, 61, 70)]
     new = 20
     results = pj.generate(model, prompts, max_new_tokens=new, chunk_size=8, stop_tokens=[],
-                          layer_layout=layout, prefill_chunk=32)
+                          prefill_chunk=32)
     for prompt, result in zip(prompts, results):
         assert result.tokens == hf_greedy(tiny.torch_model, prompt, new, eos_token_id=VOCAB + 1)
     # The oracle is not blind to the recomputation: the cache rotated with the short factors,
