@@ -545,12 +545,12 @@ def _refill_at_original(config: ModelConfig, params, state: DecodeState,
 
     base_rows = crossing(config)
     reward_rows = None if spec is None else crossing(spec.reward_config)
-    sequence = jnp.concatenate([state.prompt_tokens, state.tokens], axis=1)  # every slot's token
     slots = state.prompt_tokens.shape[1]
     chunk = chunk or slots
 
-    def refill(caches):
+    def refill(caches):  # only on a crossing step: nothing here runs on the others
         base, reward = caches
+        sequence = jnp.concatenate([state.prompt_tokens, state.tokens], axis=1)  # each slot's
         if crosses_original(config, max_len):
             base = _refill_long(config, params, base, sequence, slots, base_rows, chunk)
         if spec is None or not crosses_original(spec.reward_config, max_len):
