@@ -1,13 +1,18 @@
-"""What Phi-3's longrope crossing check costs a decode step when it is compiled in but not taken.
+"""What Phi-3's longrope crossing check costs a decode step.
 
     .venv/bin/python benchmarks/longrope_check_cost.py --out benchmarks/results/longrope_check.json
 
 A random 30-layer Phi-3 of SmolLM2-135M's shape (`family_overhead.SHAPE`, longrope, partial
-rotary 0.75), float32, per-layer layout, decoding 32-token prompts in 256 cache slots: once
-with an original length of 4,096 (no row can reach it: no check compiled) and once of 250 (a
-row could: every step checks for a crossing, and its recomputation is compiled in, but no row
-gets past position 250 in the steps timed). Median per-step time of 8 chunks of 16 steps, at
-batch 1 and 16, two interleaved rounds.
+rotary 0.75), float32, per-layer layout, decoding 32-token prompts in 256 cache slots, in three
+modes:
+- "no crossing": an original length of 4,096, which no row can reach (no prompts kept, no check);
+- "chunk without a crossing": an original length of 250, which a row could reach, so the state
+  keeps the prompts, but the chunk holds no row's crossing step (`decode.crossing_steps`):
+  `generate` compiles no check into it;
+- "chunk holding a crossing": the same, with the check and the recomputation compiled into
+  every step (`refill_chunk`), as `generate` does for the chunks holding a crossing step; no row
+  gets past position 250 in the steps timed, so the recomputation itself is never taken.
+Median per-step time of 8 chunks of 16 steps, at batch 1 and 16, two interleaved rounds.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from pathlib import Path
 from decode_speed import write_results
 from family_overhead import SHAPE
 
-ORIGINALS = (4096, 250)  # beyond the 256 slots: no check; inside them: the check compiled
+# (original length, refill_chunk): beyond the 256 slots no row can cross; inside them a row can
+MODES = {"no crossing": (4096, None), "chunk without a crossing": (250, None),
+         "chunk holding a crossing": (250, 32)}
 BATCHES = (1, 16)
 
 
-def step_ms(original: int) -> dict[str, float]:
+def step_ms(mode: str) -> dict[str, float]:
     import jax
     import jax.numpy as jnp
     import torch
@@ -36,6 +43,7 @@ def step_ms(original: int) -> dict[str, float]:
     from prosocial_jax.decoding import decode, sampling
     from prosocial_jax.models import layers
 
+    original, refill_chunk = MODES[mode]
     pairs = 24  # head_dim 64 x partial 0.75 = 48 rotating dimensions
     config = transformers.Phi3Config(
         **SHAPE, partial_rotary_factor=0.75, original_max_position_embeddings=original,
@@ -57,13 +65,13 @@ def step_ms(original: int) -> dict[str, float]:
         times = []
         for chunk in range(9):  # the first compiles; positions stay below 32 + 9 x 16 = 176
             start = time.perf_counter()
-            state, _ = decode.decode_chunk(model.config, params, state, *args, num_steps=16)
+            state, _ = decode.decode_chunk(model.config, params, state, *args, num_steps=16,
+                                           refill_chunk=refill_chunk)
             jax.block_until_ready(state.tokens)
             if chunk:
                 times.append(1e3 * (time.perf_counter() - start) / 16)
         out[str(batch)] = statistics.median(times)
-        print(f"original {original}, batch {batch}: {out[str(batch)]:.1f} ms/step",
-              file=sys.stderr)
+        print(f"{mode}, batch {batch}: {out[str(batch)]:.1f} ms/step", file=sys.stderr)
     return out
 
 
@@ -71,11 +79,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
-    runs = [{original: step_ms(original) for original in ORIGINALS} for _ in range(2)]
+    runs = [{mode: step_ms(mode) for mode in MODES} for _ in range(2)]
     results = {"rounds": runs, "mean_step_ms": {
-        f"{'check' if original < 256 else 'no check'}, batch {batch}":
-            statistics.mean(run[original][str(batch)] for run in runs)
-        for original in ORIGINALS for batch in BATCHES}}
+        f"{mode}, batch {batch}": statistics.mean(run[mode][str(batch)] for run in runs)
+        for mode in MODES for batch in BATCHES}}
     for name, value in results["mean_step_ms"].items():
         print(f"{name}: {value:.1f} ms/step")
     write_results(args.out, results)

@@ -406,7 +406,7 @@ def _record_faults(state: DecodeState, checked: Sequence[tuple[int, jax.Array]])
 def _decode_step(config: ModelConfig, params, state: DecodeState, sampling: SamplingParams,
                  stop_ids, pad_id, guide: GuideInputs | None, spec: GuideSpec | None,
                  refill_chunk: int | None = None) -> DecodeState:
-    if state.prompt_tokens is not None:
+    if refill_chunk is not None:
         state = _refill_at_original(config, params, state, guide, spec, refill_chunk)
     key = jax.random.fold_in(state.rng, state.step)
     if spec is None:
@@ -528,13 +528,31 @@ def _joint_step(config: ModelConfig, params, state: DecodeState, token, token_ma
     return (logits[:, 0], kv), (logits[:, 1:].reshape(batch * copies, -1), None)
 
 
+def crossing_steps(configs: Sequence[ModelConfig], prompt_lengths: Sequence[int],
+                   max_len: int) -> frozenset[int]:
+    """The decode steps at which some row feeds its token at the original length of one of
+    `configs` (the base model's, the Pv-Arm's) whose longrope can be reached in `max_len`
+    slots: step `original - prompt length` (a row's position grows by one per step from its
+    prompt's length). Rows whose prompt already reaches past it were prefilled with the long
+    factors and never cross. `generate` compiles the crossing check only into the decode
+    chunks that hold one of these steps (`decode_chunk`'s `refill_chunk`)."""
+    originals = {c.rope.original_max_position_embeddings for c in configs
+                 if crosses_original(c, max_len)}
+    return frozenset(original - length for original in originals for length in prompt_lengths
+                     if 0 <= original - length < max_len)
+
+
 def _refill_at_original(config: ModelConfig, params, state: DecodeState,
                         guide: GuideInputs | None, spec: GuideSpec | None,
-                        chunk: int | None) -> DecodeState:
+                        chunk: int) -> DecodeState:
     """Before the step that feeds a row's token at Phi-3's original length (its first position
     past it), that row's caches are recomputed with the long factors (`_refill_long`): the base
     model's and the Pv-Arm's, each where its own rotary is longrope. Costs one prefill per
-    distinct crossing step, and a [B] comparison on every other step."""
+    distinct crossing step, and a [B] comparison and a conditional on every other step of the
+    chunks that hold a crossing (`crossing_steps`); the other chunks run without them."""
+    if state.prompt_tokens is None:
+        raise ValueError("refill_chunk is given, but the decode state keeps no prompts: no row "
+                         "of this decode can reach a longrope model's original length")
     max_len = state.cache.max_len
 
     def crossing(model_config: ModelConfig) -> jax.Array:  # [B] rows refilled this step
@@ -546,7 +564,6 @@ def _refill_at_original(config: ModelConfig, params, state: DecodeState,
     base_rows = crossing(config)
     reward_rows = None if spec is None else crossing(spec.reward_config)
     slots = state.prompt_tokens.shape[1]
-    chunk = chunk or slots
 
     def refill(caches):  # only on a crossing step: nothing here runs on the others
         base, reward = caches
@@ -587,9 +604,10 @@ def decode_chunk(config: ModelConfig, params, state: DecodeState, sampling: Samp
                  spec: GuideSpec | None = None, refill_chunk: int | None = None
                  ) -> tuple[DecodeState, jax.Array]:
     """`num_steps` decode steps in one compiled scan; returns the state and the host's flags
-    [all rows done, some row's scores turned non-finite]. `refill_chunk`: the prefill's chunk,
-    for the recomputation at Phi-3's original length (`_refill_at_original`; None: the
-    prompt's slots)."""
+    [all rows done, some row's scores turned non-finite]. `refill_chunk`: where one of these
+    steps is in `crossing_steps`, the prefill's chunk, for the recomputation at Phi-3's
+    original length (`_refill_at_original`); None (the rest): no step checks for a crossing,
+    so a row that crosses in them keeps its short-factor cache."""
     def body(carry, _):
         return _decode_step(config, params, carry, sampling, stop_ids, pad_id, guide, spec,
                             refill_chunk), None
@@ -818,15 +836,18 @@ def _generate_batch(model, params, rows, prompts, encoded, batch_size, sampling,
     placed = sharding.place_batch({"tokens": tokens, "mask": mask}, model.mesh, rows=total)
     tokens_j, mask_j = placed["tokens"], placed["mask"]
     prefill_chunk_size = chunk
+    crossings = crossing_steps([config] if spec is None else [config, spec.reward_config],
+                               [len(ids) for ids in encoded], max_len)
     state = prefill(config, params, tokens_j, mask_j, rng, max_new_tokens, guide,
                     max_len=max_len, num_new=num_new, mesh=model.mesh, spec=spec,
                     layout=model.layout, chunk=chunk,
                     sources=None if sources is None else jnp.asarray(sources, jnp.int32))
     previous_flags = None
     for chunk in range(num_new // chunk_size):
-        state, flags = decode_chunk(config, params, state, sampling, stops, pad_id,
-                                    guide, num_steps=chunk_size, spec=spec,
-                                    refill_chunk=prefill_chunk_size)
+        steps = range(chunk * chunk_size, (chunk + 1) * chunk_size)
+        state, flags = decode_chunk(  # the crossing check only in the chunks that need it
+            config, params, state, sampling, stops, pad_id, guide, num_steps=chunk_size,
+            spec=spec, refill_chunk=prefill_chunk_size if crossings.intersection(steps) else None)
         # Look one chunk behind: reading this chunk's flags now would stall the dispatch queue.
         if previous_flags is not None and sharding.to_host(previous_flags).any():
             break  # all rows done, or a fault (raised below)

@@ -79,20 +79,32 @@ def test_longrope_long_factors_past_the_original_length_match_transformers(tiny_
 
 
 def test_greedy_decode_across_the_original_length_equals_transformers_generate(
-        tiny_checkpoints):
+        tiny_checkpoints, monkeypatch):
     """Decodes that cross the tiny Phi-3's original 64 positions: transformers' `generate`
     recomputes the whole cache with the long factors at the crossing, and so do we, row by row
     (one row crosses at step 10, one at step 3, and one starts past it; the second row's prompt
     is prefilled in 3 chunks). Every token after the crossing depends on the recomputation:
-    keeping the short-factor cache changes them. The stacked layout's recomputation is checked
-    on a mesh (test_sharding.py: the same tokens as one device)."""
+    keeping the short-factor cache changes them. The check is compiled only into the chunks of
+    8 steps that hold a crossing (steps 10 and 3: the first two of three). The stacked layout's
+    recomputation is checked on a mesh (test_sharding.py: the same tokens as one device)."""
+    from prosocial_jax.decoding import decode
+
     tiny = tiny_checkpoints["phi3"]
     model = pj.load_model(tiny.path)
     rng = np.random.RandomState(0)
     prompts = [rng.randint(3, VOCAB, n).tolist() for n in (54, 61, 70)]
     new = 20
+    chunks = []
+
+    def recorded(*args, refill_chunk=None, **kwargs):
+        chunks.append(refill_chunk)
+        return unrecorded(*args, refill_chunk=refill_chunk, **kwargs)
+
+    unrecorded = decode.decode_chunk
+    monkeypatch.setattr(decode, "decode_chunk", recorded)
     results = pj.generate(model, prompts, max_new_tokens=new, chunk_size=8, stop_tokens=[],
                           prefill_chunk=32)
+    assert chunks == [32, 32, None]
     for prompt, result in zip(prompts, results):
         assert result.tokens == hf_greedy(tiny.torch_model, prompt, new, eos_token_id=VOCAB + 1)
     # The oracle is not blind to the recomputation: the cache rotated with the short factors,
@@ -105,6 +117,27 @@ def test_greedy_decode_across_the_original_length_equals_transformers_generate(
         step = tiny.torch_model(torch.tensor([kept[-1:]]), past_key_values=out.past_key_values)
     full = torch_logits(tiny.torch_model, np.asarray([kept]))[0, -1]
     assert not np.allclose(step.logits[0, -1].numpy(), full, atol=1e-3)
+
+
+def test_crossing_steps_are_each_rows_original_minus_its_prompt_length(tiny_checkpoints):
+    """Hand-worked: the tiny Phi-3's original 64 positions; prompts of 54, 61, 64 and 70 tokens
+    feed position 64 at steps 10, 3 and 0 (the 70-token one was prefilled past it); a second
+    longrope model (a Pv-Arm's backbone) with an original of 100 adds steps 46 and 39 where the
+    slots reach that far, and 36 for the 64-token prompt; a model without longrope adds none."""
+    import dataclasses
+
+    from prosocial_jax.decoding import decode
+
+    phi3 = pj.load_model(tiny_checkpoints["phi3"].path).config
+    llama = pj.load_model(tiny_checkpoints["llama"].path).config
+    longer = dataclasses.replace(phi3, rope=dataclasses.replace(
+        phi3.rope, original_max_position_embeddings=100))
+    lengths = [54, 61, 64, 70]
+    assert decode.crossing_steps([phi3, llama], lengths, 96) == {10, 3, 0}
+    assert decode.crossing_steps([phi3, longer], lengths, 96) == {10, 3, 0}  # 96 < 100 slots
+    assert decode.crossing_steps([phi3, longer], lengths, 128) == {10, 3, 0, 46, 39, 36, 30}
+    assert decode.crossing_steps([llama], lengths, 128) == set()
+    assert decode.crossing_steps([phi3], lengths, 64) == set()  # never past the original
 
 
 def _gguf_reference(tiny):
