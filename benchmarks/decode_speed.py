@@ -12,8 +12,9 @@ XLA, and peak memory is per process). Measured:
   use), the read rate of XLA's own matrix-vector product over a 1 GiB matrix (all cores), and
   XLA's float32 GEMM throughput (2048^3);
 - short prompts (the 16 chat prompts), batch 1 and 16: decode step from the time difference
-  between N_LONG and N_SHORT new tokens (cancels prefill and fixed costs), for both layer layouts
-  (per-layer, the CPU default, and stacked) and transformers `generate`; each step against its
+  between N_LONG and N_SHORT new tokens (cancels prefill and fixed costs), for the three layer
+  layouts (packed, the CPU default where the native kernel builds; per-layer; stacked) and
+  transformers `generate`; each step against its
   bound, bytes read per step (weights + the KV cache's real tokens at mid-generation) over the
   copy bandwidth;
 - prefill of 16 x 512 tokens: tokens/s and GFLOP/s against the GEMM throughput;
@@ -54,7 +55,7 @@ from prosocial_jax.peak_memory import peak_rss_bytes
 N_SHORT, N_LONG = 32, 128
 REPEATS = 3
 BATCHES = (1, 16)
-LAYOUTS = ("per_layer", "stacked")
+LAYOUTS = ("packed", "per_layer", "stacked")  # packed: the CPU default where the kernel builds
 PREFILL_SHAPE = (16, 512)
 CONTEXTS = (2048, 8192)
 LONG_BATCHES = (1, 8)

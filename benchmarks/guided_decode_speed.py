@@ -19,7 +19,8 @@ Also measured in the same run: each guided step against its bound, the bytes it 
 copy bandwidth; a guided step's time over a plain (unguided) step's time, next to the ideal,
 the ratio of those bytes over the plain step's (the base model's weights + cache); and the
 guided step with the safety stage in the stacked layer layout (scanned layers, as on
-accelerators) beside the per-layer one that CPUs run by default; and guided steps with the base
+accelerators) and in the per-layer one, beside the packed one that CPUs run by default where
+the native kernel builds; and guided steps with the base
 model as its own Pv-Arm backbone (`reward` left out, as when no DiReg edit separates them),
 where one forward a step runs base and Pv-Arm rows together on the one set of weights (bound:
 the weights once), its tokens compared with the two-copy runs'.
@@ -118,6 +119,8 @@ def jax_worker(folder: Path, adapter_dir: Path) -> dict:
              "guided_safety": dict(guided, safety_margin=3.0),
              "guided_no_safety": dict(guided, safety_stage=False),
              "guided_safety_stacked": dict(guided, safety_margin=3.0, layer_layout="stacked"),
+             "guided_safety_per_layer": dict(guided, safety_margin=3.0,
+                                             layer_layout="per_layer"),
              "guided_safety_shared": dict(shared, safety_margin=3.0),
              "guided_no_safety_shared": dict(shared, safety_stage=False)}
     for batch in BATCHES:
@@ -372,6 +375,7 @@ def main() -> None:
         needed = {"guided_safety": 2 * weights + adapter_bytes + 3 * batch * kv_per_row,
                   "guided_no_safety": 2 * weights + adapter_bytes + 2 * batch * kv_per_row}
         needed["guided_safety_stacked"] = needed["guided_safety"]
+        needed["guided_safety_per_layer"] = needed["guided_safety"]
         # One set of weights where the base model is its own Pv-Arm backbone.
         needed["guided_safety_shared"] = needed["guided_safety"] - weights
         needed["guided_no_safety_shared"] = needed["guided_no_safety"] - weights
@@ -391,7 +395,10 @@ def main() -> None:
         entry["identical_rows_vs_reference"] = f"{identical}/{batch}"
         same = sum(a == b for a, b in zip(ours[f"tokens_guided_safety{batch}"],
                                           ours[f"tokens_guided_safety_stacked{batch}"]))
-        entry["identical_rows_per_layer_vs_stacked"] = f"{same}/{batch}"
+        entry["identical_rows_packed_vs_stacked"] = f"{same}/{batch}"
+        same = sum(a == b for a, b in zip(ours[f"tokens_guided_safety{batch}"],
+                                          ours[f"tokens_guided_safety_per_layer{batch}"]))
+        entry["identical_rows_packed_vs_per_layer"] = f"{same}/{batch}"
         for stage in ("safety", "no_safety"):  # one forward vs two, on the same weights
             same = sum(a == b for a, b in zip(ours[f"tokens_guided_{stage}{batch}"],
                                               ours[f"tokens_guided_{stage}_shared{batch}"]))
@@ -421,7 +428,7 @@ def main() -> None:
         print(f"batch {batch} plain: {entry['plain_step_ms']:.1f} ms/step "
               f"({entry['plain_step_over_bound']:.2f}x its bound)")
         for mode in ("guided_safety", "guided_no_safety", "guided_safety_stacked",
-                     "guided_safety_shared", "guided_no_safety_shared"):
+                     "guided_safety_per_layer", "guided_safety_shared", "guided_no_safety_shared"):
             e = entry[mode]
             print(f"batch {batch} {mode}: {e['tokens_per_s']:.1f} tok/s "
                   f"({e['step_ms']:.1f} ms/step = {e['step_over_bound']:.2f}x the bound of "
@@ -430,8 +437,9 @@ def main() -> None:
                   f" guided/plain step {e['step_over_plain_step']:.2f}x, bytes ratio "
                   f"{e['bytes_ratio']:.2f} ({e['step_ratio_over_bytes_ratio']:.2f}x it)")
         print(f"batch {batch}: identical rows vs reference "
-              f"{entry['identical_rows_vs_reference']}; per-layer vs stacked "
-              f"{entry['identical_rows_per_layer_vs_stacked']}; one forward (shared weights) "
+              f"{entry['identical_rows_vs_reference']}; packed vs stacked "
+              f"{entry['identical_rows_packed_vs_stacked']}, vs per-layer "
+              f"{entry['identical_rows_packed_vs_per_layer']}; one forward (shared weights) "
               f"vs two copies {entry['identical_rows_shared_vs_two_copies_safety']} (stage on),"
               f" {entry['identical_rows_shared_vs_two_copies_no_safety']} (off)")
     for key, e in results["long_context"].items():

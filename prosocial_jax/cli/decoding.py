@@ -100,8 +100,10 @@ def _generate_parser(sub) -> dict:
                     "plausibility": "drop tokens below this fraction of the base model's top "
                     "probability (0 = off)",
                     "no_repeat_ngram": "never repeat an n-gram of the answer (n >= 2; 0 = off)",
-                    "layer_layout": "auto (per-layer buffers on one CPU device, else the "
-                    "scanned stacked layers), stacked or per_layer; tokens do not depend on it",
+                    "layer_layout": "auto (on one CPU device: packed for the native few-row "
+                    "kernel where it builds and the copy fits, else per-layer buffers; "
+                    "elsewhere the scanned stacked layers), stacked, per_layer or packed; "
+                    "tokens do not depend on it",
                     "prefill_chunk": "prompt tokens per prefill pass (none: 512, fewer where "
                     "the attention scores would pass 512 MiB per layer)"})
     source = p.add_mutually_exclusive_group(required=True)

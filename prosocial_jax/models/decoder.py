@@ -23,6 +23,7 @@ import numpy as np
 from flax import linen as nn
 from flax import struct
 
+from prosocial_jax.kernels import rows_matmul
 from prosocial_jax.models import adapters
 from prosocial_jax.models.cache import KVCache
 from prosocial_jax.models.config import ModelConfig, RopeConfig
@@ -153,6 +154,13 @@ class Linear(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, in_axes: int = 1) -> jax.Array:
         in_shape = x.shape[x.ndim - in_axes:]
+        if self.has_variable("params", "packed"):  # the packed decode layout (models.layers)
+            y = _packed_product(x.reshape(-1, math.prod(in_shape)),
+                                self.get_variable("params", "packed"), self.features)
+            y = y.reshape(*x.shape[:x.ndim - in_axes], self.features)
+            if self.use_bias:
+                y = y + self.get_variable("params", "bias").astype(x.dtype)
+            return y
         weight = self.param("weight", nn.initializers.lecun_normal(in_axis=1, out_axis=0),
                             (self.features, math.prod(in_shape)), jnp.float32)
         weight = weight.astype(x.dtype)
@@ -168,6 +176,15 @@ class Linear(nn.Module):
             bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
             y = y + bias.astype(x.dtype)
         return y
+
+
+def _packed_product(rows: jax.Array, packed: jax.Array, features: int) -> jax.Array:
+    """rows [M, K] @ W^T for W packed in strips (`kernels.rows_matmul`): the native kernel for
+    the few rows of a decode step, XLA's product on the unpacked weight for more (prefill)."""
+    if rows.shape[0] <= rows_matmul.MAX_ROWS and rows.dtype == jnp.float32:
+        return rows_matmul.rows_matmul(rows, packed, features)
+    weight = rows_matmul.unpack(packed, features).astype(rows.dtype)
+    return rows @ weight.T
 
 
 def _linear(config: ModelConfig, name: str) -> Linear:

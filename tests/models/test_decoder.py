@@ -7,6 +7,7 @@ import pytest
 from helpers import VOCAB, torch_logits
 
 import prosocial_jax as pj
+from prosocial_jax.kernels import rows_matmul
 from prosocial_jax.models import layers
 from prosocial_jax.models.cache import KVCache
 from prosocial_jax.models.decoder import forward_logits, forward_logits_at, forward_with_cache
@@ -128,7 +129,8 @@ def test_per_layer_views_alias_the_stacked_weights_and_outlive_them(tiny_checkpo
     model = pj.load_model(tiny_checkpoints["llama"].path)
     stacked = model.params["layers"]["mlp"]["up_proj"]["weight"]
     per_layer = layers.unstack(model.params)
-    assert layers.resolve("auto", model.params) == "per_layer"
+    auto = "packed" if rows_matmul.available() else "per_layer"  # test_rows_matmul.py
+    assert layers.resolve("auto", model.params) == auto
     mesh = jax.make_mesh((1, 1), ("data", "model"))
     assert layers.resolve("auto", model.params, mesh) == "stacked"  # meshes scan the layers
     assert len(per_layer["layers"]) == model.config.num_layers
