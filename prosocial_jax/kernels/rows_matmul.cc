@@ -1,5 +1,5 @@
 // Y[M, N] = X[M, K] @ W^T for few rows M (decode steps), with W packed once at load time into
-// strips of 16 output features, [N / 16, K, 16] (`prosocial_jax.kernels.rows_matmul.pack`).
+// strips of 16 output features, [ceil(N / 16), K, 16] (`prosocial_jax.kernels.rows_matmul.pack`).
 //
 // Why: XLA:CPU (and MKL) run a product of 2 to 32 rows as a library GEMM that takes 1.8-2.4x
 // the time of reading the weights once (benchmarks/row_products.py). Here each strip is one

@@ -81,7 +81,7 @@ def test_generate_errors_are_clear(tmp_path, capsys):
     assert "prefill_chunk must be >= 1, got 0" in capsys.readouterr().err
     assert cli.main(["generate", "--model", "bundled:smollm2", "--prompt", "x",
                      "--layer-layout", "scan"]) == 2
-    assert ("layer_layout must be one of auto, stacked, per_layer, got 'scan'"
+    assert ("layer_layout must be one of auto, stacked, per_layer, packed, got 'scan'"
             in capsys.readouterr().err)
 
 

@@ -81,7 +81,9 @@ def test_off_writes_nothing_and_a_users_jax_setting_wins(tiny_chat, tmp_path):
             "--max-new-tokens", "3", "--quiet", "--out", str(tmp_path / "out.jsonl")]
     home = tmp_path / "home cache"
     _, _, folder, _ = _run(argv, "off", {"PROSOCIAL_JAX_CACHE": str(home)})
-    assert folder is None and not home.exists()
+    # Nothing of JAX's: the cache folder holds at most the native kernel's build (kernels/).
+    assert folder is None and not (home / "jax_compilation_cache").exists()
+    assert not home.exists() or [p.name for p in home.iterdir()] == ["kernels"]
 
     # No folder given: the default, inside the prosocial_jax cache folder.
     _, writes, folder, _ = _run(argv, "", {"PROSOCIAL_JAX_CACHE": str(home)})
