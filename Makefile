@@ -45,8 +45,9 @@ lint: $(VENV)/.test
 # cores for XLA); every process holds its own models, so raise it with the memory, not the cores.
 TEST_WORKERS ?= 2
 
+# --durations: the slowest tests in every run's log (the suite should stay under 15 minutes).
 test: lint
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # SmolLM2: harmful fine-tune on HarmBench val, then the DiReg sweep on HarmBench test + benign.
 # Each stage is a file target, so a finished stage is not redone.

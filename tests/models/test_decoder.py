@@ -55,7 +55,8 @@ def test_bfloat16_weights_give_float32_logits_close_to_float32(tiny_checkpoints)
     assert (low.argmax(-1) == high.argmax(-1)).mean() > 0.9
 
 
-@pytest.mark.parametrize("layer_layout", ["stacked", "per_layer"])
+@pytest.mark.parametrize("layer_layout", ["stacked", "per_layer", pytest.param(
+    "packed", marks=pytest.mark.skipif(not rows_matmul.available(), reason="no native kernel"))])
 def test_prefill_then_cached_steps_equal_full_recomputation(tiny, layer_layout):
     model = pj.load_model(tiny.path)
     config, params = model.config, layers.for_forward(model.params, layer_layout)
@@ -66,7 +67,7 @@ def test_prefill_then_cached_steps_equal_full_recomputation(tiny, layer_layout):
     mask = np.zeros((2, 8), bool)
     for row, (seq, n) in enumerate(zip(seqs, lengths)):
         tokens[row, 8 - n:], mask[row, 8 - n:] = seq[:n], True
-    cache = KVCache.zeros(config, 2, total, per_layer=layer_layout == "per_layer")
+    cache = KVCache.zeros(config, 2, total, per_layer=layer_layout != "stacked")
     positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
     logits, (k, v) = cached_forward(config, params, tokens, positions, mask, None)
     cache = append(cache, k, v, mask)
