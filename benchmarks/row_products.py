@@ -4,10 +4,11 @@
 
 The products of SmolLM2-135M's 30 MLP and attention-output layers alone (random float32
 weights of its shapes, 358 MB; x <- x + x Wo^T, then x <- x + (silu(x Wg^T) * x Wu^T) Wd^T), at
-1, 2, 4, 8 and 16 rows: in XLA with the weights stacked [layers, ...] and scanned, and as
-separate per-layer buffers unrolled (what CPU decoding runs), and in PyTorch (its CPU matmul,
-MKL / oneDNN). Each library in its own process; best of 15 after a warm-up, next to the
-one-thread copy bandwidth measured in the same run (the decode benchmarks' bound).
+1, 2, 4, 8, 16 and 32 rows: in XLA with the weights stacked [layers, ...] and scanned, and as
+separate per-layer buffers unrolled; through the native kernel on weights packed in strips
+(`prosocial_jax.kernels.rows_matmul`, what CPU decoding runs where it builds); and in PyTorch
+(its CPU matmul, MKL / oneDNN). Each library in its own process; best of 15 after a warm-up,
+next to the one-thread copy bandwidth measured in the same run (the decode benchmarks' bound).
 
 It shows where the time of a batched decode step goes that no layout removes: a product of a
 few rows costs more than reading its weights, in both libraries.
@@ -29,7 +30,7 @@ import numpy as np
 from decode_speed import copy_bandwidth, json_from_worker, write_results
 
 LAYERS, D, F = 30, 576, 1536
-ROWS = (1, 2, 4, 8, 16)
+ROWS = (1, 2, 4, 8, 16, 32)
 
 
 def weights(seed: int = 0) -> list[tuple[np.ndarray, ...]]:
@@ -53,6 +54,8 @@ def jax_worker() -> dict:
     import jax
     import jax.numpy as jnp
 
+    from prosocial_jax.kernels import rows_matmul
+
     per_layer = [tuple(jnp.asarray(w) for w in layer) for layer in weights()]
     stacked = tuple(jnp.stack([layer[i] for layer in per_layer]) for i in range(4))
 
@@ -70,12 +73,29 @@ def jax_worker() -> dict:
     def scanned(x, stacked):
         return jax.lax.scan(lambda x, w: (layer(x, *w), None), x, stacked)[0]
 
+    def packed_layer(x, gate, up, down, out):  # the same products through the kernel
+        def product(x, w):
+            return rows_matmul.rows_matmul(x, w, w.shape[0] * rows_matmul.STRIP)
+        x = x + product(x, out)
+        return x + product(jax.nn.silu(product(x, gate)) * product(x, up), down)
+
+    @jax.jit
+    def packed(x, layers):
+        for w in layers:
+            x = packed_layer(x, *w)
+        return x
+
+    packed_weights = ([tuple(jnp.asarray(rows_matmul.pack(w)) for w in layer)
+                       for layer in weights()] if rows_matmul.available() else None)
     result = {"cache": cache_reads()}
     for rows in ROWS:
         x = jnp.ones((rows, D), jnp.float32)
         result[rows] = {"per_layer_ms": best_ms(unrolled, x, per_layer,
                                                 sync=jax.block_until_ready),
                         "stacked_ms": best_ms(scanned, x, stacked, sync=jax.block_until_ready)}
+        if packed_weights is not None:
+            result[rows]["packed_ms"] = best_ms(packed, x, packed_weights,
+                                                sync=jax.block_until_ready)
     return result
 
 
@@ -159,8 +179,10 @@ def main() -> None:
         results["rows"][str(rows)] = entry
         print(f"{rows:2d} rows: XLA per-layer {entry['per_layer_ms']:.1f} ms "
               f"({entry['per_layer_over_bound']:.2f}x bound), XLA stacked "
-              f"{entry['stacked_ms']:.1f} ms, PyTorch {entry['torch_ms']:.1f} ms "
-              f"({entry['torch_over_bound']:.2f}x)")
+              f"{entry['stacked_ms']:.1f} ms, packed kernel "
+              f"{entry.get('packed_ms', float('nan')):.1f} ms "
+              f"({entry.get('packed_over_bound', float('nan')):.2f}x), PyTorch "
+              f"{entry['torch_ms']:.1f} ms ({entry['torch_over_bound']:.2f}x)")
     write_results(args.out, results)
 
 
