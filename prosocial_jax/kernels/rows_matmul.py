@@ -103,9 +103,9 @@ def pack(weight) -> np.ndarray:
     weight = np.asarray(weight, np.float32)
     n, k = weight.shape
     strips = -(-n // STRIP)
-    padded = np.zeros((strips * STRIP, k), np.float32)
-    padded[:n] = weight
-    return np.ascontiguousarray(padded.reshape(strips, STRIP, k).transpose(0, 2, 1))
+    if n % STRIP:  # only a partial last strip needs a padded copy first
+        weight = np.pad(weight, ((0, strips * STRIP - n), (0, 0)))
+    return np.ascontiguousarray(weight.reshape(strips, STRIP, k).transpose(0, 2, 1))
 
 
 def unpack(packed: jax.Array, features: int) -> jax.Array:

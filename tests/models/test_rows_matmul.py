@@ -4,6 +4,7 @@ packed layout against the per-layer one and transformers, and the fallbacks (no 
 failing build, too little memory) that keep decoding on XLA's products."""
 
 import logging
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +65,14 @@ def test_kernel_runs_concurrent_products_without_deadlock():
     def all_products(x, packed):
         return jnp.stack([rows_matmul.rows_matmul(x, p, 64) for p in packed])
 
-    out = np.asarray(all_products(jnp.asarray(x), packed))
+    # On a thread with a deadline: a deadlock fails the test instead of hanging the suite.
+    result = []
+    worker = threading.Thread(target=lambda: result.append(np.asarray(
+        all_products(jnp.asarray(x), packed))), daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "120 concurrent products did not finish in 120 s (deadlock)"
+    out = result[0]
     np.testing.assert_allclose(out, np.stack([x @ w.T for w in weights]), rtol=1e-5, atol=1e-5)
 
 
