@@ -86,6 +86,9 @@ def instruction_kinds(hlo_text: str, weight_shapes: set[str]) -> dict[str, str]:
                 weight, has_dot = fused(called.group(1))
                 product = product or has_dot
             weight = weight or (product and reads_weight(rest))
+            # The packed layout's products are custom calls to the native kernel, whose
+            # weight operand is a packed strip array rather than the weight's own shape.
+            weight = weight or (opcode == "custom-call" and "prosocial_rows_matmul" in rest)
             # A fused loop that reads a weight is a product with it, dot or not (XLA may turn
             # a one-row product into a multiply-reduce); the embedding lookup counts too.
             kinds[name] = (f"weight product: {projection(rest, called)}" if weight

@@ -5,7 +5,7 @@ prosocial and safety rows) by every weight matrix. XLA:CPU runs any product of m
 row as a library GEMM that takes 1.8-2.4x the time of reading the weights once, and so does
 PyTorch's MKL (`benchmarks/row_products.py`); neither streams the weights. `rows_matmul.cc`
 does: the weights are packed once into strips of 16 output features, [ceil(N / 16), K, 16]
-(`pack`), and each strip is one contiguous stream that updates 16 outputs of up to 4 rows per
+(`pack`), and each strip is one contiguous stream that updates 16 outputs of up to 6 rows per
 pass from registers.
 
 The kernel is compiled on first use (g++ -O3 -mavx2 -mfma against the FFI headers jaxlib
@@ -35,7 +35,7 @@ from prosocial_jax.files import cache_dir
 
 STRIP = 16  # output features per packed strip (two AVX2 registers)
 # Up to this many rows per product the kernel runs; more (prefill chunks) go to XLA's GEMM on
-# the unpacked weight, which is compute-bound there and faster than the kernel's 4-row groups.
+# the unpacked weight, which is compute-bound there and faster than the kernel's 6-row groups.
 MAX_ROWS = 64
 TARGET = "prosocial_rows_matmul"
 SOURCE = Path(__file__).with_name("rows_matmul.cc")

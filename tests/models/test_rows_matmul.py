@@ -35,11 +35,11 @@ def test_pack_lays_out_strips_of_16_output_features():
 
 @needs_kernel
 @pytest.mark.parametrize("rows,features,inputs", [
-    (1, 576, 576), (2, 1536, 576), (3, 40, 7), (5, 576, 1536), (16, 192, 576), (33, 16, 1),
-    (64, 100, 64)])
+    (1, 576, 576), (2, 1536, 576), (3, 40, 7), (5, 576, 1536), (12, 48, 33), (16, 192, 576),
+    (17, 576, 64), (33, 16, 1), (64, 100, 64)])
 def test_kernel_equals_numpy_in_float64(rows, features, inputs):
-    """Every row-group remainder (1-3 rows after groups of 4), padded strips, odd K; jitted,
-    as a decode step runs it."""
+    """Every size of the last row group (groups of 6: 1 to 6 rows), several strips so the
+    second group prefetches the next, padded strips, odd K; jitted, as a decode step runs it."""
     rng = np.random.default_rng(rows * features + inputs)
     weight = rng.standard_normal((features, inputs)).astype(np.float32)
     x = rng.standard_normal((rows, inputs)).astype(np.float32)
