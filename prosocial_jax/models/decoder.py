@@ -509,7 +509,13 @@ class Decoder(nn.Module):
 
     def unembed(self, hidden: jax.Array) -> jax.Array:
         """Float32 logits [..., V] from final-norm hidden states."""
-        if self.config.tie_word_embeddings:
+        head = None if self.is_initializing() else self.variables["params"].get("packed_head")
+        rows = hidden.reshape(-1, hidden.shape[-1])
+        if head is not None and rows.shape[0] <= rows_matmul.MAX_ROWS and (
+                rows.dtype == jnp.float32):  # the packed decode layout (models.layers)
+            logits = rows_matmul.rows_matmul(rows, head["packed"], self.config.vocab_size)
+            logits = logits.reshape(*hidden.shape[:-1], self.config.vocab_size)
+        elif self.config.tie_word_embeddings:
             logits = project_to_vocab(hidden, self.embed.embedding)
         else:
             logits = self.lm_head(hidden)

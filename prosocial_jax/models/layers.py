@@ -5,7 +5,9 @@ weight is one [L, ...] array and the layers run as one `nn.scan`, so compile tim
 with depth. Per layer (decoding on one CPU device): `params["layers"]` is a tuple of L pytrees
 and the layers are unrolled. Packed (decoding on one CPU device, float32, where the native
 kernel builds): per layer too, with every projection's weight packed in strips of 16 output
-features for `kernels.rows_matmul` (the parameter "packed" in place of "weight").
+features for `kernels.rows_matmul` (the parameter "packed" in place of "weight"), and the output
+head (the tied embedding or `lm_head`) packed beside its weight as `params["packed_head"]`: the
+head keeps its weight, which the embedding lookup and products of many rows (prefill) read.
 
 Why per layer: with more than one row per product (batch > 1, the Pv-Arm's safety rows,
 prefill), XLA:CPU runs a matrix-matrix product through a library kernel that needs its operand
@@ -17,8 +19,9 @@ aliases host memory), so that layout costs no memory.
 
 Why packed: even from its own buffer, XLA:CPU's product of 2 to 32 rows takes 1.8-2.4x the time
 of reading the weights once; the native kernel streams each packed strip once. The packed
-arrays are a second copy of the layer weights, made once per parameter pytree and kept while it
-lives (`pack`); "auto" takes them only while they fit in a quarter of the memory available.
+arrays are a second copy of the layer and head weights, made once per parameter pytree and kept
+while it lives (`pack`); "auto" takes them only while they fit in a quarter of the memory
+available.
 Accelerators and meshes keep the stacked layout.
 """
 
@@ -107,18 +110,27 @@ def resolve(layout: str, params, mesh=None) -> str:
     if not (mesh is None and _one_cpu_device(jax.tree.leaves(params)[0])):
         return "stacked"
     if _packable(params, mesh) and (_key(params) in _id_packed
-                                    or 4 * _layer_bytes(params) < _available_memory()):
+                                    or 4 * _packed_bytes(params) < _available_memory()):
         return "packed"
     return "per_layer"
 
 
-def _layer_bytes(params) -> int:
-    return sum(x.nbytes for x in jax.tree.leaves(params["layers"]))
+def _head_weight(params) -> jax.Array:
+    """The output head's weight [V, D]: the untied `lm_head`, else the tied embedding."""
+    return params["lm_head"]["weight"] if "lm_head" in params else params["embed"]["embedding"]
 
 
-# Packed layers by the stacked layer arrays they were made from: made once, dropped with those
-# arrays. Only the layers: pytrees that share them may differ in the rest (another embedding).
+def _packed_bytes(params) -> int:
+    """Bytes of the packed copy: the layer weights and the output head."""
+    return sum(x.nbytes for x in jax.tree.leaves(params["layers"])) + (
+        _head_weight(params).nbytes)
+
+
+# Packed layers by the stacked layer arrays they were made from, and packed heads by the head
+# weight: made once, dropped with those arrays. Kept apart: pytrees that share the layers may
+# differ in the head (a reward model on the base model's layers).
 _id_packed: dict[tuple[int, ...], tuple] = {}
+_id_packed_head: dict[int, jax.Array] = {}
 
 
 def _key(params) -> tuple[int, ...]:
@@ -127,12 +139,18 @@ def _key(params) -> tuple[int, ...]:
 
 def pack(params) -> dict:
     """`params` per layer with every projection's weight packed for `kernels.rows_matmul` (the
-    parameter "packed" in place of "weight"; biases and norms as they are). Made once per
-    stacked pytree and kept until its layer arrays are freed."""
+    parameter "packed" in place of "weight"; biases and norms as they are), and the output head
+    packed as `params["packed_head"]["packed"]`. Made once per stacked pytree and kept until its
+    layer arrays (the head's weight) are freed."""
+    device = next(iter(jax.tree.leaves(params)[0].devices()))
+    head = _head_weight(params)
+    if id(head) not in _id_packed_head:
+        _id_packed_head[id(head)] = jax.device_put(rows_matmul.pack(head), device)
+        weakref.finalize(head, _id_packed_head.pop, id(head), None)
+    params = {**params, "packed_head": {"packed": _id_packed_head[id(head)]}}
     key = _key(params)
     if key in _id_packed:
         return {**params, "layers": _id_packed[key]}
-    device = next(iter(jax.tree.leaves(params)[0].devices()))
     layers = []
     for layer in unstack(params)["layers"]:
         layer = jax.tree.map(lambda x: x, layer)  # a copy of the dicts, not of the arrays

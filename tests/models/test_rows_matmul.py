@@ -102,24 +102,35 @@ def test_packed_copy_is_made_once_and_dropped_with_the_model(tiny_checkpoints):
     first = layers.for_forward(model.params, "auto")
     again = layers.for_forward(model.params, "packed")
     assert all(a is b for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(first)))
-    # A pytree sharing the layers but not the embedding gets its own embedding back.
-    other = {**model.params, "embed": {"embedding": model.params["embed"]["embedding"] + 1}}
-    assert layers.for_forward(other, "auto")["embed"] is other["embed"]
-    assert layers.for_forward(other, "auto")["layers"] is first["layers"]
-    key = layers._key(model.params)
-    assert key in layers._id_packed
-    del model, first, again, other
+    # A pytree sharing the layers but not the output head gets its own head back, and its own
+    # packed head: the strips of that weight.
+    assert not model.config.tie_word_embeddings
+    other = {**model.params, "lm_head": {"weight": model.params["lm_head"]["weight"] + 1}}
+    packed_other = layers.for_forward(other, "auto")
+    assert packed_other["lm_head"] is other["lm_head"]
+    assert packed_other["layers"] is first["layers"]
+    np.testing.assert_array_equal(  # strip 0, output feature 0: the weight's row 0
+        np.asarray(packed_other["packed_head"]["packed"])[0, :, 0],
+        np.asarray(other["lm_head"]["weight"])[0])
+    key, head = layers._key(model.params), id(model.params["lm_head"]["weight"])
+    assert key in layers._id_packed and head in layers._id_packed_head
+    del model, first, again, other, packed_other
     import gc
 
     gc.collect()
-    assert key not in layers._id_packed
+    assert key not in layers._id_packed and head not in layers._id_packed_head
 
 
 def test_auto_keeps_per_layer_where_the_copy_would_not_fit(tiny_checkpoints, monkeypatch):
     model = pj.load_model(tiny_checkpoints["llama"].path)
-    monkeypatch.setattr(layers, "_available_memory", lambda: 3 * layers._layer_bytes(
-        model.params))
+    # The copy: every layer array and the output head (this model's untied lm_head).
+    copy = sum(x.nbytes for x in jax.tree.leaves(model.params["layers"])) + (
+        model.params["lm_head"]["weight"].nbytes)
+    monkeypatch.setattr(layers, "_available_memory", lambda: 4 * copy - 1)
     assert layers.resolve("auto", model.params) == "per_layer"
+    monkeypatch.setattr(layers, "_available_memory", lambda: 4 * copy + 1)
+    assert layers.resolve("auto", model.params) == ("packed" if rows_matmul.available()
+                                                    else "per_layer")
     bf16 = pj.load_model(tiny_checkpoints["llama"].path, dtype="bfloat16")
     assert layers.resolve("auto", bf16.params) == "per_layer"  # the kernel is float32
     with pytest.raises(ValueError, match="packed layer layout needs float32 weights"):
