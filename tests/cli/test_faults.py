@@ -54,6 +54,10 @@ def _jsonl(path: Path, rows) -> Path:
 @pytest.fixture(scope="module")
 def work(tiny_chat, tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
+    # The killed and resumed commands share a compilation cache, as a user's do by default
+    # (the suite turns it off in-process): each rerun reads its programs back instead of
+    # compiling them again, and a run killed while writing an entry is part of what is tried.
+    ENV["PROSOCIAL_JAX_COMPILATION_CACHE"] = str(root / "compilation-cache")
     return {"root": root, "model": str(tiny_chat.path),
             "sft": str(_jsonl(root / "sft.jsonl", SFT_ROWS)),
             "prefs": str(_jsonl(root / "prefs.jsonl", _pref_rows()))}
