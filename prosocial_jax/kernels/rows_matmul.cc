@@ -79,7 +79,7 @@ constexpr int64_t kAhead = 512;     // prefetch distance in k (32 KB of the weig
 // and the first group's pass would wait on memory: instead the strip is taken in blocks of 64 k
 // that every group passes over while it is in L1, and the first group prefetches the stream
 // 32 KB ahead, so reading and computing overlap (benchmarks/row_products.py: 8 rows from 1.5x
-// to about 1.1x the read time of the weights, 16 rows from 2.0x to 1.6x).
+// to about 1.1x the read time of the weights, 16 rows from 2.0x to about 1.5x).
 void RunStrips(const float* x, int64_t m_size, int64_t k_size, const float* w, float* y,
                int64_t n_size, int64_t first, int64_t last) {
   const bool blocked = m_size > kGroup;

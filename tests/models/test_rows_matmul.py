@@ -38,8 +38,10 @@ def test_pack_lays_out_strips_of_16_output_features():
     (1, 576, 576), (2, 1536, 576), (3, 40, 7), (5, 576, 1536), (12, 48, 33), (16, 192, 576),
     (17, 576, 64), (33, 16, 1), (64, 100, 64)])
 def test_kernel_equals_numpy_in_float64(rows, features, inputs):
-    """Every size of the last row group (groups of 6: 1 to 6 rows), several strips so the
-    second group prefetches the next, padded strips, odd K; jitted, as a decode step runs it."""
+    """Every size of the last row group (groups of 6: 1 to 6 rows); more than one group, so
+    the blocked path runs, with K one block (64 and under) and several (576: partial sums carry
+    over between blocks, and the prefetch is taken); padded strips, odd K; jitted, as a decode
+    step runs it."""
     rng = np.random.default_rng(rows * features + inputs)
     weight = rng.standard_normal((features, inputs)).astype(np.float32)
     x = rng.standard_normal((rows, inputs)).astype(np.float32)
