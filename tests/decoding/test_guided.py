@@ -99,10 +99,11 @@ def test_zero_guidance_and_no_safety_equals_plain_decoding(models):
         assert all(g.safety_overrides == 0 for g in guided)
 
 
-@pytest.mark.parametrize("layer_layout,prefill_chunk", [("per_layer", None), ("stacked", 4)])
+@pytest.mark.parametrize("layer_layout,prefill_chunk", [("auto", None), ("stacked", 4)])
 def test_greedy_guided_equals_step_by_step_reference(models, layer_layout, prefill_chunk):
-    """Both layer layouts; the second with prompts prefilled in chunks of 4 tokens (base and
-    Pv-Arm)."""
+    """The CPU's default layout ("auto": packed for the native kernel where it builds, else
+    per layer) and the stacked one, the second with prompts prefilled in chunks of 4 tokens
+    (base and Pv-Arm)."""
     base, reward, adapter = models
     alphas = [[0, 1, 0, 0, 0, 0], [0.1, 0.2, 0.3, 0.1, 0.2, 0.1], [0, 0, 0, 0, 0.5, 0.5]]
     weights, taus = [1.5, 0.7, 3.0], [0.4, math.inf, 1.0]
@@ -124,7 +125,7 @@ def test_greedy_guided_equals_step_by_step_reference(models, layer_layout, prefi
     assert total_overrides > 0  # the finite margins did change some choices
 
 
-@pytest.mark.parametrize("layer_layout", ["per_layer", "stacked"])
+@pytest.mark.parametrize("layer_layout", ["auto", "stacked"])
 def test_pv_arm_on_the_base_models_own_weights_runs_one_forward(models, tiny_checkpoints,
                                                                monkeypatch, layer_layout):
     """Without a separate backbone (`reward` left out) base and Pv-Arm rows go through one
