@@ -59,9 +59,15 @@ def jax_worker() -> dict:
     per_layer = [tuple(jnp.asarray(w) for w in layer) for layer in weights()]
     stacked = tuple(jnp.stack([layer[i] for layer in per_layer]) for i in range(4))
 
-    def layer(x, gate, up, down, out):
-        x = x + x @ out.T
-        return x + (jax.nn.silu(x @ gate.T) * (x @ up.T)) @ down.T
+    def xla_product(x, w):
+        return x @ w.T
+
+    def kernel_product(x, w):  # w packed in strips
+        return rows_matmul.rows_matmul(x, w, w.shape[0] * rows_matmul.STRIP)
+
+    def layer(x, gate, up, down, out, product=xla_product):
+        x = x + product(x, out)
+        return x + product(jax.nn.silu(product(x, gate)) * product(x, up), down)
 
     @jax.jit
     def unrolled(x, layers):
@@ -73,16 +79,10 @@ def jax_worker() -> dict:
     def scanned(x, stacked):
         return jax.lax.scan(lambda x, w: (layer(x, *w), None), x, stacked)[0]
 
-    def packed_layer(x, gate, up, down, out):  # the same products through the kernel
-        def product(x, w):
-            return rows_matmul.rows_matmul(x, w, w.shape[0] * rows_matmul.STRIP)
-        x = x + product(x, out)
-        return x + product(jax.nn.silu(product(x, gate)) * product(x, up), down)
-
     @jax.jit
-    def packed(x, layers):
+    def packed(x, layers):  # the same products through the kernel
         for w in layers:
-            x = packed_layer(x, *w)
+            x = layer(x, *w, product=kernel_product)
         return x
 
     packed_weights = ([tuple(jnp.asarray(rows_matmul.pack(w)) for w in layer)

@@ -114,6 +114,12 @@ def unpack(packed: jax.Array, features: int) -> jax.Array:
     return packed.transpose(0, 2, 1).reshape(strips * STRIP, k)[:features]
 
 
+def takes(rows: jax.Array) -> bool:
+    """Whether the kernel runs this product: float32 rows, at most `MAX_ROWS` of them (the
+    caller keeps XLA's product for the rest)."""
+    return rows.ndim == 2 and rows.shape[0] <= MAX_ROWS and rows.dtype == jnp.float32
+
+
 def rows_matmul(rows: jax.Array, packed: jax.Array, features: int) -> jax.Array:
     """rows [M, K] float32 @ W^T -> [M, features], W packed by `pack`. Needs `available()`."""
     out = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(

@@ -181,7 +181,7 @@ class Linear(nn.Module):
 def _packed_product(rows: jax.Array, packed: jax.Array, features: int) -> jax.Array:
     """rows [M, K] @ W^T for W packed in strips (`kernels.rows_matmul`): the native kernel for
     the few rows of a decode step, XLA's product on the unpacked weight for more (prefill)."""
-    if rows.shape[0] <= rows_matmul.MAX_ROWS and rows.dtype == jnp.float32:
+    if rows_matmul.takes(rows):
         return rows_matmul.rows_matmul(rows, packed, features)
     weight = rows_matmul.unpack(packed, features).astype(rows.dtype)
     return rows @ weight.T
@@ -509,10 +509,11 @@ class Decoder(nn.Module):
 
     def unembed(self, hidden: jax.Array) -> jax.Array:
         """Float32 logits [..., V] from final-norm hidden states."""
+        # The packed decode layout (models.layers) keeps the head's weight beside its strips,
+        # so products the kernel does not take read the weight, not an unpacked copy.
         head = None if self.is_initializing() else self.variables["params"].get("packed_head")
         rows = hidden.reshape(-1, hidden.shape[-1])
-        if head is not None and rows.shape[0] <= rows_matmul.MAX_ROWS and (
-                rows.dtype == jnp.float32):  # the packed decode layout (models.layers)
+        if head is not None and rows_matmul.takes(rows):
             logits = rows_matmul.rows_matmul(rows, head["packed"], self.config.vocab_size)
             logits = logits.reshape(*hidden.shape[:-1], self.config.vocab_size)
         elif self.config.tie_word_embeddings:

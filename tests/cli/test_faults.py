@@ -55,8 +55,8 @@ def _jsonl(path: Path, rows) -> Path:
 def work(tiny_chat, tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     # The killed and resumed commands share a compilation cache, as a user's do by default
-    # (the suite turns it off in-process): each rerun reads its programs back instead of
-    # compiling them again, and a run killed while writing an entry is part of what is tried.
+    # (the suite turns it off in-process): resuming then also reads back what the killed run
+    # compiled, and each rerun skips those compiles.
     ENV["PROSOCIAL_JAX_COMPILATION_CACHE"] = str(root / "compilation-cache")
     return {"root": root, "model": str(tiny_chat.path),
             "sft": str(_jsonl(root / "sft.jsonl", SFT_ROWS)),

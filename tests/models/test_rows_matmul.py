@@ -80,17 +80,21 @@ def test_kernel_runs_concurrent_products_without_deadlock():
 
 @needs_kernel
 def test_packed_layout_logits_and_greedy_match_transformers(tiny):
-    """Every family's tiny checkpoint: a forward pass over the packed layout (prefill rows run
-    XLA's product on the unpacked weight, a one-token step the kernel) gives transformers'
-    logits, and greedy decoding (every step through the kernel) transformers' tokens."""
+    """Every family's tiny checkpoint: a forward pass over the packed layout (24 rows: every
+    projection and the output head through the kernel, one call each, counted in the lowered
+    program) gives transformers' logits, and greedy decoding transformers' tokens."""
     model = pj.load_model(tiny.path)
     params = layers.for_forward(model.params, "packed")
     assert layers.is_packed(params) and layers.resolve("auto", model.params) == "packed"
     ids = np.random.RandomState(3).randint(3, VOCAB, (2, 12))
     from prosocial_jax.models.decoder import forward_logits
 
-    ours = np.asarray(jax.jit(forward_logits, static_argnums=0)(
-        model.config, params, jnp.asarray(ids), jnp.ones(ids.shape, bool)))
+    forward = jax.jit(forward_logits, static_argnums=0)
+    args = (model.config, params, jnp.asarray(ids), jnp.ones(ids.shape, bool))
+    packed_arrays = sum(path[-1].key == "packed" for path, _ in
+                        jax.tree_util.tree_flatten_with_path(params)[0])
+    assert forward.lower(*args).as_text().count("@prosocial_rows_matmul") == packed_arrays
+    ours = np.asarray(forward(*args))
     np.testing.assert_allclose(ours, torch_logits(tiny.torch_model, ids), atol=1e-4)
     prompt = ids[0].tolist()
     result = pj.generate(model, [prompt], max_new_tokens=10, stop_tokens=[],
