@@ -11,7 +11,7 @@ import pytest
 from helpers import VOCAB
 
 import prosocial_jax as pj
-from prosocial_jax.models import adapters
+from prosocial_jax.models import adapters, layers
 from prosocial_jax.models.cache import KVCache
 from prosocial_jax.models.decoder import forward_with_cache
 from prosocial_jax.models.projections import PROJECTIONS
@@ -107,8 +107,13 @@ def test_zero_initialised_adapter_is_the_identity(tiny):
         np.asarray(model.logits(ids)))
 
 
-def test_cached_adapter_steps_equal_full_forward(tiny_checkpoints):
+@pytest.mark.parametrize("layer_layout", ["stacked", "auto"])
+def test_cached_adapter_steps_equal_full_forward(tiny_checkpoints, layer_layout):
+    """Cached one-token steps with an adapter on every kind of projection give the full
+    forward's logits, in the stacked layout and the CPU default (packed where the native kernel
+    builds: o_proj then takes the summed attention output)."""
     model = pj.load_model(tiny_checkpoints["llama"].path)
+    params = layers.for_forward(model.params, layer_layout)
     adapter = _random_adapter(model, ("q_proj", "v_proj", "o_proj", "down_proj"), seed=4)
     preferences = np.random.RandomState(5).dirichlet(np.ones(6), size=2).astype(np.float32)
     seq = np.random.RandomState(6).randint(3, VOCAB, (2, 10)).astype(np.int32)
@@ -116,13 +121,13 @@ def test_cached_adapter_steps_equal_full_forward(tiny_checkpoints):
     run = jax.jit(forward_with_cache, static_argnums=(0, 6, 7))
     mask = np.ones((2, 6), bool)
     positions = np.broadcast_to(np.arange(6), (2, 6))
-    logits, (k, v) = run(model.config, model.params, seq[:, :6], positions, mask, None, True,
+    logits, (k, v) = run(model.config, params, seq[:, :6], positions, mask, None, True,
                          adapter.config, adapter.params, preferences)
     cache = KVCache.zeros(model.config, 2, 10).append(k, v, mask)
     for step in range(6, 10):
         np.testing.assert_allclose(np.asarray(logits), full[:, step - 1], atol=1e-4)
         one = np.ones((2, 1), bool)
-        logits, (k, v) = run(model.config, model.params, seq[:, step:step + 1],
+        logits, (k, v) = run(model.config, params, seq[:, step:step + 1],
                              np.full((2, 1), step), one, cache, True, adapter.config,
                              adapter.params, preferences)
         cache = cache.append(k, v, one)
