@@ -226,16 +226,18 @@ def delta(x: jax.Array, factors: Mapping[str, jax.Array], preference: jax.Array,
     chex.assert_shape([factors["A1"], factors["A2"]], [(r1, x.shape[-1]), (r2, x.shape[-1])])
     chex.assert_shape(preference, (x.shape[0], factors["zeta"].shape[0]))
     dtype = x.dtype
-    if key is not None and dropout > 0.0:
-        keep = jax.random.bernoulli(key, 1.0 - dropout, x.shape)
-        x = jnp.where(keep, x / (1.0 - dropout), 0).astype(dtype)
-    f = {name: value.astype(dtype) for name, value in factors.items()}
-    shared = x @ f["A1"].T  # [B, T, r1]
-    shared = shared @ f["W"].T
-    core = (preference.astype(dtype) @ f["zeta"]).reshape(-1, r2, r2)  # M(alpha): [B, r2, r2]
-    conditioned = jnp.einsum("btr,bsr->bts", x @ f["A2"].T, core)  # M(alpha) A2 x
-    out = shared @ f["B1"].T + conditioned @ f["B2"].T
-    return (scale * out).astype(dtype)
+    # The scope names these operations in profiles (op_name ".../pblora/...").
+    with jax.named_scope("pblora"):
+        if key is not None and dropout > 0.0:
+            keep = jax.random.bernoulli(key, 1.0 - dropout, x.shape)
+            x = jnp.where(keep, x / (1.0 - dropout), 0).astype(dtype)
+        f = {name: value.astype(dtype) for name, value in factors.items()}
+        shared = x @ f["A1"].T  # [B, T, r1]
+        shared = shared @ f["W"].T
+        core = (preference.astype(dtype) @ f["zeta"]).reshape(-1, r2, r2)  # M(alpha) [B,r2,r2]
+        conditioned = jnp.einsum("btr,bsr->bts", x @ f["A2"].T, core)  # M(alpha) A2 x
+        out = shared @ f["B1"].T + conditioned @ f["B2"].T
+        return (scale * out).astype(dtype)
 
 
 def dense_delta(factors: Mapping[str, np.ndarray], preference: np.ndarray,
