@@ -4,19 +4,22 @@
 
 SmolLM2-135M-Instruct float32, the CPU default layout (packed: the native kernel, where it
 builds), greedy: a 256-token prompt prefilled, then 32 decode steps (two 16-step chunks, after
-a warm-up chunk) traced with `jax.profiler` at batch 1 and 16. XLA:CPU records every operation
-it runs (each fused loop, each product, each native-kernel call) as a trace event; the events
-are summed by kind:
+a warm-up chunk) traced with `jax.profiler` at batch 1 and 16; then the same for guided steps
+with the safety stage on, as `guided_decode_speed.py` runs them (base model and Pv-Arm backbone
+in two copies of the weights, a random PBLoRA adapter, the chat prompts; `--skip-guided` leaves
+them out). XLA:CPU records every operation it runs (each fused loop, each product, each
+native-kernel call) as a trace event; the events are summed by kind:
 
 - products with a weight matrix: events whose operation reads one of the layer weights or the
-  unembedding (matched by the operand shapes in the compiled program's HLO);
+  unembedding (matched by the operand shapes in the compiled program's HLO), of either model;
+- the PBLoRA updates' products (`adapters.delta`, by its named scope);
 - other products (attention's q K^T and probs x V);
 - everything else (norms, rotary, softmax, masks, cache writes, sampling), with their count;
 - the rest of the wall time: between operations (dispatch, the while loop's control).
 
 Beside them, the time the weights take to read at the one-thread copy bandwidth measured in the
 same run (the decode benchmarks' bound). It is the profile behind "Benchmark: plain decoding
-speed" in the README.
+speed" and the guided misses in the README.
 """
 
 from __future__ import annotations

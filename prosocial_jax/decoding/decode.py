@@ -692,10 +692,11 @@ def generate(model: Model, prompts: Sequence[str | Messages | Sequence[int]], *,
     An `AdapterSet` in place of the adapter decodes the GenARM-style multi-ARM baseline: K
     single-attribute adapters, each run every step with its own cache (no mesh).
 
-    `layer_layout` ("auto", "stacked", "per_layer"; see `prosocial_jax.models.layers`): how the
-    layers run. "auto" unrolls them over per-layer views of the weights on a lone CPU device
-    (no copy; faster whenever a product has more than one row) and scans the stacked weights
-    elsewhere. Tokens do not depend on it beyond float rounding. Long prompts are prefilled in
+    `layer_layout` ("auto", "stacked", "per_layer", "packed"; see `prosocial_jax.models.layers`):
+    how the layers run. "auto", on a lone CPU device, unrolls them over the packed weights for
+    the native kernel (float32, where it builds and its copy fits in a quarter of the memory
+    available), else over per-layer views of the weights (no copy); elsewhere it scans the
+    stacked weights. Tokens do not depend on it beyond float rounding. Long prompts are prefilled in
     chunks of at most `prefill_chunk` tokens (None: PREFILL_CHUNK, less where one layer's
     attention scores would pass PREFILL_SCORES_BYTES), so peak memory grows linearly with the
     prompt.
