@@ -4,20 +4,16 @@ references the tests import live in helpers.py."""
 
 import os
 
-import xla_test_flags
-from xla_test_flags import DEVICES, FAST_COMPILE, suite_compilation_cache
+from xla_test_flags import DEVICES, FAST_COMPILE
 
 # Must happen before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", f"{DEVICES} {FAST_COMPILE}")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The CLI turns on JAX's persistent compilation cache in the user's cache folder; the suite's
-# in-process CLI calls must not write there. tests/cli/test_compilation_cache.py tests it in
-# processes of its own.
+# in-process CLI calls must not write there, nor switch it on for the rest of their process.
+# tests/cli/test_compilation_cache.py turns it on in processes of its own.
 os.environ["PROSOCIAL_JAX_COMPILATION_CACHE"] = "off"
-# The suite's own cache instead, one for the whole run, shared by the xdist workers and the CLI
-# processes tests start (see xla_test_flags.suite_compilation_cache).
-os.environ.update(suite_compilation_cache())
 
 import pytest
 from helpers import FAMILIES, TinyCheckpoint, build_tiny_chat, build_tiny_checkpoint
@@ -90,11 +86,8 @@ _FAULT_TALLY = pytest.StashKey()
 def pytest_sessionfinish(session):
     """Collects the fault-injection tally (tests/cli/test_faults.py) of this process; an xdist
     worker hands it to the controller, which prints the sum."""
-    import shutil
     import sys
 
-    if xla_test_flags.SUITE_CACHE is not None:  # made by this process: no worker is left
-        shutil.rmtree(xla_test_flags.SUITE_CACHE, ignore_errors=True)
     faults = sys.modules.get("test_faults")
     if faults is None:
         return

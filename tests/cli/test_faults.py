@@ -54,9 +54,10 @@ def _jsonl(path: Path, rows) -> Path:
 @pytest.fixture(scope="module")
 def work(tiny_chat, tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
-    # The killed and resumed commands share the suite's compilation cache (conftest.py; JAX's
-    # variable, in ENV, wins over the CLI's setting), as a user's runs share theirs by default:
-    # a rerun reads back what the killed run compiled.
+    # The killed and resumed commands share a compilation cache, as a user's do by default
+    # (the suite turns it off in-process): resuming then also reads back what the killed run
+    # compiled, and each rerun skips those compiles.
+    ENV["PROSOCIAL_JAX_COMPILATION_CACHE"] = str(root / "compilation-cache")
     return {"root": root, "model": str(tiny_chat.path),
             "sft": str(_jsonl(root / "sft.jsonl", SFT_ROWS)),
             "prefs": str(_jsonl(root / "prefs.jsonl", _pref_rows()))}
