@@ -129,7 +129,10 @@ def chat_prompts(count: int) -> list[list[dict]]:
 
 def decode_stats(run) -> tuple[dict, list]:
     """Per-step decode time from (N_LONG - N_SHORT) extra tokens; `run(n)` -> (seconds, tokens)."""
-    run(N_SHORT)  # warm-up: compilation, allocator, caches
+    # Warm-up: compilation, allocator, caches. Both lengths: each compiles its own programs (the
+    # cache is sized by the new tokens), which would otherwise land in the first timed run.
+    run(N_SHORT)
+    run(N_LONG)
     short, long_, tokens = [], [], None
     for _ in range(REPEATS):
         short.append(run(N_SHORT)[0])
