@@ -125,6 +125,12 @@ def module_of(hlo_text: str) -> dict[str, str]:
     return modules
 
 
+def _trace_events(trace_dir: str) -> list[dict]:
+    """The events of the trace `jax.profiler` wrote into `trace_dir`."""
+    trace_file = next(Path(trace_dir).rglob("*.trace.json.gz"))
+    return json.loads(gzip.decompress(trace_file.read_bytes()))["traceEvents"]
+
+
 def _traced(run_chunks) -> tuple[list[dict], float]:
     """Runs `run_chunks()` (TRACED_CHUNKS decode chunks, blocking at the end) under XLA's
     profiler; returns the trace events and the wall time."""
@@ -136,8 +142,7 @@ def _traced(run_chunks) -> tuple[list[dict], float]:
         run_chunks()
         wall = time.perf_counter() - start
         jax.profiler.stop_trace()
-        trace_file = next(Path(trace_dir).rglob("*.trace.json.gz"))
-        return json.loads(gzip.decompress(trace_file.read_bytes()))["traceEvents"], wall
+        return _trace_events(trace_dir), wall
 
 
 def _summary(hlo_text: str, events: list[dict], wall: float, models: list, bandwidth: float
@@ -271,8 +276,7 @@ def guided_profile(batch: int, bandwidth: float) -> dict:
                     safety_margin=3.0)
     finally:
         decode.decode_chunk = original
-    trace_file = next(Path(seen["trace"]).rglob("*.trace.json.gz"))
-    events = json.loads(gzip.decompress(trace_file.read_bytes()))["traceEvents"]
+    events = _trace_events(seen["trace"])
     shutil.rmtree(seen["trace"])
     summary = _summary(seen["hlo"], events, seen["wall"], [base, reward], bandwidth)
     summary["adapter_bytes"] = sum(x.nbytes for x in jax.tree.leaves(adapter.params))
