@@ -329,17 +329,17 @@ class Attention(nn.Module):
             out = parts.reshape(count, b, g, q_per_g, t, h)
             return out.transpose(1, 0, 4, 2, 3, 5).reshape(b * count * t, -1)
 
-        if cache_keys is None:
-            probs = jax.nn.softmax(self_scores, axis=-1).astype(v.dtype)
-            rows = heads_to_rows(jnp.einsum("bgqs,bgsh->bgqh", probs, v)[None])
-            out = o_proj(rows).reshape(b, t, cfg.hidden_size)
-            return _adapt(adaptation, "o_proj", rows.reshape(b, t, -1), out), (k, v)
-        if t > 1:  # many query tokens (a continued prefill): blockwise over the cache
-            attended = _attend_blockwise(scores, cache_keys, cache_values, cache_mask,
-                                         self_scores, v)
+        def output(attended):  # [B, G, Q*T, H] -> o_proj (and its adapter), one row a token
             rows = heads_to_rows(attended[None])
             out = o_proj(rows).reshape(b, t, cfg.hidden_size)
             return _adapt(adaptation, "o_proj", rows.reshape(b, t, -1), out), (k, v)
+
+        if cache_keys is None:
+            probs = jax.nn.softmax(self_scores, axis=-1).astype(v.dtype)
+            return output(jnp.einsum("bgqs,bgsh->bgqh", probs, v))
+        if t > 1:  # many query tokens (a continued prefill): blockwise over the cache
+            return output(_attend_blockwise(scores, cache_keys, cache_values, cache_mask,
+                                            self_scores, v))
         cached = cache_keys.shape[3]
         probs = jax.nn.softmax(
             jnp.concatenate([scores(cache_keys, cache_mask), self_scores], axis=-1),
@@ -350,9 +350,7 @@ class Attention(nn.Module):
         if "packed" in self.variables.get("params", {}).get("o_proj", {}):
             # The native kernel reads its rows from memory, so the sum is made once, before it,
             # and o_proj multiplies B rows, not 2B (at batch 16, 2B rows cost 1.7x as much).
-            rows = heads_to_rows((from_cache + from_self)[None])
-            return _adapt(adaptation, "o_proj", rows.reshape(b, t, -1),
-                          o_proj(rows).reshape(b, t, cfg.hidden_size)), (k, v)
+            return output(from_cache + from_self)
         # XLA's product: the two parts go through o_proj as separate rows and are summed after
         # it (o_proj is linear). Summing first lets XLA fold the sum into o_proj's fused
         # matrix-vector loop, re-evaluated unvectorised for every weight element: o_proj was 5x
